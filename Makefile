@@ -1,0 +1,61 @@
+# LCPFS: the README's two commands.
+#   make dev    install what the build needs, build, start the local demo
+#   make test   install what the build needs, build, run every check and test
+#
+# CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+BIN := $(TARGET_DIR)/release
+DATA ?= $(CURDIR)/lcpfs-data
+# Debian packages the build needs: libclang for RocksDB's bindings, a C++ compiler for
+# RocksDB itself.
+PACKAGES := libclang-dev g++
+
+.PHONY: dev test deps build fmt lint unit
+
+deps:
+	@missing=""; \
+	if command -v dpkg >/dev/null 2>&1; then \
+	  for pkg in $(PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "LCPFS needs these packages; install them with:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	$(CARGO) build --release --workspace
+
+dev: build
+	@$(BIN)/lcpfs-osd store $(DATA)/osd.0 status >/dev/null 2>&1 || { \
+	  mkdir -p $(DATA) && \
+	  $(BIN)/lcpfs-osd store $(DATA)/osd.0 create --layout raidz1 --disks 3 --disk-size 256M && \
+	  $(BIN)/lcpfs-osd store $(DATA)/osd.0 collection create demo --compression auto && \
+	  $(BIN)/lcpfs-osd store $(DATA)/osd.0 put demo README.md README.md; }
+	@$(BIN)/lcpfs-osd store $(DATA)/osd.0 status
+	@echo
+	@$(BIN)/lcpfs-osd store $(DATA)/osd.0 ls demo
+	@echo
+	@echo "A demo engine store is in $(DATA)/osd.0. Try:"
+	@echo "  $(BIN)/lcpfs-osd store $(DATA)/osd.0 put demo NAME FILE"
+	@echo "  $(BIN)/lcpfs-osd store $(DATA)/osd.0 snapshot demo before"
+	@echo "  $(BIN)/lcpfs-osd store $(DATA)/osd.0 scrub"
+
+fmt:
+	$(CARGO) fmt --all --check
+
+lint: deps
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --release --workspace
+
+test: deps fmt lint unit

@@ -1,0 +1,10 @@
+//! The LCPFS object storage daemon (OSD) and its offline store tool.
+//!
+//! - [`store_tool`]: `lcpfs-osd store <dir> ...`, the operator's and the tests' way to
+//!   create, inspect, scrub and repair an OSD's engine store while the daemon is not
+//!   running, like `zpool`/`zfs` and `ceph-objectstore-tool`;
+//! - [`bench`]: the engine's speed against same-run baselines.
+
+pub mod bench;
+pub mod size;
+pub mod store_tool;
