@@ -148,6 +148,9 @@ pub enum StoreCommand {
         /// Concurrent writers of small objects.
         #[arg(long, default_value_t = 16)]
         writers: usize,
+        /// Rounds of each large-object comparison; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -541,6 +544,7 @@ fn execute(dir: &Path, command: StoreCommand) -> Result<(), Failure> {
             small_objects,
             small_size,
             writers,
+            rounds,
             json,
         } => {
             std::fs::create_dir_all(dir)?;
@@ -549,6 +553,7 @@ fn execute(dir: &Path, command: StoreCommand) -> Result<(), Failure> {
                 small_objects,
                 small_bytes: parse_size(&small_size).map_err(user_error)? as usize,
                 writers,
+                rounds,
             };
             let report =
                 crate::bench::run(dir, &options).map_err(|e| user_error(format!("{e:#}")))?;

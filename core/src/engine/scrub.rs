@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::blkptr::BlockPtr;
 use super::error::{Error, Result};
-use super::keys::{self, CollId};
+use super::keys;
 use super::store::Store;
 use super::vdev::Extent;
 use super::view::Reader;
@@ -68,60 +68,68 @@ struct BlockRef {
 }
 
 /// Calls `f` for every block pointer in the store.
+/// Block pointers a walk reads under one RocksDB snapshot and one allocator pin.
+/// Between chunks the pin is let go, so a long scrub holds back the reuse of freed rows
+/// for one chunk's worth of time, not for its whole run.
+const WALK_CHUNK: usize = 64;
+
+/// Calls `f` for every block pointer in the store, each while its rows are pinned.
 fn walk_blocks(store: &Store, mut f: impl FnMut(BlockRef) -> Result<()>) -> Result<()> {
-    let reader = Reader::new(&store.shared.db);
     for info in store.collections() {
-        walk_collection(&reader, info.id, &info.name, &mut f)?;
+        for (tag, in_snapshot) in [(b'H', false), (b'O', true)] {
+            let base = keys::coll_prefix(tag, info.id);
+            let mut prefix = base.clone();
+            prefix.push(keys::KIND_BLOCK);
+            let end = keys::prefix_end(&prefix);
+            let mut start = prefix.clone();
+            loop {
+                let _pin = store.shared.alloc.pin();
+                let reader = Reader::new(&store.shared.db);
+                let mut last = None;
+                for pair in reader.range(&start, &end).take(WALK_CHUNK) {
+                    let (key, value) = pair?;
+                    let item = if in_snapshot {
+                        keys::unescape_item(&key[base.len()..])?.0
+                    } else {
+                        key[base.len()..].to_vec()
+                    };
+                    let bp = if in_snapshot {
+                        keys::decode_versioned(&value)?.1
+                    } else {
+                        keys::Version::decode(&value)?.value
+                    };
+                    if let Some(bp) = bp {
+                        f(BlockRef {
+                            coll: info.name.clone(),
+                            object: object_of(&item)?,
+                            in_snapshot,
+                            bp: BlockPtr::decode(&bp)?,
+                        })?;
+                    }
+                    last = Some(key);
+                }
+                match last {
+                    Some(mut key) => {
+                        key.push(0);
+                        start = key;
+                    }
+                    None => break,
+                }
+            }
+        }
     }
     Ok(())
 }
 
-fn walk_collection(
-    reader: &Reader<'_>,
-    coll: CollId,
-    name: &str,
-    f: &mut impl FnMut(BlockRef) -> Result<()>,
-) -> Result<()> {
-    let object_of = |item: &[u8]| -> Result<Vec<u8>> {
-        // kind(1) len(4) name index(8)
-        if item.len() < 13 {
-            return Err(Error::Corrupt("short block item".into()));
-        }
-        let len = u32::from_be_bytes(item[1..5].try_into().expect("4 bytes")) as usize;
-        item.get(5..5 + len)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| Error::Corrupt("block item with a bad name length".into()))
-    };
-    let head = keys::coll_prefix(b'H', coll);
-    let mut blocks = head.clone();
-    blocks.push(keys::KIND_BLOCK);
-    for pair in reader.prefix(&blocks) {
-        let (key, value) = pair?;
-        if let Some(bp) = keys::Version::decode(&value)?.value {
-            f(BlockRef {
-                coll: name.to_string(),
-                object: object_of(&key[head.len()..])?,
-                in_snapshot: false,
-                bp: BlockPtr::decode(&bp)?,
-            })?;
-        }
+/// The object name inside a block item: kind(1) len(4) name index(8).
+fn object_of(item: &[u8]) -> Result<Vec<u8>> {
+    if item.len() < 13 {
+        return Err(Error::Corrupt("short block item".into()));
     }
-    let old = keys::coll_prefix(b'O', coll);
-    let mut blocks = old.clone();
-    blocks.push(keys::KIND_BLOCK);
-    for pair in reader.prefix(&blocks) {
-        let (key, value) = pair?;
-        if let (_, Some(bp)) = keys::decode_versioned(&value)? {
-            let (item, _) = keys::unescape_item(&key[old.len()..])?;
-            f(BlockRef {
-                coll: name.to_string(),
-                object: object_of(&item)?,
-                in_snapshot: true,
-                bp: BlockPtr::decode(&bp)?,
-            })?;
-        }
-    }
-    Ok(())
+    let len = u32::from_be_bytes(item[1..5].try_into().expect("4 bytes")) as usize;
+    item.get(5..5 + len)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| Error::Corrupt("block item with a bad name length".into()))
 }
 
 fn extent(bp: &BlockPtr) -> Extent<'_> {
@@ -140,7 +148,6 @@ pub fn scrub(
     mut progress: impl FnMut(u64),
 ) -> Result<ScrubReport> {
     let started = Instant::now();
-    let _pin = store.shared.alloc.pin();
     let mut report = ScrubReport::default();
     let mut damaged = BTreeSet::new();
     let mut shared_seen = HashSet::new();
@@ -193,7 +200,6 @@ pub fn scrub(
 /// Rebuilds disk `child` of vdev `v` from the vdev's other disks.
 pub(crate) fn resilver(store: &Store, v: usize, child: usize) -> Result<ScrubReport> {
     let started = Instant::now();
-    let _pin = store.shared.alloc.pin();
     let vdev = &store.shared.vdevs[v];
     let mut report = ScrubReport::default();
     let mut damaged = BTreeSet::new();

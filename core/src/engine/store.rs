@@ -30,6 +30,8 @@ pub const MAX_OBJECT_NAME: usize = 4096;
 const KEY_CONFIG: &[u8] = b"gconfig";
 const KEY_NEXT_COLL: &[u8] = b"gnext_collection";
 const OBJECT_LOCK_STRIPES: usize = 1024;
+/// Blocks a streaming read fetches and verifies at once.
+const READ_AHEAD: u64 = 8;
 
 /// Where a disk of a new store comes from.
 #[derive(Clone, Debug)]
@@ -1456,26 +1458,41 @@ impl View<'_> {
         let bs = record.block_size as u64;
         let mut position = offset;
         while position < end {
-            let index = position / bs;
-            let block_start = index * bs;
-            let block_end = (block_start + bs).min(end);
-            let data = match reader.get(&self.lineage, &keys::block_item(name, index))? {
-                Some(bp) => self.store.shared.read_block(&BlockPtr::decode(&bp)?)?,
-                None => Arc::new(Vec::new()),
-            };
-            let from = (position - block_start) as usize;
-            let to = (block_end - block_start) as usize;
-            let have = data.len().min(to);
-            if from < have {
-                sink.write_all(&data[from..have])
-                    .ctx(|| "writing object data".into())?;
+            // Fetch a window of blocks at once, verified on every core, then emit in order.
+            let first = position / bs;
+            let last = (end - 1) / bs;
+            let window: Vec<(u64, Option<BlockPtr>)> = (first..=last.min(first + READ_AHEAD - 1))
+                .map(|index| {
+                    let bp = reader.get(&self.lineage, &keys::block_item(name, index))?;
+                    Ok((index, bp.map(|bp| BlockPtr::decode(&bp)).transpose()?))
+                })
+                .collect::<Result<_>>()?;
+            let shared = &self.store.shared;
+            let blocks = super::parallel_map(window, |(index, bp)| {
+                let data = match bp {
+                    Some(bp) => shared.read_block(&bp)?,
+                    None => Arc::new(Vec::new()),
+                };
+                Ok::<_, Error>((index, data))
+            });
+            for block in blocks {
+                let (index, data) = block?;
+                let block_start = index * bs;
+                let block_end = (block_start + bs).min(end);
+                let from = (position - block_start) as usize;
+                let to = (block_end - block_start) as usize;
+                let have = data.len().min(to);
+                if from < have {
+                    sink.write_all(&data[from..have])
+                        .ctx(|| "writing object data".into())?;
+                }
+                let zeros = to - have.max(from);
+                if zeros > 0 {
+                    sink.write_all(&vec![0u8; zeros])
+                        .ctx(|| "writing object data".into())?;
+                }
+                position = block_end;
             }
-            let zeros = to - have.max(from);
-            if zeros > 0 {
-                sink.write_all(&vec![0u8; zeros])
-                    .ctx(|| "writing object data".into())?;
-            }
-            position = block_end;
         }
         Ok(end - offset)
     }

@@ -20,11 +20,67 @@ use super::commit::{MetaOp, Prepared};
 use super::dedup::{self, DedupChanges};
 use super::error::{Error, IoContext, Result};
 use super::keys::{self, CollId, ObjectRecord};
+use super::parallel_map;
 use super::store::{CollectionSettings, MAX_OBJECT_NAME, Store, now_ns};
 use super::view::{Lineage, Reader};
 
 /// Largest object size the engine accepts (far beyond any disk).
 const MAX_OBJECT_SIZE: u64 = 1 << 60;
+/// Whole blocks a streaming write gathers before encoding them in parallel: enough to
+/// keep every core busy, little enough to bound memory (8 records).
+const WRITE_BATCH: usize = 8;
+
+/// A block compressed and checksummed, not yet placed on disk.
+struct Encoded {
+    index: u64,
+    lsize: u32,
+    codec: blkptr::BlockCodec,
+    stored: Vec<u8>,
+    checksum: [u8; 32],
+}
+
+impl Encoded {
+    fn new(index: u64, data: &[u8], compression: blkptr::Compression) -> Self {
+        let (codec, stored) = blkptr::compress(data, compression);
+        Encoded {
+            index,
+            lsize: data.len() as u32,
+            codec,
+            checksum: *blake3::hash(&stored).as_bytes(),
+            stored,
+        }
+    }
+
+    fn pointer(&self, run: Run, birth: u64, dedup: bool) -> BlockPtr {
+        BlockPtr {
+            vdev: run.vdev,
+            row: run.row,
+            nrows: run.nrows as u32,
+            lsize: self.lsize,
+            psize: self.stored.len() as u32,
+            codec: self.codec,
+            checksum: self.checksum,
+            birth,
+            dedup,
+        }
+    }
+}
+
+/// Allocates rows for an encoded block and writes it there (not yet flushed). On a
+/// failed write the rows go straight back.
+fn place(shared: &super::Shared, block: &Encoded) -> Result<Run> {
+    let run = shared.alloc.allocate(
+        |v| shared.vdevs[v as usize].rows_for(block.stored.len()) as u64,
+        |v| shared.vdevs[v as usize].state() != "FAULTED",
+    )?;
+    let written =
+        shared.vdevs[run.vdev as usize].write_block(run.row, run.nrows as u32, &block.stored);
+    if let Err(e) = written {
+        shared.alloc.release(&[run]);
+        return Err(e);
+    }
+    Ok(run)
+}
 
 /// Bytes to write: in memory, or streamed from a reader one block at a time, so that an
 /// object's size is not bounded by memory.
@@ -441,39 +497,63 @@ impl Prep<'_> {
         }
     }
 
-    fn write_block(&mut self, name: &[u8], index: u64, data: &[u8]) -> Result<()> {
-        let (codec, stored) = blkptr::compress(data, self.settings.compression);
-        let checksum = *blake3::hash(&stored).as_bytes();
-        let key = (checksum, codec as u8, data.len() as u32);
-        if self.settings.dedup
-            && let Some(entry) = self.dedup.add_ref(&self.reader, &key)?
-        {
-            let bp = dedup::pointer_to(&entry, &key, codec, self.txg);
-            return self.set(keys::block_item(name, index), Some(bp.encode().to_vec()));
+    fn write_block(&mut self, name: &[u8], index: u64, data: Vec<u8>) -> Result<()> {
+        self.write_blocks(name, vec![(index, data)])
+    }
+
+    /// Compresses, checksums and writes blocks to newly allocated rows, several at once
+    /// on the machine's cores, and points the object's block items at them.
+    fn write_blocks(&mut self, name: &[u8], blocks: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let compression = self.settings.compression;
+        let encoded = parallel_map(blocks, |(index, data)| {
+            Encoded::new(index, &data, compression)
+        });
+        if self.settings.dedup {
+            for block in encoded {
+                let key = (block.checksum, block.codec as u8, block.lsize);
+                let bp = match self.dedup.add_ref(&self.reader, &key)? {
+                    Some(entry) => dedup::pointer_to(&entry, &key, block.codec, self.txg),
+                    None => {
+                        let run = place(&self.store.shared, &block)?;
+                        self.allocated.insert((run.vdev, run.row), run);
+                        self.vdevs_written.insert(run.vdev);
+                        self.dedup.insert(key, run, block.stored.len() as u32);
+                        block.pointer(run, self.txg, true)
+                    }
+                };
+                self.set(
+                    keys::block_item(name, block.index),
+                    Some(bp.encode().to_vec()),
+                )?;
+            }
+            return Ok(());
         }
         let shared = &self.store.shared;
-        let run = shared.alloc.allocate(
-            |v| shared.vdevs[v as usize].rows_for(stored.len()) as u64,
-            |v| shared.vdevs[v as usize].state() != "FAULTED",
-        )?;
-        self.allocated.insert((run.vdev, run.row), run);
-        shared.vdevs[run.vdev as usize].write_block(run.row, run.nrows as u32, &stored)?;
-        self.vdevs_written.insert(run.vdev);
-        if self.settings.dedup {
-            self.dedup.insert(key, run, stored.len() as u32);
+        let placed = parallel_map(encoded, |block| {
+            let run = place(shared, &block);
+            (block, run)
+        });
+        let mut first_error = None;
+        let mut pointers = Vec::with_capacity(placed.len());
+        for (block, run) in placed {
+            match run {
+                Ok(run) => {
+                    self.allocated.insert((run.vdev, run.row), run);
+                    self.vdevs_written.insert(run.vdev);
+                    pointers.push((block.index, block.pointer(run, self.txg, false)));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        let bp = BlockPtr {
-            vdev: run.vdev,
-            row: run.row,
-            nrows: run.nrows as u32,
-            lsize: data.len() as u32,
-            psize: stored.len() as u32,
-            codec,
-            checksum,
-            birth: self.txg,
-            dedup: self.settings.dedup,
-        };
-        self.set(keys::block_item(name, index), Some(bp.encode().to_vec()))
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for (index, bp) in pointers {
+            self.set(keys::block_item(name, index), Some(bp.encode().to_vec()))?;
+        }
+        Ok(())
     }
 
     fn apply(&mut self, op: Op) -> Result<()> {
@@ -580,6 +660,7 @@ impl Prep<'_> {
         }
         let bs = record.block_size as u64;
         let mut position = offset;
+        let mut whole_blocks = Vec::new();
         loop {
             let index = position / bs;
             let block_start = index * bs;
@@ -596,8 +677,11 @@ impl Prep<'_> {
                 return Err(too_big());
             }
             let logical_end = (block_start + bs).min(record.size.max(write_end));
-            let content = if position == block_start && write_end >= logical_end {
-                chunk
+            if position == block_start && write_end >= logical_end {
+                whole_blocks.push((index, chunk));
+                if whole_blocks.len() == WRITE_BATCH {
+                    self.write_blocks(name, std::mem::take(&mut whole_blocks))?;
+                }
             } else {
                 let mut content = self.read_block(name, index)?;
                 let from = (position - block_start) as usize;
@@ -606,14 +690,14 @@ impl Prep<'_> {
                     content.resize(to, 0);
                 }
                 content[from..to].copy_from_slice(&chunk);
-                content
-            };
-            self.write_block(name, index, &content)?;
+                self.write_block(name, index, content)?;
+            }
             position = write_end;
             if got < want {
                 break;
             }
         }
+        self.write_blocks(name, whole_blocks)?;
         if let Some(len) = expected
             && position - offset != len
         {
@@ -645,7 +729,7 @@ impl Prep<'_> {
                 let mut content = self.read_block(name, index)?;
                 if content.len() > tail {
                     content.truncate(tail);
-                    self.write_block(name, index, &content)?;
+                    self.write_block(name, index, content)?;
                 }
             }
         }
