@@ -78,14 +78,14 @@ pub enum BlockCodec {
 }
 
 /// Compresses a block per the collection's setting; returns the codec actually used and
-/// the bytes to store. Incompressible data is stored raw.
-pub fn compress(data: &[u8], setting: Compression) -> (BlockCodec, Vec<u8>) {
+/// the bytes to store. Incompressible data is stored raw (the buffer itself, not a copy).
+pub fn compress(data: Vec<u8>, setting: Compression) -> (BlockCodec, Vec<u8>) {
     let (codec, packed) = match setting {
-        Compression::Off => return (BlockCodec::Raw, data.to_vec()),
-        Compression::Lz4 | Compression::Auto => (BlockCodec::Lz4, lz4_flex::block::compress(data)),
-        Compression::Zstd(level) => match zstd::bulk::compress(data, level) {
+        Compression::Off => return (BlockCodec::Raw, data),
+        Compression::Lz4 | Compression::Auto => (BlockCodec::Lz4, lz4_flex::block::compress(&data)),
+        Compression::Zstd(level) => match zstd::bulk::compress(&data, level) {
             Ok(packed) => (BlockCodec::Zstd, packed),
-            Err(_) => return (BlockCodec::Raw, data.to_vec()),
+            Err(_) => return (BlockCodec::Raw, data),
         },
     };
     let worth_it = match setting {
@@ -95,7 +95,7 @@ pub fn compress(data: &[u8], setting: Compression) -> (BlockCodec, Vec<u8>) {
     if worth_it {
         (codec, packed)
     } else {
-        (BlockCodec::Raw, data.to_vec())
+        (BlockCodec::Raw, data)
     }
 }
 
@@ -198,7 +198,7 @@ mod tests {
         #[test]
         fn compression_round_trips(data in proptest::collection::vec(0u8..4, 0..20_000), which in 0..4usize) {
             let setting = [Compression::Off, Compression::Lz4, Compression::Zstd(3), Compression::Auto][which];
-            let (codec, stored) = compress(&data, setting);
+            let (codec, stored) = compress(data.clone(), setting);
             prop_assert!(stored.len() <= data.len());
             prop_assert_eq!(decompress(codec, stored, data.len()).unwrap(), data);
         }
@@ -209,9 +209,9 @@ mod tests {
         let data: Vec<u8> = (0..65536u32)
             .map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0])
             .collect();
-        assert_eq!(compress(&data, Compression::Auto).0, BlockCodec::Raw);
+        assert_eq!(compress(data, Compression::Auto).0, BlockCodec::Raw);
         assert_eq!(
-            compress(&vec![0u8; 65536], Compression::Auto).0,
+            compress(vec![0u8; 65536], Compression::Auto).0,
             BlockCodec::Lz4
         );
     }

@@ -40,11 +40,12 @@ struct Encoded {
 }
 
 impl Encoded {
-    fn new(index: u64, data: &[u8], compression: blkptr::Compression) -> Self {
+    fn new(index: u64, data: Vec<u8>, compression: blkptr::Compression) -> Self {
+        let lsize = data.len() as u32;
         let (codec, stored) = blkptr::compress(data, compression);
         Encoded {
             index,
-            lsize: data.len() as u32,
+            lsize,
             codec,
             checksum: *blake3::hash(&stored).as_bytes(),
             stored,
@@ -112,18 +113,10 @@ impl Data {
     }
 }
 
-/// Reads until `buf` is full or the source ends; returns the bytes read.
-fn read_up_to(source: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+/// Appends up to `limit` bytes from the source to `buf` (fewer only at its end);
+/// returns how many.
+fn read_up_to(source: &mut dyn Read, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    source.take(limit as u64).read_to_end(buf)
 }
 
 impl From<Vec<u8>> for Data {
@@ -506,7 +499,7 @@ impl Prep<'_> {
     fn write_blocks(&mut self, name: &[u8], blocks: Vec<(u64, Vec<u8>)>) -> Result<()> {
         let compression = self.settings.compression;
         let encoded = parallel_map(blocks, |(index, data)| {
-            Encoded::new(index, &data, compression)
+            Encoded::new(index, data, compression)
         });
         if self.settings.dedup {
             for block in encoded {
@@ -665,13 +658,12 @@ impl Prep<'_> {
             let index = position / bs;
             let block_start = index * bs;
             let want = (block_start + bs - position) as usize;
-            let mut chunk = vec![0u8; want];
-            let got =
-                read_up_to(&mut source, &mut chunk).ctx(|| "reading the data to write".into())?;
+            let mut chunk = Vec::with_capacity(want);
+            let got = read_up_to(&mut source, &mut chunk, want)
+                .ctx(|| "reading the data to write".into())?;
             if got == 0 {
                 break;
             }
-            chunk.truncate(got);
             let write_end = position + got as u64;
             if write_end > MAX_OBJECT_SIZE {
                 return Err(too_big());

@@ -538,14 +538,30 @@ impl Vdev {
     /// Writes a block's stored bytes at `row` on every disk that is serving. Fails when
     /// more disks failed than the layout tolerates. Not durable until [`Vdev::sync`].
     pub fn write_block(&self, row: u64, nrows: u32, data: &[u8]) -> Result<()> {
-        let shards = self.encode(data, nrows)?;
         let offset = row * SECTOR;
-        let failed = self
-            .disks
-            .iter()
-            .zip(&shards)
-            .filter(|(disk, shard)| !disk.write_at(shard, offset))
-            .count();
+        let failed = if self.codec.is_none() {
+            // Full copies: write the bytes as they are and zero the tail of the last
+            // sector, without building a padded copy per disk.
+            let padding = vec![
+                0u8;
+                (nrows as usize * SECTOR as usize).saturating_sub(data.len())
+                    % SECTOR as usize
+            ];
+            self.disks
+                .iter()
+                .filter(|disk| {
+                    !(disk.write_at(data, offset)
+                        && disk.write_at(&padding, offset + data.len() as u64))
+                })
+                .count()
+        } else {
+            let shards = self.encode(data, nrows)?;
+            self.disks
+                .iter()
+                .zip(&shards)
+                .filter(|(disk, shard)| !disk.write_at(shard, offset))
+                .count()
+        };
         if failed > self.kind.redundancy(self.disks.len()) {
             return Err(Error::Unavailable(format!(
                 "vdev {} ({}): {failed} of {} disks failed a write",
