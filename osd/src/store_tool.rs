@@ -362,10 +362,7 @@ fn execute(dir: &Path, command: StoreCommand) -> Result<(), Failure> {
             snapshot,
         } => {
             let store = open(dir)?;
-            let view = match &snapshot {
-                Some(s) => store.at_snapshot(&coll, s)?,
-                None => store.head(&coll)?,
-            };
+            let view = view(&store, &coll, snapshot.as_deref())?;
             match file.as_deref() {
                 None => write_object(&view, &object, &mut io::stdout().lock()),
                 Some(path) if path == Path::new("-") => {
@@ -389,10 +386,7 @@ fn execute(dir: &Path, command: StoreCommand) -> Result<(), Failure> {
             json,
         } => {
             let store = open(dir)?;
-            let view = match &snapshot {
-                Some(s) => store.at_snapshot(&coll, s)?,
-                None => store.head(&coll)?,
-            };
+            let view = view(&store, &coll, snapshot.as_deref())?;
             let entries = view.list(&ListOptions {
                 prefix: prefix.into_bytes(),
                 start_after: start_after.map(String::into_bytes),
@@ -414,10 +408,7 @@ fn execute(dir: &Path, command: StoreCommand) -> Result<(), Failure> {
             json,
         } => {
             let store = open(dir)?;
-            let view = match &snapshot {
-                Some(s) => store.at_snapshot(&coll, s)?,
-                None => store.head(&coll)?,
-            };
+            let view = view(&store, &coll, snapshot.as_deref())?;
             let stat = view.stat(object.as_bytes())?;
             if json {
                 return print_json(&stat);
@@ -618,6 +609,18 @@ fn execute(dir: &Path, command: StoreCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The live collection, or one of its snapshots.
+fn view<'a>(
+    store: &'a Store,
+    coll: &str,
+    snapshot: Option<&str>,
+) -> Result<engine::View<'a>, Failure> {
+    Ok(match snapshot {
+        Some(s) => store.at_snapshot(coll, s)?,
+        None => store.head(coll)?,
+    })
 }
 
 fn write_object(view: &engine::View<'_>, object: &str, out: &mut dyn Write) -> Result<(), Failure> {

@@ -162,16 +162,20 @@ fn release_deferred(state: &mut State) {
         .partition(|(generation, _)| *generation < oldest_reader);
     state.deferred = waiting;
     for (_, run) in ready {
-        let v = run.vdev as usize;
-        insert(
-            &mut state.available[v],
-            run.row,
-            run.nrows,
-            run.vdev,
-            &mut None,
-        );
-        state.available_rows[v] += run.nrows;
+        make_available(state, run);
     }
+}
+
+fn make_available(state: &mut State, run: Run) {
+    let v = run.vdev as usize;
+    insert(
+        &mut state.available[v],
+        run.row,
+        run.nrows,
+        run.vdev,
+        &mut None,
+    );
+    state.available_rows[v] += run.nrows;
 }
 
 impl Allocator {
@@ -289,15 +293,7 @@ impl Allocator {
     pub fn release(&self, runs: &[Run]) {
         let mut state = self.lock();
         for run in runs {
-            let v = run.vdev as usize;
-            insert(
-                &mut state.available[v],
-                run.row,
-                run.nrows,
-                run.vdev,
-                &mut None,
-            );
-            state.available_rows[v] += run.nrows;
+            make_available(&mut state, *run);
         }
     }
 

@@ -809,13 +809,27 @@ impl Store {
     }
 
     fn put_info(&self, coll: &Coll, info: CollectionInfo) -> Result<()> {
+        self.commit_info(coll, info, Vec::new(), Vec::new())
+    }
+
+    /// Commits metadata changes together with a collection's new record, then makes the
+    /// new record the one in memory.
+    fn commit_info(
+        &self,
+        coll: &Coll,
+        info: CollectionInfo,
+        mut ops: Vec<MetaOp>,
+        freed: Vec<Run>,
+    ) -> Result<()> {
+        ops.push(MetaOp::Put(
+            coll_info_key(info.id),
+            serde_json::to_vec(&info).expect("info serializes"),
+        ));
         let txg = self.next_txg();
         self.submit(Prepared {
             txg,
-            ops: vec![MetaOp::Put(
-                coll_info_key(info.id),
-                serde_json::to_vec(&info).expect("info serializes"),
-            )],
+            ops,
+            freed,
             ..Default::default()
         })?;
         *coll.info.write().expect("collection lock poisoned") = info;
@@ -936,20 +950,7 @@ impl Store {
         let _dedup = self.dedup_lock(info.settings.dedup);
         let (ops, freed) = self.release_snapshot(&info, at)?;
         info.snapshots.remove(at);
-        let mut ops = ops;
-        ops.push(MetaOp::Put(
-            coll_info_key(info.id),
-            serde_json::to_vec(&info).expect("info serializes"),
-        ));
-        let txg = self.next_txg();
-        self.submit(Prepared {
-            txg,
-            ops,
-            freed,
-            ..Default::default()
-        })?;
-        *coll.info.write().expect("collection lock poisoned") = info;
-        Ok(())
+        self.commit_info(&coll, info, ops, freed)
     }
 
     /// The metadata changes and frees that destroying snapshot `at` of `info` needs: the
@@ -1127,19 +1128,7 @@ impl Store {
             }
         }
         ops.extend(dedup.into_ops());
-        ops.push(MetaOp::Put(
-            coll_info_key(info.id),
-            serde_json::to_vec(&info).expect("info serializes"),
-        ));
-        let txg = self.next_txg();
-        self.submit(Prepared {
-            txg,
-            ops,
-            freed,
-            ..Default::default()
-        })?;
-        *coll.info.write().expect("collection lock poisoned") = info;
-        Ok(())
+        self.commit_info(&coll, info, ops, freed)
     }
 
     /// Clones a snapshot into a new writable collection: instant, sharing every block.
