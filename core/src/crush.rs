@@ -703,7 +703,7 @@ pub fn synthetic_map(params: &SyntheticCluster) -> Result<(ClusterMap, u32), Map
 }
 
 /// PG count of one OSD against its weight share.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct OsdUtilization {
     /// OSD id.
     pub osd: u32,
@@ -716,7 +716,7 @@ pub struct OsdUtilization {
 }
 
 /// How much data one simulated change moved.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Movement {
     /// The OSD added or marked out.
     pub osd: u32,
@@ -731,7 +731,7 @@ pub struct Movement {
 }
 
 /// What `lcpfs crush test` prints: balance and movement of one pool's placement.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct UtilizationReport {
     /// Pool id.
     pub pool: u32,
