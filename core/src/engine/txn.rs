@@ -522,10 +522,16 @@ impl Prep<'_> {
             return Ok(());
         }
         let shared = &self.store.shared;
-        let placed = parallel_map(encoded, |block| {
-            let run = place(shared, &block);
-            (block, run)
-        });
+        // Placement runs in order on this thread: writes to one disk file serialize on
+        // its inode lock anyway, and threads spinning on it only steal the cores that
+        // encode the next batch.
+        let placed: Vec<_> = encoded
+            .into_iter()
+            .map(|block| {
+                let run = place(shared, &block);
+                (block, run)
+            })
+            .collect();
         let mut first_error = None;
         let mut pointers = Vec::with_capacity(placed.len());
         for (block, run) in placed {
