@@ -208,3 +208,87 @@ fn the_cache_device_serves_evicted_blocks_across_a_restart() {
     );
     assert_eq!(l2.bad_records, 0);
 }
+
+#[test]
+fn removing_clones_at_once_keeps_the_origin_record_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(create(dir.path(), None));
+    for round in 0..20 {
+        let origin = format!("p{round}");
+        store
+            .create_collection(&origin, CollectionSettings::default())
+            .unwrap();
+        put(&store, &origin, "o", b"data");
+        store.snapshot(&origin, "s").unwrap();
+        store
+            .clone_snapshot(&origin, "s", &format!("{origin}-a"))
+            .unwrap();
+        store
+            .clone_snapshot(&origin, "s", &format!("{origin}-b"))
+            .unwrap();
+        let removers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|c| {
+                let (store, name) = (std::sync::Arc::clone(&store), format!("{origin}-{c}"));
+                std::thread::spawn(move || store.remove_collection(&name).unwrap())
+            })
+            .collect();
+        for remover in removers {
+            remover.join().unwrap();
+        }
+        assert!(
+            store.collection(&origin).unwrap().snapshots[0]
+                .clones
+                .is_empty()
+        );
+        store.destroy_snapshot(&origin, "s").unwrap();
+        store.remove_collection(&origin).unwrap();
+    }
+    assert_eq!(allocated_rows(&store), 0);
+}
+
+#[test]
+fn writes_racing_a_collection_removal_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(create(dir.path(), None));
+    for round in 0..10 {
+        let name = format!("x{round}");
+        store
+            .create_collection(&name, CollectionSettings::default())
+            .unwrap();
+        let writer = {
+            let (store, name) = (std::sync::Arc::clone(&store), name.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                loop {
+                    let mut txn = Transaction::new(name.as_str());
+                    txn.write_full(format!("o{i}").as_bytes(), noise(20_000, i as u8));
+                    match store.commit(txn) {
+                        Ok(_) => i += 1,
+                        Err(lcpfs_core::engine::Error::NotFound(_)) => return i,
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store
+            .head(&name)
+            .unwrap()
+            .list(&Default::default())
+            .unwrap()
+            .len()
+            < 3
+        {
+            assert!(Instant::now() < deadline, "the writer made no progress");
+        }
+        store.remove_collection(&name).unwrap();
+        writer.join().unwrap();
+    }
+    assert!(store.collections().is_empty());
+    assert_eq!(
+        allocated_rows(&store),
+        0,
+        "a write after the removal left rows behind"
+    );
+}

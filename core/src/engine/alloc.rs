@@ -304,6 +304,19 @@ impl Allocator {
         allocated: &[Run],
         freed: &[Run],
     ) -> Result<ExtentChanges> {
+        // A run from damaged metadata must fail the commit, not the allocator.
+        for run in allocated.iter().chain(freed) {
+            let inside = self.total_rows.get(run.vdev as usize).is_some_and(|&rows| {
+                run.nrows > 0
+                    && run
+                        .row
+                        .checked_add(run.nrows)
+                        .is_some_and(|end| end <= rows)
+            });
+            if !inside {
+                return Err(Error::Corrupt(format!("run {run:?} lies outside its vdev")));
+            }
+        }
         let mut state = self.lock();
         let mut log = ExtentChanges::new();
         for run in allocated {
@@ -386,6 +399,27 @@ impl Allocator {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn runs_outside_the_vdev_fail_the_commit_not_the_allocator() {
+        let alloc = Allocator::new(vec![64], Allocator::fresh_extents(&[64])).unwrap();
+        let bad = Run {
+            vdev: 0,
+            row: u64::MAX - 1,
+            nrows: 4,
+        };
+        assert!(matches!(
+            alloc.durable_changes(&[], &[bad]),
+            Err(Error::Corrupt(_))
+        ));
+        let other_vdev = Run {
+            vdev: 7,
+            row: 0,
+            nrows: 1,
+        };
+        assert!(alloc.durable_changes(&[], &[other_vdev]).is_err());
+        assert_eq!(alloc.durable_runs(), Allocator::fresh_extents(&[64]));
+    }
 
     #[test]
     fn freed_rows_wait_for_readers() {

@@ -161,10 +161,45 @@ pub(crate) struct Coll {
     pub info: RwLock<CollectionInfo>,
     /// Transactions hold it shared until committed; snapshot, rollback, clone and
     /// removal hold it exclusively, so they see no transaction half-way.
-    pub gate: RwLock<()>,
+    gate: RwLock<()>,
+    /// Set (under the exclusive gate) once the collection is removed, so that callers
+    /// that looked it up before and waited on the gate do not act on it.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl Coll {
+    fn new(info: CollectionInfo) -> Self {
+        Coll {
+            info: RwLock::new(info),
+            gate: RwLock::new(()),
+            removed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn check_present(&self) -> Result<()> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(Error::NotFound(format!(
+                "collection {:?} (removed)",
+                self.info().name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Enters the collection for a transaction.
+    pub fn enter_shared(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        let gate = self.gate.read().expect("gate poisoned");
+        self.check_present()?;
+        Ok(gate)
+    }
+
+    /// Enters the collection alone (snapshot, rollback, clone, removal, settings).
+    pub fn enter_exclusive(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        let gate = self.gate.write().expect("gate poisoned");
+        self.check_present()?;
+        Ok(gate)
+    }
+
     pub fn info(&self) -> CollectionInfo {
         self.info.read().expect("collection lock poisoned").clone()
     }
@@ -554,13 +589,7 @@ impl Store {
                 let info: CollectionInfo = serde_json::from_slice(&value)
                     .map_err(|e| Error::Corrupt(format!("collection record: {e}")))?;
                 catalog.by_name.insert(info.name.clone(), info.id);
-                catalog.by_id.insert(
-                    info.id,
-                    Arc::new(Coll {
-                        info: RwLock::new(info),
-                        gate: RwLock::new(()),
-                    }),
-                );
+                catalog.by_id.insert(info.id, Arc::new(Coll::new(info)));
             }
         }
         // A cache device that fails to open costs speed, not data: warn and go on.
@@ -772,13 +801,7 @@ impl Store {
             *parent.info.write().expect("collection lock poisoned") = parent_info;
         }
         catalog.by_name.insert(name.to_string(), id);
-        catalog.by_id.insert(
-            id,
-            Arc::new(Coll {
-                info: RwLock::new(info),
-                gate: RwLock::new(()),
-            }),
-        );
+        catalog.by_id.insert(id, Arc::new(Coll::new(info)));
         Ok(())
     }
 
@@ -802,7 +825,7 @@ impl Store {
     /// (Dedup and record size are fixed when a collection is created.)
     pub fn set_compression(&self, name: &str, compression: Compression) -> Result<()> {
         let coll = self.coll(name)?;
-        let _gate = coll.gate.write().expect("gate poisoned");
+        let _gate = coll.enter_exclusive()?;
         let mut info = coll.info();
         info.settings.compression = compression;
         self.put_info(&coll, info)
@@ -840,7 +863,7 @@ impl Store {
     /// while a clone depends on one of its snapshots.
     pub fn remove_collection(&self, name: &str) -> Result<()> {
         let coll = self.coll(name)?;
-        let _gate = coll.gate.write().expect("gate poisoned");
+        let _gate = coll.enter_exclusive()?;
         let info = coll.info();
         if let Some(s) = info.snapshots.iter().find(|s| !s.clones.is_empty()) {
             return Err(Error::Invalid(format!(
@@ -868,9 +891,19 @@ impl Store {
         }
         ops.push(MetaOp::Delete(coll_info_key(info.id)));
         ops.push(MetaOp::Delete(coll_name_key(name)));
-        let parent = match &info.origin {
-            Some(origin) => {
-                let parent = self.coll_by_id(origin.coll)?;
+        // The origin's record changes too: hold its gate so no snapshot, clone or
+        // other removal rewrites that record at the same time (child, then parent:
+        // no path takes them the other way round).
+        let parent_coll = match &info.origin {
+            Some(origin) => Some(self.coll_by_id(origin.coll)?),
+            None => None,
+        };
+        let _parent_gate = parent_coll
+            .as_ref()
+            .map(|p| p.enter_exclusive())
+            .transpose()?;
+        let parent = match parent_coll.as_ref() {
+            Some(parent) => {
                 let mut parent_info = parent.info();
                 for snapshot in &mut parent_info.snapshots {
                     snapshot.clones.retain(|c| *c != info.id);
@@ -893,6 +926,7 @@ impl Store {
         if let Some((parent, parent_info)) = parent {
             *parent.info.write().expect("collection lock poisoned") = parent_info;
         }
+        coll.removed.store(true, Ordering::Release);
         let mut catalog = self.catalog.write().expect("catalog lock poisoned");
         catalog.by_name.remove(name);
         catalog.by_id.remove(&info.id);
@@ -904,7 +938,7 @@ impl Store {
     pub fn snapshot(&self, coll_name: &str, snapshot: &str) -> Result<SnapshotInfo> {
         check_name("snapshot", snapshot)?;
         let coll = self.coll(coll_name)?;
-        let _gate = coll.gate.write().expect("gate poisoned");
+        let _gate = coll.enter_exclusive()?;
         let mut info = coll.info();
         if info.snapshots.iter().any(|s| s.name == snapshot) {
             return Err(Error::AlreadyExists(format!(
@@ -935,7 +969,7 @@ impl Store {
     /// clones.
     pub fn destroy_snapshot(&self, coll_name: &str, snapshot: &str) -> Result<()> {
         let coll = self.coll(coll_name)?;
-        let _gate = coll.gate.write().expect("gate poisoned");
+        let _gate = coll.enter_exclusive()?;
         let mut info = coll.info();
         let at = info
             .snapshots
@@ -1052,7 +1086,7 @@ impl Store {
     /// or pass `destroy_newer` to destroy them (refused if they have clones).
     pub fn rollback(&self, coll_name: &str, snapshot: &str, destroy_newer: bool) -> Result<()> {
         let coll = self.coll(coll_name)?;
-        let _gate = coll.gate.write().expect("gate poisoned");
+        let _gate = coll.enter_exclusive()?;
         let mut info = coll.info();
         let at = info
             .snapshots
@@ -1135,7 +1169,7 @@ impl Store {
     pub fn clone_snapshot(&self, coll_name: &str, snapshot: &str, new_name: &str) -> Result<()> {
         check_name("collection", new_name)?;
         let coll = self.coll(coll_name)?;
-        let _gate = coll.gate.write().expect("gate poisoned");
+        let _gate = coll.enter_exclusive()?;
         let info = coll.info();
         let snap = info
             .snapshots

@@ -352,7 +352,7 @@ impl Store {
     /// of it is applied.
     pub fn commit(&self, txn: Transaction) -> Result<u64> {
         let coll = self.coll(&txn.coll)?;
-        let _gate = coll.gate.read().expect("gate poisoned");
+        let _gate = coll.enter_shared()?;
         let info = coll.info();
         let names: BTreeSet<Vec<u8>> = txn.ops.iter().map(|op| op.name().to_vec()).collect();
         for name in &names {

@@ -609,8 +609,29 @@ impl Vdev {
         (data.len() == psize).then_some(data)
     }
 
+    /// Refuses an extent that does not fit this vdev (damaged metadata), before any
+    /// buffer is sized from it.
+    fn check_extent(&self, extent: &Extent) -> Result<()> {
+        let per_row = self.usable_bytes() / self.rows.max(1);
+        let fits = extent.nrows > 0
+            && extent
+                .row
+                .checked_add(extent.nrows as u64)
+                .is_some_and(|end| end <= self.rows)
+            && extent.psize as u64 <= extent.nrows as u64 * per_row;
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(format!(
+                "block pointer to rows {}+{} ({} bytes) does not fit vdev {} of {} rows",
+                extent.row, extent.nrows, extent.psize, self.index, self.rows
+            )))
+        }
+    }
+
     /// Reads and verifies a block, rebuilding and rewriting damaged copies.
     pub fn read_block(&self, extent: &Extent) -> Result<Vec<u8>> {
+        self.check_extent(extent)?;
         let psize = extent.psize as usize;
         if self.codec.is_some() {
             let data_columns = self.data_columns();
@@ -651,6 +672,7 @@ impl Vdev {
     /// Scrubs one block: reads every copy or column (parity included), verifies, and
     /// rewrites whatever is damaged from what is good.
     pub fn check_block(&self, extent: &Extent) -> Result<BlockCheck> {
+        self.check_extent(extent)?;
         Ok(self.verify_all(extent)?.0)
     }
 
@@ -749,6 +771,7 @@ impl Vdev {
     /// Rebuilds the column (or copy) that disk `child` should hold for a block and
     /// writes it there; used by resilver after a disk is replaced.
     pub fn rebuild_on(&self, child: usize, extent: &Extent) -> Result<bool> {
+        self.check_extent(extent)?;
         let columns = self.read_columns(extent, |i| i != child);
         let psize = extent.psize as usize;
         let good = match &self.codec {
@@ -905,6 +928,28 @@ mod tests {
             .unwrap();
         assert_eq!(open_disk(&config, "p").state(), DiskState::Online);
         assert_eq!(open_disk(&config, "other").state(), DiskState::Faulted);
+    }
+
+    #[test]
+    fn extents_from_damaged_metadata_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vdev(VdevKind::Raidz1, 3, dir.path());
+        let checksum = [0u8; 32];
+        for (row, nrows, psize) in [
+            (u64::MAX, 2, 10),
+            (v.rows, 1, 10),
+            (0, 1, 1 << 30),
+            (0, 0, 0),
+        ] {
+            let extent = Extent {
+                row,
+                nrows,
+                psize,
+                checksum: &checksum,
+            };
+            assert!(matches!(v.read_block(&extent), Err(Error::Corrupt(_))));
+            assert!(matches!(v.check_block(&extent), Err(Error::Corrupt(_))));
+        }
     }
 
     #[test]
