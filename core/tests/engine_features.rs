@@ -292,3 +292,23 @@ fn writes_racing_a_collection_removal_leave_nothing_behind() {
         "a write after the removal left rows behind"
     );
 }
+
+#[test]
+fn a_view_of_a_destroyed_snapshot_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = create(dir.path(), None);
+    store
+        .create_collection("c", CollectionSettings::default())
+        .unwrap();
+    put(&store, "c", "o", b"old");
+    store.snapshot("c", "s").unwrap();
+    let view = store.at_snapshot("c", "s").unwrap();
+    assert_eq!(view.read(b"o", 0, 10).unwrap(), b"old");
+    put(&store, "c", "o", b"new");
+    store.destroy_snapshot("c", "s").unwrap();
+    assert!(matches!(
+        view.read(b"o", 0, 10),
+        Err(lcpfs_core::engine::Error::NotFound(_))
+    ));
+    assert_eq!(store.head("c").unwrap().read(b"o", 0, 10).unwrap(), b"new");
+}

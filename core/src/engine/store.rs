@@ -1395,6 +1395,26 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
+    /// A consistent read of the metadata in which this view still exists: a view of a
+    /// snapshot that has since been destroyed (or rolled past) reads nothing.
+    fn reader(&self) -> Result<Reader<'_>> {
+        let reader = Reader::new(&self.store.shared.db);
+        let record = reader
+            .raw_get(&coll_info_key(self.lineage.coll))?
+            .ok_or_else(|| Error::NotFound("collection (removed)".into()))?;
+        if let Some(at) = self.lineage.at {
+            let info: CollectionInfo = serde_json::from_slice(&record)
+                .map_err(|e| Error::Corrupt(format!("collection record: {e}")))?;
+            if !info.snapshots.iter().any(|s| s.txg == at) {
+                return Err(Error::NotFound(format!(
+                    "snapshot of {} (destroyed)",
+                    info.name
+                )));
+            }
+        }
+        Ok(reader)
+    }
+
     fn record(&self, reader: &Reader<'_>, name: &[u8]) -> Result<ObjectRecord> {
         let bytes = reader
             .get(&self.lineage, &keys::object_item(name))?
@@ -1406,7 +1426,7 @@ impl View<'_> {
 
     /// Whether an object exists.
     pub fn exists(&self, name: &[u8]) -> Result<bool> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         Ok(reader
             .get(&self.lineage, &keys::object_item(name))?
             .is_some())
@@ -1414,7 +1434,7 @@ impl View<'_> {
 
     /// An object's size, times, block counts, xattrs.
     pub fn stat(&self, name: &[u8]) -> Result<ObjectStat> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         let record = self.record(&reader, name)?;
         let mut blocks = 0;
         let mut stored_bytes = 0;
@@ -1472,7 +1492,7 @@ impl View<'_> {
         sink: &mut dyn std::io::Write,
     ) -> Result<u64> {
         let _pin = self.store.shared.alloc.pin();
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         let record = self.record(&reader, name)?;
         let end = offset.saturating_add(len).min(record.size);
         if offset >= end {
@@ -1522,7 +1542,7 @@ impl View<'_> {
 
     /// Lists objects, sorted by name.
     pub fn list(&self, options: &ListOptions) -> Result<Vec<ObjectEntry>> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         let prefix = keys::object_item(&options.prefix);
         let after = options.start_after.as_ref().map(|a| keys::object_item(a));
         let mut out = Vec::new();
@@ -1553,14 +1573,14 @@ impl View<'_> {
 
     /// All xattrs of an object.
     pub fn xattrs(&self, name: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         self.record(&reader, name)?;
         self.xattrs_with(&reader, name)
     }
 
     /// One xattr.
     pub fn xattr(&self, name: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         self.record(&reader, name)?;
         reader.get(
             &self.lineage,
@@ -1570,7 +1590,7 @@ impl View<'_> {
 
     /// One omap value.
     pub fn omap_get(&self, name: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         self.record(&reader, name)?;
         reader.get(&self.lineage, &keys::keyed_item(keys::KIND_OMAP, name, key))
     }
@@ -1584,7 +1604,7 @@ impl View<'_> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let reader = Reader::new(&self.store.shared.db);
+        let reader = self.reader()?;
         self.record(&reader, name)?;
         let prefix = keys::sub_prefix(keys::KIND_OMAP, name);
         let after = start_after.map(|a| keys::keyed_item(keys::KIND_OMAP, name, a));
