@@ -828,11 +828,7 @@ impl Store {
         let _gate = coll.enter_exclusive()?;
         let mut info = coll.info();
         info.settings.compression = compression;
-        self.put_info(&coll, info)
-    }
-
-    fn put_info(&self, coll: &Coll, info: CollectionInfo) -> Result<()> {
-        self.commit_info(coll, info, Vec::new(), Vec::new())
+        self.commit_info(&coll, info, Vec::new(), Vec::new())
     }
 
     /// Commits metadata changes together with a collection's new record, then makes the
@@ -1340,9 +1336,6 @@ impl Store {
         *self.config.lock().expect("config lock poisoned") = config;
         Ok(report)
     }
-
-    /// Stops the committer and closes the store.
-    pub fn close(self) {}
 }
 
 impl Drop for Store {

@@ -643,20 +643,18 @@ impl Vdev {
                 return Ok(data);
             }
         } else {
-            for (i, disk) in self.disks.iter().enumerate() {
-                let columns = self.read_columns(extent, |c| c == i);
-                if let Some(copy) = &columns[i]
-                    && blake3::hash(&copy[..psize]).as_bytes() == extent.checksum
-                {
+            for i in 0..self.disks.len() {
+                let Some(mut copy) = self.read_columns(extent, |c| c == i).swap_remove(i) else {
+                    continue;
+                };
+                copy.truncate(psize);
+                if blake3::hash(&copy).as_bytes() == extent.checksum {
                     if i > 0 {
                         // Earlier copies failed: heal them from this one.
                         self.check_block(extent)?;
                     }
-                    let mut copy = columns.into_iter().nth(i).flatten().expect("checked above");
-                    copy.truncate(psize);
                     return Ok(copy);
                 }
-                let _ = disk;
             }
         }
         let (check, data) = self.verify_all(extent)?;
