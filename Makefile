@@ -13,7 +13,10 @@ DATA ?= $(CURDIR)/lcpfs-data
 # RocksDB itself.
 PACKAGES := libclang-dev g++
 
-.PHONY: dev test deps build fmt lint unit
+MON_ADDR ?= 127.0.0.1:6789
+MON_METRICS ?= 127.0.0.1:9283
+
+.PHONY: dev dev-stop test deps build fmt lint unit
 
 deps:
 	@missing=""; \
@@ -44,10 +47,30 @@ dev: build
 	@echo
 	@$(BIN)/lcpfs-osd store $(DATA)/osd.0 ls demo
 	@echo
-	@echo "A demo engine store is in $(DATA)/osd.0. Try:"
+	@echo
+	@if ! $(BIN)/lcpfs --mon $(MON_ADDR) --timeout 1 mon stat >/dev/null 2>&1; then \
+	  mkdir -p $(DATA)/mon.a; \
+	  args="--data $(DATA)/mon.a --metrics-addr $(MON_METRICS)"; \
+	  [ -f $(DATA)/mon.a/mon.json ] || \
+	    args="$$args --id a --addr $(MON_ADDR) --initial-members a=$(MON_ADDR)"; \
+	  nohup $(BIN)/lcpfs-mon $$args >>$(DATA)/mon.a/log 2>&1 & echo $$! >$(DATA)/mon.a/pid; \
+	fi
+	@$(BIN)/lcpfs --mon $(MON_ADDR) --timeout 30 status
+	@echo
+	@echo "A demo engine store is in $(DATA)/osd.0, and monitor a runs on $(MON_ADDR)"
+	@echo "(metrics on http://$(MON_METRICS)/metrics; stop it with make dev-stop). Try:"
 	@echo "  $(BIN)/lcpfs-osd store $(DATA)/osd.0 put demo NAME FILE"
-	@echo "  $(BIN)/lcpfs-osd store $(DATA)/osd.0 snapshot demo before"
 	@echo "  $(BIN)/lcpfs-osd store $(DATA)/osd.0 scrub"
+	@echo "  export LCPFS_MON=$(MON_ADDR) LCPFS_KEYRING=$(DATA)/mon.a/keyring"
+	@echo "  $(BIN)/lcpfs auth add client.me"
+	@echo "  $(BIN)/lcpfs map watch"
+
+dev-stop:
+	@if [ -f $(DATA)/mon.a/pid ]; then \
+	  pid=$$(cat $(DATA)/mon.a/pid); kill $$pid 2>/dev/null || true; \
+	  for i in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	  rm -f $(DATA)/mon.a/pid; echo "monitor a stopped"; \
+	fi
 
 fmt:
 	$(CARGO) fmt --all --check

@@ -40,9 +40,6 @@ pub struct CrushTestArgs {
     /// PGs to map.
     #[arg(long, default_value_t = 1024)]
     pub pg_num: u32,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn failure_domain(name: &str) -> anyhow::Result<BucketType> {
@@ -71,7 +68,7 @@ fn pool_kind(args: &CrushTestArgs) -> anyhow::Result<PoolKind> {
 }
 
 /// Runs `lcpfs crush test` and returns what to print.
-pub fn run(args: &CrushTestArgs) -> anyhow::Result<String> {
+pub fn run(args: &CrushTestArgs, json: bool) -> anyhow::Result<String> {
     let (map, pool) = match &args.map {
         Some(path) => {
             let text =
@@ -102,7 +99,7 @@ pub fn run(args: &CrushTestArgs) -> anyhow::Result<String> {
         .context("building the synthetic cluster")?,
     };
     let report = crush::utilization_report(&map, pool, args.pg_num).context("mapping the PGs")?;
-    if args.json {
+    if json {
         Ok(serde_json::to_string_pretty(&report)?)
     } else {
         Ok(report.to_string())

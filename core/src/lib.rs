@@ -3,10 +3,12 @@
 //! - [`engine`]: the LCPFS storage engine each OSD runs on its disks — copy-on-write,
 //!   checksummed, self-healing, with RAID-Z, compression, dedup, snapshots and clones;
 //! - [`map`]: the cluster map (monitors, OSDs, pools) and its epochs and incrementals;
+//! - [`monitor`]: the requests the monitors accept and their replies;
 //! - [`pg`]: objects to placement groups, with a hash fixed forever;
 //! - [`crush`]: placement groups to OSDs by CRUSH straw2 across failure domains.
 
 pub mod crush;
 pub mod engine;
 pub mod map;
+pub mod monitor;
 pub mod pg;

@@ -291,6 +291,9 @@ pub enum MapError {
     /// The pool settings are invalid.
     #[error("invalid pool: {0}")]
     InvalidPool(#[from] PoolValidationError),
+    /// Size and min_size are replicated-pool settings.
+    #[error("pool {0} is erasure-coded: its size is k+m, fixed when the pool is created")]
+    ErasurePoolSize(u32),
     /// No pool with this id.
     #[error("pool {0} does not exist: list pools to find its id")]
     PoolNotFound(u32),
@@ -668,6 +671,24 @@ impl ClusterMap {
         Ok(())
     }
 
+    /// Records an OSD boot: a known OSD gets its new address and is marked up (its
+    /// host, class and weights stay as the operator set them); an unknown one is
+    /// added, up and in.
+    pub fn boot_osd(&mut self, osd: OsdInfo) -> Result<MapIncremental, MapError> {
+        if !self.osds.contains_key(&osd.id) {
+            return self.add_osd(OsdInfo {
+                up: true,
+                in_: true,
+                ..osd
+            });
+        }
+        self.update_osd(osd.id, |known| {
+            known.addr = osd.addr;
+            known.up = true;
+            Ok(())
+        })
+    }
+
     /// Removes an OSD that is down. Its host and zone keep their bucket ids.
     pub fn remove_osd(&mut self, id: u32) -> Result<MapIncremental, MapError> {
         self.mutate(|map| {
@@ -746,6 +767,12 @@ impl ClusterMap {
         if self.pool_by_name(&spec.name).is_some() {
             return Err(PoolValidationError::NameTaken(spec.name.clone()));
         }
+        self.validate_layout(spec)
+    }
+
+    /// The checks of [`ClusterMap::validate_pool`] that do not involve the name:
+    /// redundancy settings, pg_num, and enough failure domains.
+    fn validate_layout(&self, spec: &PoolSpec) -> Result<(), PoolValidationError> {
         let needed = match spec.kind {
             PoolKind::Replicated { size, min_size } => {
                 if size == 0 {
@@ -866,6 +893,47 @@ impl ClusterMap {
                 .into());
             }
             pool.pg_num = pg_num;
+            Ok(())
+        })
+    }
+
+    /// Sets (or with `None` clears) a pool's compression algorithm.
+    pub fn set_pool_compression(
+        &mut self,
+        id: u32,
+        compression: Option<String>,
+    ) -> Result<MapIncremental, MapError> {
+        self.mutate(|map| {
+            let pool = map.pools.get_mut(&id).ok_or(MapError::PoolNotFound(id))?;
+            pool.compression = compression;
+            Ok(())
+        })
+    }
+
+    /// Changes a replicated pool's `size` and `min_size`, with the checks of pool
+    /// creation (enough failure domains for the new size).
+    pub fn set_pool_size(
+        &mut self,
+        id: u32,
+        size: u32,
+        min_size: u32,
+    ) -> Result<MapIncremental, MapError> {
+        let pool = self.pools.get(&id).ok_or(MapError::PoolNotFound(id))?;
+        if pool.is_erasure() {
+            return Err(MapError::ErasurePoolSize(id));
+        }
+        let spec = PoolSpec {
+            name: pool.name.clone(),
+            kind: PoolKind::Replicated { size, min_size },
+            pg_num: pool.pg_num,
+            failure_domain: pool.failure_domain,
+            device_class: pool.device_class.clone(),
+            compression: None,
+        };
+        self.validate_layout(&spec)?;
+        self.mutate(|map| {
+            let pool = map.pools.get_mut(&id).ok_or(MapError::PoolNotFound(id))?;
+            pool.kind = PoolKind::Replicated { size, min_size };
             Ok(())
         })
     }

@@ -1,0 +1,377 @@
+//! The client side of the monitors: find one that answers, send it requests (any
+//! monitor forwards changes to the leader), and follow the cluster map.
+//!
+//! Monitors are found from `--mon ADDR,...` or `LCPFS_MON`. A request that a monitor
+//! cannot serve right now (it is down, or leadership is changing) is retried on the
+//! others until the deadline; the last error, naming the monitors tried, is returned.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use lcpfs_core::map::{ClusterMap, MapIncremental};
+use lcpfs_core::monitor::{Command, CommandOutcome, Query, keyring_key};
+use lcpfs_proto::monitor_client::MonitorClient;
+use lcpfs_proto::{
+    CommandRequest, FailureReport, GetMapRequest, MapUpdate, OsdBootRequest, OsdHeartbeatRequest,
+    PingReply, PingRequest, QueryRequest, SubscribeRequest, map_update,
+};
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+/// Default time a request may take, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What an OSD reports when it boots.
+#[derive(Clone, Debug)]
+pub struct OsdBoot {
+    /// Stable uuid of the OSD's store.
+    pub uuid: String,
+    /// Where it listens.
+    pub addr: String,
+    /// Its host.
+    pub host: String,
+    /// Its zone (empty: default).
+    pub zone: String,
+    /// Its device class (empty: hdd).
+    pub device_class: String,
+    /// Its CRUSH weight.
+    pub weight: f64,
+}
+
+/// A connection to the monitors.
+#[derive(Clone)]
+pub struct MonClient {
+    monitors: Vec<(String, Channel)>,
+    key: Option<String>,
+    timeout: Duration,
+}
+
+impl MonClient {
+    /// A client for the monitors at `addrs` (`host:port` each).
+    pub fn new(addrs: &[String]) -> anyhow::Result<Self> {
+        if addrs.is_empty() {
+            bail!("no monitor address: pass --mon HOST:PORT[,HOST:PORT...] or set LCPFS_MON");
+        }
+        let monitors = addrs
+            .iter()
+            .map(|addr| {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .with_context(|| format!("bad monitor address {addr:?}: expected HOST:PORT"))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true);
+                Ok((addr.clone(), endpoint.connect_lazy()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(MonClient {
+            monitors,
+            key: None,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Monitors from `--mon` (comma-separated) or, without it, `LCPFS_MON`.
+    pub fn from_flags(mon: Option<&str>) -> anyhow::Result<Self> {
+        let list = match mon {
+            Some(list) => list.to_owned(),
+            None => std::env::var("LCPFS_MON").unwrap_or_default(),
+        };
+        let addrs: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Self::new(&addrs)
+    }
+
+    /// Uses the key of `entity` from a keyring file.
+    pub fn with_keyring(mut self, path: &Path, entity: &str) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the keyring {}", path.display()))?;
+        let key = keyring_key(&text, entity)
+            .ok_or_else(|| anyhow!("the keyring {} has no key for {entity}", path.display()))?;
+        self.key = Some(key);
+        Ok(self)
+    }
+
+    /// Sets how long a request may take, retries included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The key this client presents, if a keyring was given.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Runs `call` on one monitor after another until one answers with something
+    /// other than "unavailable", or the deadline passes.
+    async fn call<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(MonitorClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        // The latest error from each monitor, in the order the monitors were given.
+        let mut errors: Vec<Option<String>> = vec![None; self.monitors.len()];
+        'rounds: loop {
+            for (index, (addr, channel)) in self.monitors.iter().enumerate() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break 'rounds;
+                }
+                let attempt =
+                    tokio::time::timeout(remaining, call(MonitorClient::new(channel.clone())));
+                match attempt.await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(status)) if retryable(&status) => {
+                        errors[index] = Some(format!("{addr}: {}", describe(&status)));
+                    }
+                    Ok(Err(status)) => bail!("{}", describe(&status)),
+                    Err(_) => {
+                        errors[index].get_or_insert_with(|| format!("{addr}: no answer in time"));
+                    }
+                }
+            }
+            tokio::time::sleep(
+                Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+        // A monitor's own "no quorum" explanation says more than a refused connection.
+        let errors: Vec<String> = errors.into_iter().flatten().collect();
+        let best = errors
+            .iter()
+            .find(|error| error.contains("no quorum"))
+            .or(errors.last())
+            .cloned()
+            .unwrap_or_else(|| "no monitor answered".into());
+        bail!(
+            "no monitor could serve the request within {:?} (tried {}): {best}",
+            self.timeout,
+            self.monitors
+                .iter()
+                .map(|(addr, _)| addr.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// Sends a change; the outcome says whether it was committed or refused.
+    pub async fn command(&self, command: &Command) -> anyhow::Result<CommandOutcome> {
+        let body = serde_json::to_vec(command)?;
+        let reply = self
+            .call(|mut client| {
+                let body = body.clone();
+                async move {
+                    client
+                        .command(CommandRequest {
+                            epoch: 0,
+                            command_json: body,
+                        })
+                        .await
+                }
+            })
+            .await?
+            .into_inner();
+        serde_json::from_slice(&reply.outcome_json).context("malformed reply from the monitor")
+    }
+
+    /// Sends a change and fails with the monitors' reason when it is refused.
+    pub async fn run(
+        &self,
+        command: &Command,
+    ) -> anyhow::Result<(u64, String, Option<serde_json::Value>)> {
+        match self.command(command).await? {
+            CommandOutcome::Done {
+                epoch,
+                message,
+                value,
+            } => Ok((epoch, message, value)),
+            CommandOutcome::Refused { reason } => Err(anyhow!("refused: {reason}")),
+        }
+    }
+
+    /// Asks a read-only question.
+    pub async fn query<T: DeserializeOwned>(&self, query: &Query) -> anyhow::Result<T> {
+        let body = serde_json::to_vec(query)?;
+        let reply = self
+            .call(|mut client| {
+                let body = body.clone();
+                async move {
+                    client
+                        .query(QueryRequest {
+                            epoch: 0,
+                            query_json: body,
+                        })
+                        .await
+                }
+            })
+            .await?
+            .into_inner();
+        serde_json::from_slice(&reply.result_json).context("malformed reply from the monitor")
+    }
+
+    /// The cluster map. With `linearizable`, it includes every change acknowledged
+    /// before this call.
+    pub async fn map(&self, linearizable: bool) -> anyhow::Result<ClusterMap> {
+        let reply = self
+            .call(|mut client| async move {
+                client
+                    .get_map(GetMapRequest {
+                        epoch: 0,
+                        linearizable,
+                    })
+                    .await
+            })
+            .await?
+            .into_inner();
+        serde_json::from_slice(&reply.map_json).context("malformed map from the monitor")
+    }
+
+    /// Follows the map: the returned watch yields every epoch after `have` in order.
+    pub async fn subscribe(&self, have: Option<ClusterMap>) -> anyhow::Result<MapWatch> {
+        let have_epoch = have.as_ref().map_or(0, |map| map.epoch);
+        let stream = self
+            .call(|mut client| async move {
+                client
+                    .subscribe(SubscribeRequest {
+                        have_epoch,
+                        who: String::new(),
+                    })
+                    .await
+            })
+            .await?
+            .into_inner();
+        Ok(MapWatch { map: have, stream })
+    }
+
+    /// Registers a booting OSD; returns its id.
+    pub async fn osd_boot(&self, boot: &OsdBoot) -> anyhow::Result<u32> {
+        let reply = self
+            .call(|mut client| async move {
+                client
+                    .osd_boot(OsdBootRequest {
+                        epoch: 0,
+                        uuid: boot.uuid.clone(),
+                        addr: boot.addr.clone(),
+                        host: boot.host.clone(),
+                        zone: boot.zone.clone(),
+                        device_class: boot.device_class.clone(),
+                        weight: boot.weight,
+                    })
+                    .await
+            })
+            .await?;
+        Ok(reply.into_inner().osd_id)
+    }
+
+    /// Tells the monitors OSD `id` is alive; returns their map epoch.
+    pub async fn osd_heartbeat(&self, id: u32) -> anyhow::Result<u64> {
+        let reply = self
+            .call(|mut client| async move {
+                client
+                    .osd_heartbeat(OsdHeartbeatRequest {
+                        epoch: 0,
+                        osd_id: id,
+                    })
+                    .await
+            })
+            .await?;
+        Ok(reply.into_inner().epoch)
+    }
+
+    /// OSD `reporter` cannot reach OSD `failed`.
+    pub async fn report_failure(&self, reporter: u32, failed: u32) -> anyhow::Result<()> {
+        self.call(|mut client| async move {
+            client
+                .report_failure(FailureReport {
+                    epoch: 0,
+                    reporter,
+                    failed,
+                })
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every monitor's answer to a ping, by address (`None`: no answer).
+    pub async fn ping_all(&self) -> Vec<(String, Option<PingReply>)> {
+        let mut replies = Vec::new();
+        for (addr, channel) in &self.monitors {
+            let mut client = MonitorClient::new(channel.clone());
+            let reply = tokio::time::timeout(Duration::from_secs(1), client.ping(PingRequest {}))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(tonic::Response::into_inner);
+            replies.push((addr.clone(), reply));
+        }
+        replies
+    }
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+fn describe(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else if status.code() == tonic::Code::Unavailable
+        && (status.message().contains("transport") || status.message().contains("connect"))
+    {
+        format!("unreachable ({})", status.message())
+    } else {
+        status.message().to_owned()
+    }
+}
+
+/// A subscription to the cluster map.
+pub struct MapWatch {
+    map: Option<ClusterMap>,
+    stream: tonic::Streaming<MapUpdate>,
+}
+
+impl MapWatch {
+    /// The next epoch's map. Fails if the monitor sends an epoch that does not follow
+    /// the last one, or an incremental that does not apply.
+    pub async fn next(&mut self) -> anyhow::Result<Option<&ClusterMap>> {
+        let Some(update) = self.stream.message().await? else {
+            return Ok(None);
+        };
+        match update.update {
+            Some(map_update::Update::FullMapJson(json)) => {
+                let map: ClusterMap = serde_json::from_slice(&json)?;
+                if let Some(old) = &self.map
+                    && map.epoch <= old.epoch
+                {
+                    bail!("full map epoch {} after epoch {}", map.epoch, old.epoch);
+                }
+                self.map = Some(map);
+            }
+            Some(map_update::Update::IncrementalJson(json)) => {
+                let incremental: MapIncremental = serde_json::from_slice(&json)?;
+                let map = self
+                    .map
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("incremental before any full map"))?;
+                map.apply(&incremental)
+                    .context("incremental does not follow the map")?;
+            }
+            None => bail!("empty map update"),
+        }
+        Ok(self.map.as_ref())
+    }
+}
+
+/// Path of a keyring given by `--keyring` or `LCPFS_KEYRING`.
+pub fn keyring_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("LCPFS_KEYRING").map(PathBuf::from))
+}

@@ -1,0 +1,534 @@
+//! One monitor: its Raft, its state, and the leader's duties (proposing changes,
+//! failure detection of OSDs).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lcpfs_core::map::OsdInfo;
+use lcpfs_core::monitor::{Command, CommandOutcome, check_entity_name};
+use lcpfs_proto::monitor_client::MonitorClient;
+use openraft::ChangeMembers;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use rand::RngCore;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::network::channel;
+use crate::store::StateShared;
+use crate::types::{MonNode, Proposal, Raft, node_id, now_ms};
+
+/// Timers and limits of a monitor.
+#[derive(Clone, Debug)]
+pub struct MonConfig {
+    /// An OSD silent this long is marked down.
+    pub osd_heartbeat_grace: Duration,
+    /// An OSD down this long is marked out.
+    pub osd_down_out_interval: Duration,
+    /// How long a change may wait for a quorum before it is refused.
+    pub quorum_timeout: Duration,
+    /// Distinct hosts whose OSDs must report a peer failed before it is marked down.
+    pub min_down_reporter_hosts: usize,
+}
+
+impl Default for MonConfig {
+    fn default() -> Self {
+        MonConfig {
+            osd_heartbeat_grace: Duration::from_secs(20),
+            osd_down_out_interval: Duration::from_secs(600),
+            quorum_timeout: Duration::from_secs(5),
+            min_down_reporter_hosts: 2,
+        }
+    }
+}
+
+/// Where a request that only the leader may execute goes.
+pub enum Leader {
+    /// This monitor leads.
+    Me,
+    /// Another monitor leads; forward to it.
+    Peer(MonitorClient<Channel>),
+}
+
+/// Failed OSD → reporting host → (reporting OSD, when).
+type FailureReports = HashMap<u32, BTreeMap<String, (u32, Instant)>>;
+
+/// A running monitor.
+pub struct Monitor {
+    /// Its name.
+    pub name: String,
+    /// Its Raft node id ([`node_id`] of the name).
+    pub id: u64,
+    /// Its address.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its Raft.
+    pub raft: Raft,
+    /// The applied state.
+    pub state: Arc<StateShared>,
+    /// Timers.
+    pub config: MonConfig,
+    /// Leader only: when each OSD last sent a heartbeat.
+    heartbeats: Mutex<HashMap<u32, Instant>>,
+    /// Leader only: when each down OSD without a recorded time was first seen down.
+    seen_down: Mutex<HashMap<u32, u64>>,
+    /// Leader only: failed OSD → reporting host → when.
+    failure_reports: Mutex<FailureReports>,
+}
+
+/// The error for a change that could not reach a quorum; nothing was applied.
+pub fn no_quorum(detail: &str) -> Status {
+    Status::unavailable(format!(
+        "no quorum: {detail}; the change was not applied (start the stopped monitors, or check the network between them)"
+    ))
+}
+
+impl Monitor {
+    /// A monitor around an opened Raft.
+    pub fn new(
+        name: String,
+        addr: String,
+        data_dir: PathBuf,
+        raft: Raft,
+        state: Arc<StateShared>,
+        config: MonConfig,
+    ) -> Self {
+        Monitor {
+            id: node_id(&name),
+            name,
+            addr,
+            data_dir,
+            raft,
+            state,
+            config,
+            heartbeats: Mutex::new(HashMap::new()),
+            seen_down: Mutex::new(HashMap::new()),
+            failure_reports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Voters and learners of the current membership, by node id.
+    pub fn members(&self) -> (BTreeMap<u64, MonNode>, BTreeSet<u64>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        let voters = membership.voter_ids().collect();
+        (nodes, voters)
+    }
+
+    /// Name of the current leader, if one is known.
+    pub fn leader_name(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.members().0.get(&leader).map(|node| node.name.clone())
+    }
+
+    /// The leader, or why there is none.
+    pub fn leader(&self) -> Result<Leader, Status> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(id) if id == self.id => Ok(Leader::Me),
+            Some(id) => {
+                let (nodes, _) = self.members();
+                let node = nodes.get(&id).ok_or_else(|| {
+                    Status::unavailable("the leader is not in the membership yet; retry")
+                })?;
+                let channel = channel(&node.addr).ok_or_else(|| {
+                    Status::internal(format!(
+                        "leader {} has a bad address {:?}",
+                        node.name, node.addr
+                    ))
+                })?;
+                Ok(Leader::Peer(MonitorClient::new(channel)))
+            }
+            None => {
+                let (nodes, voters) = self.members();
+                let names: Vec<&str> = voters
+                    .iter()
+                    .filter_map(|id| nodes.get(id).map(|node| node.name.as_str()))
+                    .collect();
+                Err(no_quorum(&format!(
+                    "no leader is elected among monitors {} (a majority, {} of {}, must be running and connected)",
+                    names.join(", "),
+                    names.len() / 2 + 1,
+                    names.len()
+                )))
+            }
+        }
+    }
+
+    /// On the leader: confirms that a quorum still follows it (read-index), so the
+    /// state it serves next is linearizable and a change it proposes can commit.
+    pub async fn confirm_quorum(&self) -> Result<(), Status> {
+        let (nodes, voters) = self.members();
+        let needed = voters.len() / 2 + 1;
+        let detail = || {
+            format!(
+                "the leader {} cannot reach {needed} of the {} monitors ({})",
+                self.name,
+                voters.len(),
+                voters
+                    .iter()
+                    .filter_map(|id| nodes.get(id).map(|node| node.name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        match tokio::time::timeout(self.config.quorum_timeout, self.raft.ensure_linearizable())
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
+                Err(no_quorum(&detail()))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(forward_error(self.id, forward.leader_id))
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => {
+                Err(Status::internal(format!("raft stopped: {fatal}")))
+            }
+        }
+    }
+
+    /// On the leader: commits a proposal and returns its outcome.
+    pub async fn write(&self, proposal: Proposal) -> Result<CommandOutcome, Status> {
+        self.confirm_quorum().await?;
+        match tokio::time::timeout(self.config.quorum_timeout, self.raft.client_write(proposal))
+            .await
+        {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(error)) => Err(raft_write_error(self.id, error)),
+            Err(_) => Err(no_quorum(
+                "the change was proposed but no quorum acknowledged it in time; it may still commit when the monitors reconnect",
+            )),
+        }
+    }
+
+    /// On the leader: executes an operator command.
+    pub async fn execute(&self, command: Command) -> Result<CommandOutcome, Status> {
+        match command {
+            Command::AuthAdd { entity } => {
+                if let Err(reason) = check_entity_name(&entity) {
+                    return Ok(CommandOutcome::Refused { reason });
+                }
+                self.write(Proposal::AuthAdd {
+                    entity,
+                    key: new_key(),
+                })
+                .await
+            }
+            Command::MonAdd { name, addr } => self.add_monitor(name, addr).await,
+            Command::MonRemove { name } => self.remove_monitor(name).await,
+            command => self.write(Proposal::Admin(command)).await,
+        }
+    }
+
+    async fn add_monitor(&self, name: String, addr: String) -> Result<CommandOutcome, Status> {
+        if name.is_empty() || addr.is_empty() {
+            return Ok(refused("mon add needs a name and an address"));
+        }
+        if self
+            .state
+            .with_state(|state| state.map.monitors.contains_key(&name))
+        {
+            return Ok(refused(&format!("monitor {name} is already in the map")));
+        }
+        self.confirm_quorum().await?;
+        let id = node_id(&name);
+        let node = MonNode {
+            name: name.clone(),
+            addr: addr.clone(),
+        };
+        let catch_up = tokio::time::timeout(
+            self.config.quorum_timeout * 6,
+            self.raft.add_learner(id, node, true),
+        );
+        match catch_up.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(raft_write_error(self.id, error)),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "monitor {name} at {addr} did not catch up in time: is `lcpfs-mon --id {name} --addr {addr}` running?"
+                )));
+            }
+        }
+        self.change_membership(ChangeMembers::AddVoterIds([id].into()))
+            .await?;
+        self.write(Proposal::Admin(Command::MonAdd { name, addr }))
+            .await
+    }
+
+    async fn remove_monitor(&self, name: String) -> Result<CommandOutcome, Status> {
+        let (_, voters) = self.members();
+        let id = node_id(&name);
+        if !voters.contains(&id) {
+            return Ok(refused(&format!(
+                "monitor {name} is not a member of the quorum"
+            )));
+        }
+        if voters.len() == 1 {
+            return Ok(refused("cannot remove the last monitor"));
+        }
+        let outcome = self
+            .write(Proposal::Admin(Command::MonRemove { name }))
+            .await?;
+        if matches!(outcome, CommandOutcome::Refused { .. }) {
+            return Ok(outcome);
+        }
+        self.change_membership(ChangeMembers::RemoveVoters([id].into()))
+            .await?;
+        self.change_membership(ChangeMembers::RemoveNodes([id].into()))
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<u64, MonNode>) -> Result<(), Status> {
+        match tokio::time::timeout(
+            self.config.quorum_timeout * 2,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(raft_write_error(self.id, error)),
+            Err(_) => Err(no_quorum("the membership change did not commit in time")),
+        }
+    }
+
+    /// On the leader: an OSD booted. Returns its id.
+    pub async fn osd_boot(&self, uuid: String, osd: OsdInfo) -> Result<(u32, u64), Status> {
+        if uuid.is_empty() {
+            return Err(Status::invalid_argument(
+                "an OSD boots with the uuid of its store",
+            ));
+        }
+        match self.write(Proposal::OsdBoot { uuid, osd }).await? {
+            CommandOutcome::Done { epoch, value, .. } => {
+                let id = value
+                    .and_then(|value| value.as_u64())
+                    .ok_or_else(|| Status::internal("boot did not return an id"))?
+                    as u32;
+                self.heartbeats
+                    .lock()
+                    .expect("heartbeats")
+                    .insert(id, Instant::now());
+                Ok((id, epoch))
+            }
+            CommandOutcome::Refused { reason } => Err(Status::failed_precondition(reason)),
+        }
+    }
+
+    /// On the leader: a heartbeat from an OSD.
+    pub fn osd_heartbeat(&self, id: u32) -> Result<(), Status> {
+        if !self
+            .state
+            .with_state(|state| state.map.osds.contains_key(&id))
+        {
+            return Err(Status::not_found(format!(
+                "osd.{id} is not in the map: boot it first"
+            )));
+        }
+        self.heartbeats
+            .lock()
+            .expect("heartbeats")
+            .insert(id, Instant::now());
+        Ok(())
+    }
+
+    /// On the leader: `reporter` cannot reach `failed`. Once OSDs on enough distinct
+    /// hosts report the same peer within the grace period, it is marked down.
+    pub async fn failure_report(&self, reporter: u32, failed: u32) -> Result<(), Status> {
+        let map = self.state.map();
+        let reporter_host = map
+            .osds
+            .get(&reporter)
+            .map(|osd| osd.host.clone())
+            .ok_or_else(|| {
+                Status::not_found(format!("reporter osd.{reporter} is not in the map"))
+            })?;
+        if !map.osds.get(&failed).is_some_and(|osd| osd.up) {
+            return Ok(());
+        }
+        let reporters = {
+            let mut reports = self.failure_reports.lock().expect("failure reports");
+            let entry = reports.entry(failed).or_default();
+            entry.insert(reporter_host, (reporter, Instant::now()));
+            entry.retain(|_, (_, at)| at.elapsed() < self.config.osd_heartbeat_grace);
+            if entry.len() < self.config.min_down_reporter_hosts {
+                return Ok(());
+            }
+            let reporters: Vec<String> =
+                entry.values().map(|(id, _)| format!("osd.{id}")).collect();
+            reports.remove(&failed);
+            reporters
+        };
+        self.write(Proposal::MarkDown {
+            ids: [failed].into(),
+            at_ms: now_ms(),
+            reason: format!("reported failed by {}", reporters.join(", ")),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The leader's periodic duties: bootstrap a new cluster, mark silent OSDs down
+    /// and long-down OSDs out. Runs forever; does nothing while not leading.
+    pub async fn leader_duties(self: Arc<Self>, initial_members: BTreeMap<String, String>) {
+        let tick = (self.config.osd_heartbeat_grace / 8)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut leading = false;
+        loop {
+            tokio::time::sleep(tick).await;
+            let is_leader = self.raft.metrics().borrow().current_leader == Some(self.id);
+            if !is_leader {
+                leading = false;
+                continue;
+            }
+            let map = self.state.map();
+            if !leading {
+                // A new leader has seen no heartbeat yet: every OSD gets a full grace.
+                let now = Instant::now();
+                let mut heartbeats = self.heartbeats.lock().expect("heartbeats");
+                heartbeats.clear();
+                heartbeats.extend(map.osds.keys().map(|&id| (id, now)));
+                self.seen_down.lock().expect("seen down").clear();
+                leading = true;
+            }
+            if !self.state.with_state(|state| state.bootstrapped()) {
+                self.bootstrap(&initial_members).await;
+                continue;
+            }
+            let silent: BTreeSet<u32> = {
+                let mut heartbeats = self.heartbeats.lock().expect("heartbeats");
+                map.osds
+                    .values()
+                    .filter(|osd| osd.up)
+                    .filter(|osd| {
+                        heartbeats
+                            .entry(osd.id)
+                            .or_insert_with(Instant::now)
+                            .elapsed()
+                            > self.config.osd_heartbeat_grace
+                    })
+                    .map(|osd| osd.id)
+                    .collect()
+            };
+            if !silent.is_empty() {
+                let reason = format!("no heartbeat for {:?}", self.config.osd_heartbeat_grace);
+                if let Err(error) = self
+                    .write(Proposal::MarkDown {
+                        ids: silent,
+                        at_ms: now_ms(),
+                        reason,
+                    })
+                    .await
+                {
+                    tracing::warn!(%error, "could not mark silent OSDs down");
+                }
+                continue;
+            }
+            let now = now_ms();
+            let out: BTreeSet<u32> = {
+                let down_since = self.state.with_state(|state| state.down_since_ms.clone());
+                let mut seen_down = self.seen_down.lock().expect("seen down");
+                map.osds
+                    .values()
+                    .filter(|osd| !osd.up && osd.in_)
+                    .filter(|osd| {
+                        let since = down_since
+                            .get(&osd.id)
+                            .copied()
+                            .unwrap_or_else(|| *seen_down.entry(osd.id).or_insert(now));
+                        now.saturating_sub(since)
+                            >= self.config.osd_down_out_interval.as_millis() as u64
+                    })
+                    .map(|osd| osd.id)
+                    .collect()
+            };
+            if !out.is_empty()
+                && let Err(error) = self.write(Proposal::AutoOut { ids: out }).await
+            {
+                tracing::warn!(%error, "could not mark long-down OSDs out");
+            }
+        }
+    }
+
+    async fn bootstrap(&self, initial_members: &BTreeMap<String, String>) {
+        let (nodes, _) = self.members();
+        let monitors = if initial_members.is_empty() {
+            nodes
+                .values()
+                .map(|node| (node.name.clone(), node.addr.clone()))
+                .collect()
+        } else {
+            initial_members.clone()
+        };
+        let proposal = Proposal::Bootstrap {
+            fsid: new_fsid(),
+            monitors,
+            admin_key: new_key(),
+        };
+        match self.write(proposal).await {
+            Ok(CommandOutcome::Done { message, .. }) => tracing::info!("{message}"),
+            Ok(CommandOutcome::Refused { reason }) => tracing::debug!(%reason, "bootstrap"),
+            Err(error) => tracing::warn!(%error, "could not bootstrap the cluster yet"),
+        }
+    }
+}
+
+fn refused(reason: &str) -> CommandOutcome {
+    CommandOutcome::Refused {
+        reason: reason.to_owned(),
+    }
+}
+
+fn raft_write_error(me: u64, error: RaftError<u64, ClientWriteError<u64, MonNode>>) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            forward_error(me, forward.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
+            Status::failed_precondition(format!("membership change refused: {error}"))
+        }
+        RaftError::Fatal(fatal) => Status::internal(format!("raft stopped: {fatal}")),
+    }
+}
+
+/// This monitor (`me`) is not, or no longer, an accepted leader.
+fn forward_error(me: u64, new_leader: Option<u64>) -> Status {
+    match new_leader {
+        Some(leader) if leader != me => {
+            Status::unavailable("leadership changed; retry the request")
+        }
+        _ => no_quorum(
+            "this monitor is not confirmed as leader by a quorum and no other leader is elected",
+        ),
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new secret key: 32 random bytes as hex.
+pub fn new_key() -> String {
+    random_hex(32)
+}
+
+fn new_fsid() -> String {
+    let hex = random_hex(16);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

@@ -1,0 +1,397 @@
+//! The monitor's gRPC services: `MonRaft` (between monitors) and `Monitor` (for
+//! clients, OSDs and MDSs). Requests only the leader can execute are forwarded to it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lcpfs_core::map::{ClusterMap, OsdInfo};
+use lcpfs_core::monitor::{
+    AuthEntity, ClusterStatus, Command, HealthCheck, HealthStatus, MonStatus, Query,
+};
+use lcpfs_proto::mon_raft_server::MonRaft;
+use lcpfs_proto::monitor_client::MonitorClient;
+use lcpfs_proto::monitor_server::Monitor as MonitorRpc;
+use lcpfs_proto::{
+    CommandReply, CommandRequest, FailureReply, FailureReport, GetMapRequest, MapReply, MapUpdate,
+    OsdBootReply, OsdBootRequest, OsdHeartbeatReply, OsdHeartbeatRequest, PingReply, PingRequest,
+    QueryReply, QueryRequest, RaftPayload, SubscribeRequest, map_update,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::monitor::{Leader, Monitor};
+use crate::network::channel;
+
+/// Marks a request a monitor forwarded to the leader, so it is not forwarded twice.
+const FORWARDED: &str = "lcpfs-forwarded";
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| Status::invalid_argument(format!("malformed {what}: {error}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("monitor replies serialize to JSON")
+}
+
+/// `MonRaft`: hands peers' Raft messages to this monitor's Raft.
+pub struct RaftService(pub Arc<Monitor>);
+
+#[tonic::async_trait]
+impl MonRaft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.into_inner().json, "append-entries request")?;
+        let result = self.0.raft.append_entries(rpc).await;
+        Ok(Response::new(RaftPayload {
+            json: encode(&result),
+        }))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.into_inner().json, "vote request")?;
+        let result = self.0.raft.vote(rpc).await;
+        Ok(Response::new(RaftPayload {
+            json: encode(&result),
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.into_inner().json, "install-snapshot request")?;
+        let result = self.0.raft.install_snapshot(rpc).await;
+        Ok(Response::new(RaftPayload {
+            json: encode(&result),
+        }))
+    }
+}
+
+/// `Monitor`: the service clients, OSDs and MDSs call.
+pub struct MonitorService(pub Arc<Monitor>);
+
+impl MonitorService {
+    /// The leader to forward `request` to, or `None` when this monitor leads.
+    fn forward_target<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<MonitorClient<tonic::transport::Channel>>, Status> {
+        match self.0.leader()? {
+            Leader::Me => Ok(None),
+            Leader::Peer(_) if request.metadata().contains_key(FORWARDED) => Err(
+                Status::unavailable("leadership is changing; retry the request"),
+            ),
+            Leader::Peer(client) => Ok(Some(client)),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.0.state.map().epoch
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<MapUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MonitorRpc for MonitorService {
+    async fn get_map(&self, request: Request<GetMapRequest>) -> Result<Response<MapReply>, Status> {
+        if request.get_ref().linearizable {
+            if let Some(mut leader) = self.forward_target(&request)? {
+                return leader.get_map(forwarded(request.into_inner())).await;
+            }
+            self.0.confirm_quorum().await?;
+        }
+        let map = self.0.state.map();
+        if map.fsid.is_empty() {
+            return Err(Status::unavailable("the cluster is not bootstrapped yet"));
+        }
+        Ok(Response::new(MapReply {
+            epoch: map.epoch,
+            map_json: encode(&map),
+        }))
+    }
+
+    type SubscribeStream = UpdateStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let have_epoch = request.into_inner().have_epoch;
+        let state = self.0.state.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut epochs = state.watch_epoch();
+            let mut have = have_epoch;
+            loop {
+                let map = state.map();
+                if !map.fsid.is_empty() && map.epoch > have {
+                    let updates = match (have > 0).then(|| state.history_since(have)).flatten() {
+                        Some(incrementals) => incrementals
+                            .into_iter()
+                            .map(|incremental| MapUpdate {
+                                epoch: incremental.to_epoch,
+                                update: Some(map_update::Update::IncrementalJson(encode(
+                                    &incremental,
+                                ))),
+                            })
+                            .collect(),
+                        None => vec![full_update(&map)],
+                    };
+                    for update in updates {
+                        have = update.epoch;
+                        if sender.send(Ok(update)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if epochs.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn command(
+        &self,
+        request: Request<CommandRequest>,
+    ) -> Result<Response<CommandReply>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.command(forwarded(request.into_inner())).await;
+        }
+        let command: Command = decode(&request.get_ref().command_json, "command")?;
+        let outcome = self.0.execute(command).await?;
+        Ok(Response::new(CommandReply {
+            epoch: self.epoch(),
+            outcome_json: encode(&outcome),
+        }))
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryReply>, Status> {
+        let query: Query = decode(&request.get_ref().query_json, "query")?;
+        if !self.0.state.with_state(|state| state.bootstrapped()) {
+            let leader = self.0.leader_name();
+            return Err(Status::unavailable(format!(
+                "the cluster is not bootstrapped yet ({})",
+                match leader {
+                    Some(leader) => format!("leader {leader} is writing the first map"),
+                    None =>
+                        "no leader elected yet: a majority of --initial-members must be running"
+                            .into(),
+                }
+            )));
+        }
+        let result = match query {
+            Query::Status => encode(&self.status().await),
+            Query::AuthList => encode(&self.0.state.with_state(|state| {
+                state
+                    .auth
+                    .iter()
+                    .map(|(entity, key)| AuthEntity {
+                        entity: entity.clone(),
+                        key: key.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })),
+            Query::AuthGet { entity } => {
+                let key = self
+                    .0
+                    .state
+                    .with_state(|state| state.auth.get(&entity).cloned())
+                    .ok_or_else(|| Status::not_found(format!("{entity} does not exist")))?;
+                encode(&AuthEntity { entity, key })
+            }
+        };
+        Ok(Response::new(QueryReply {
+            epoch: self.epoch(),
+            result_json: result,
+        }))
+    }
+
+    async fn osd_boot(
+        &self,
+        request: Request<OsdBootRequest>,
+    ) -> Result<Response<OsdBootReply>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.osd_boot(forwarded(request.into_inner())).await;
+        }
+        let boot = request.into_inner();
+        let osd = OsdInfo {
+            id: 0,
+            addr: boot.addr,
+            host: boot.host,
+            zone: (!boot.zone.is_empty()).then_some(boot.zone),
+            device_class: if boot.device_class.is_empty() {
+                "hdd".into()
+            } else {
+                boot.device_class
+            },
+            weight: boot.weight,
+            up: true,
+            in_: true,
+            reweight: 1.0,
+        };
+        let (osd_id, epoch) = self.0.osd_boot(boot.uuid, osd).await?;
+        Ok(Response::new(OsdBootReply { epoch, osd_id }))
+    }
+
+    async fn osd_heartbeat(
+        &self,
+        request: Request<OsdHeartbeatRequest>,
+    ) -> Result<Response<OsdHeartbeatReply>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.osd_heartbeat(forwarded(request.into_inner())).await;
+        }
+        self.0.osd_heartbeat(request.get_ref().osd_id)?;
+        Ok(Response::new(OsdHeartbeatReply {
+            epoch: self.epoch(),
+        }))
+    }
+
+    async fn report_failure(
+        &self,
+        request: Request<FailureReport>,
+    ) -> Result<Response<FailureReply>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.report_failure(forwarded(request.into_inner())).await;
+        }
+        let report = request.into_inner();
+        self.0
+            .failure_report(report.reporter, report.failed)
+            .await?;
+        Ok(Response::new(FailureReply {
+            epoch: self.epoch(),
+        }))
+    }
+
+    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let metrics = self.0.raft.metrics().borrow().clone();
+        Ok(Response::new(PingReply {
+            name: self.0.name.clone(),
+            epoch: self.epoch(),
+            term: metrics.current_term,
+            leader: self.0.leader_name().unwrap_or_default(),
+            applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+            state: format!("{:?}", metrics.state),
+            purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
+        }))
+    }
+}
+
+fn full_update(map: &ClusterMap) -> MapUpdate {
+    MapUpdate {
+        epoch: map.epoch,
+        update: Some(map_update::Update::FullMapJson(encode(map))),
+    }
+}
+
+impl MonitorService {
+    /// Cluster status with health checks. Probes every monitor briefly to tell which
+    /// are reachable.
+    async fn status(&self) -> ClusterStatus {
+        let map = self.0.state.map();
+        let metrics = self.0.raft.metrics().borrow().clone();
+        let (nodes, voters) = self.0.members();
+        let mut monitors = Vec::new();
+        for (id, node) in &nodes {
+            let reachable = *id == self.0.id || ping(&node.addr).await;
+            monitors.push(MonStatus {
+                name: node.name.clone(),
+                addr: node.addr.clone(),
+                reachable,
+                voter: voters.contains(id),
+            });
+        }
+        let mut checks = std::collections::BTreeMap::new();
+        let down: Vec<&str> = monitors
+            .iter()
+            .filter(|mon| !mon.reachable)
+            .map(|mon| mon.name.as_str())
+            .collect();
+        if !down.is_empty() {
+            checks.insert(
+                "MON_DOWN".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Warn,
+                    summary: format!(
+                        "{}/{} mons down: {}",
+                        down.len(),
+                        monitors.len(),
+                        down.join(", ")
+                    ),
+                },
+            );
+        }
+        let osds_down: Vec<String> = map
+            .osds
+            .values()
+            .filter(|osd| osd.in_ && !osd.up)
+            .map(|osd| format!("osd.{}", osd.id))
+            .collect();
+        if !osds_down.is_empty() {
+            checks.insert(
+                "OSD_DOWN".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Warn,
+                    summary: format!("{} osds down: {}", osds_down.len(), osds_down.join(", ")),
+                },
+            );
+        }
+        if metrics.current_leader.is_none() {
+            checks.insert(
+                "MON_NO_QUORUM".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Err,
+                    summary: "no leader: the monitors have no quorum".to_owned(),
+                },
+            );
+        }
+        let health = checks
+            .values()
+            .map(|check| check.severity)
+            .max()
+            .unwrap_or(HealthStatus::Ok);
+        ClusterStatus {
+            fsid: map.fsid.clone(),
+            health,
+            checks,
+            epoch: map.epoch,
+            term: metrics.current_term,
+            leader: self.0.leader_name(),
+            monitors,
+            osds: map.osds.len() as u32,
+            osds_up: map.osds.values().filter(|osd| osd.up).count() as u32,
+            osds_in: map.osds.values().filter(|osd| osd.in_).count() as u32,
+            pools: map.pools.len() as u32,
+            pgs: map.pools.values().map(|pool| u64::from(pool.pg_num)).sum(),
+        }
+    }
+}
+
+async fn ping(addr: &str) -> bool {
+    let Some(channel) = channel(addr) else {
+        return false;
+    };
+    let mut client = MonitorClient::new(channel);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), client.ping(PingRequest {})).await,
+        Ok(Ok(_))
+    )
+}

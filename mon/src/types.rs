@@ -1,0 +1,97 @@
+//! The monitors' Raft types: what a log entry carries and what applying it returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+
+use lcpfs_core::map::OsdInfo;
+use lcpfs_core::monitor::{Command, CommandOutcome};
+use serde::{Deserialize, Serialize};
+
+/// A monitor as a Raft member: its name and where it listens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonNode {
+    /// Monitor name (`a`, `b`, ...), as in `lcpfs-mon --id`.
+    pub name: String,
+    /// Address of its gRPC endpoint, `host:port`.
+    pub addr: String,
+}
+
+/// One entry of the replicated log. Anything that is not deterministic (a fresh key,
+/// the leader's clock) is decided by the leader before proposing, so every monitor
+/// applies the same entry to the same result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Proposal {
+    /// The first entry of a new cluster: its id, first monitors and admin key.
+    Bootstrap {
+        /// Cluster id.
+        fsid: String,
+        /// Initial monitors, name → address.
+        monitors: BTreeMap<String, String>,
+        /// Key of `client.admin`.
+        admin_key: String,
+    },
+    /// An operator's command without hidden inputs.
+    Admin(Command),
+    /// `auth add` with the key the leader drew.
+    AuthAdd {
+        /// Entity name.
+        entity: String,
+        /// Its new key.
+        key: String,
+    },
+    /// An OSD booted.
+    OsdBoot {
+        /// Stable uuid of its store.
+        uuid: String,
+        /// Address, host, zone, class and weight it reports (the id is assigned here).
+        osd: OsdInfo,
+    },
+    /// OSDs stopped answering (timer or peer reports).
+    MarkDown {
+        /// OSD ids.
+        ids: BTreeSet<u32>,
+        /// Leader's clock, milliseconds since the Unix epoch, starting the
+        /// down-out timer.
+        at_ms: u64,
+        /// Why, for the log and the operator.
+        reason: String,
+    },
+    /// OSDs down for longer than the down-out interval.
+    AutoOut {
+        /// OSD ids.
+        ids: BTreeSet<u32>,
+    },
+}
+
+openraft::declare_raft_types!(
+    /// The monitors' Raft type configuration.
+    pub TypeConfig:
+        D = Proposal,
+        R = CommandOutcome,
+        NodeId = u64,
+        Node = MonNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of a monitor.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Raft node id of a monitor name: a stable hash, so every monitor derives the same
+/// id from `--initial-members` and `lcpfs mon add` without coordination.
+pub fn node_id(name: &str) -> u64 {
+    let digest = blake3::hash(format!("lcpfs-mon:{name}").as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_bytes()[..8]);
+    // Raft reserves no id, but keep 0 out so "no node" is never a real monitor.
+    u64::from_le_bytes(id).max(1)
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

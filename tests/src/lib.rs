@@ -1,0 +1,234 @@
+//! A harness for cluster tests: starts real `lcpfs-mon` processes on loopback ports in
+//! a temporary directory, kills and restarts them, and waits for conditions with
+//! deadlines (never fixed sleeps).
+//!
+//! The daemons are the release binaries next to the test executable (`cargo test
+//! --release --workspace` builds them before running any test).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lcpfs_client::mon_client::MonClient;
+
+/// Path of a workspace binary (`lcpfs-mon`, `lcpfs`) built beside the test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; the daemon binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One monitor process of a test cluster.
+pub struct Mon {
+    /// Name.
+    pub name: String,
+    /// Address, `127.0.0.1:port`.
+    pub addr: String,
+    /// Data directory.
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mon {
+    /// True while the process runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A set of monitors on loopback.
+pub struct MonCluster {
+    /// The monitors by name.
+    pub mons: BTreeMap<String, Mon>,
+    /// Extra flags for every monitor (timers).
+    pub flags: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl MonCluster {
+    /// Names and addresses for `names`, nothing started.
+    pub fn new(names: &[&str], flags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut cluster = MonCluster {
+            mons: BTreeMap::new(),
+            flags: flags.iter().map(|flag| flag.to_string()).collect(),
+            dir,
+        };
+        for name in names {
+            cluster.define(name);
+        }
+        cluster
+    }
+
+    /// Defines one more monitor (not started).
+    pub fn define(&mut self, name: &str) {
+        let data = self.dir.path().join(format!("mon.{name}"));
+        self.mons.insert(
+            name.to_owned(),
+            Mon {
+                name: name.to_owned(),
+                addr: format!("127.0.0.1:{}", free_port()),
+                data,
+                child: None,
+            },
+        );
+    }
+
+    /// `--initial-members` for `names`.
+    pub fn members(&self, names: &[&str]) -> String {
+        names
+            .iter()
+            .map(|name| format!("{name}={}", self.mons[*name].addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts a monitor; `extra` are flags for this start only (e.g. bootstrap).
+    pub fn start(&mut self, name: &str, extra: &[String]) {
+        let mon = self.mons.get_mut(name).expect("monitor defined");
+        assert!(mon.child.is_none(), "mon.{name} is already running");
+        std::fs::create_dir_all(&mon.data).expect("monitor data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(mon.data.join("stderr.log"))
+            .expect("monitor log file");
+        let child = Command::new(binary("lcpfs-mon"))
+            .args(["--id", name, "--addr", &mon.addr, "--data"])
+            .arg(&mon.data)
+            .args(&self.flags)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lcpfs-mon");
+        mon.child = Some(child);
+    }
+
+    /// Starts `names` as the initial members of a new cluster.
+    pub fn bootstrap(&mut self, names: &[&str]) {
+        let members = self.members(names);
+        for name in names {
+            self.start(name, &["--initial-members".into(), members.clone()]);
+        }
+    }
+
+    /// Kills a monitor with SIGKILL.
+    pub fn kill(&mut self, name: &str) {
+        let mon = self.mons.get_mut(name).expect("monitor defined");
+        if let Some(mut child) = mon.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Addresses of all defined monitors.
+    pub fn addrs(&self) -> Vec<String> {
+        self.mons.values().map(|mon| mon.addr.clone()).collect()
+    }
+
+    /// A client of all defined monitors.
+    pub fn client(&self) -> MonClient {
+        MonClient::new(&self.addrs())
+            .expect("monitor addresses")
+            .with_timeout(Duration::from_secs(20))
+    }
+
+    /// A client of one monitor only.
+    pub fn client_of(&self, name: &str) -> MonClient {
+        MonClient::new(&[self.mons[name].addr.clone()])
+            .expect("monitor address")
+            .with_timeout(Duration::from_secs(20))
+    }
+
+    /// The leader's name as the running monitors agree on it (a running one).
+    pub async fn leader(&self) -> String {
+        let client = self.client();
+        let running: Vec<String> = self
+            .mons
+            .values()
+            .filter(|mon| mon.running())
+            .map(|mon| mon.name.clone())
+            .collect();
+        wait_for("a leader", Duration::from_secs(30), || {
+            let client = client.clone();
+            let running = running.clone();
+            async move {
+                let replies = client.ping_all().await;
+                let leaders: Vec<String> = replies
+                    .into_iter()
+                    .filter_map(|(_, reply)| reply)
+                    .map(|reply| reply.leader)
+                    .collect();
+                let first = leaders.first()?.clone();
+                let agreed = leaders.iter().all(|leader| *leader == first);
+                (agreed && running.contains(&first)).then_some(first)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the cluster is bootstrapped and serves linearizable reads.
+    pub async fn ready(&self) -> lcpfs_core::map::ClusterMap {
+        let client = self.client();
+        wait_for("a bootstrapped map", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move { client.map(true).await.ok() }
+        })
+        .await
+    }
+
+    /// The stderr of a monitor, for failure messages.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.mons[name].data.join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for MonCluster {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.mons.keys().cloned().collect();
+        for name in names {
+            self.kill(&name);
+        }
+    }
+}

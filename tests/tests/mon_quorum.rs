@@ -1,0 +1,244 @@
+//! Monitor quorum under failure: real `lcpfs-mon` processes on loopback.
+
+use std::time::Duration;
+
+use lcpfs_client::mon_client::{MonClient, OsdBoot};
+use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
+use lcpfs_core::monitor::{Command, CommandOutcome};
+use lcpfs_tests::{MonCluster, wait_for};
+
+fn pool(name: &str) -> Command {
+    Command::PoolCreate {
+        spec: PoolSpec {
+            name: name.into(),
+            kind: PoolKind::Replicated {
+                size: 3,
+                min_size: 2,
+            },
+            pg_num: 16,
+            failure_domain: BucketType::Host,
+            device_class: None,
+            compression: None,
+        },
+    }
+}
+
+async fn boot_osds(client: &MonClient, hosts: u32) {
+    for host in 0..hosts {
+        client
+            .osd_boot(&OsdBoot {
+                uuid: format!("uuid-{host}"),
+                addr: format!("127.0.0.1:{}", 7000 + host),
+                host: format!("host{host}"),
+                zone: String::new(),
+                device_class: "ssd".into(),
+                weight: 1.0,
+            })
+            .await
+            .expect("osd boot");
+    }
+}
+
+async fn map_of(cluster: &MonCluster, name: &str) -> ClusterMap {
+    cluster.client_of(name).map(false).await.expect("map")
+}
+
+/// Waits until monitor `name` has applied the map at `epoch` exactly like `expected`.
+async fn caught_up(cluster: &MonCluster, name: &str, expected: &ClusterMap) {
+    let client = cluster.client_of(name).with_timeout(Duration::from_secs(1));
+    wait_for(
+        &format!("mon.{name} at epoch {}", expected.epoch),
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move { client.map(false).await.ok().filter(|map| map == expected) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_monitors_survive_leader_loss_and_refuse_without_quorum() {
+    let mut cluster = MonCluster::new(&["a", "b", "c"], &["--quorum-timeout", "2"]);
+    cluster.bootstrap(&["a", "b", "c"]);
+    let map = cluster.ready().await;
+    assert_eq!(
+        map.monitors.len(),
+        3,
+        "bootstrap map lists the initial monitors"
+    );
+    let client = cluster.client();
+    boot_osds(&client, 3).await;
+    client
+        .run(&pool("before"))
+        .await
+        .expect("pool before failover");
+
+    // Kill the leader: the other two elect a new one that serves changes.
+    let old_leader = cluster.leader().await;
+    cluster.kill(&old_leader);
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+    client
+        .run(&pool("after"))
+        .await
+        .expect("pool after failover");
+
+    // The old leader restarts from its data directory alone and catches up.
+    let latest = client.map(true).await.unwrap();
+    cluster.start(&old_leader, &[]);
+    caught_up(&cluster, &old_leader, &latest).await;
+
+    // Kill both followers: the leader refuses changes and applies nothing.
+    let leader = cluster.leader().await;
+    let followers: Vec<String> = cluster
+        .mons
+        .keys()
+        .filter(|n| **n != leader)
+        .cloned()
+        .collect();
+    let before = map_of(&cluster, &leader).await;
+    for follower in &followers {
+        cluster.kill(follower);
+    }
+    let lone = cluster
+        .client_of(&leader)
+        .with_timeout(Duration::from_secs(4));
+    let error = lone.run(&pool("refused")).await.expect_err("no quorum");
+    assert!(
+        error.to_string().contains("no quorum"),
+        "error names the missing quorum: {error:#}"
+    );
+    assert_eq!(
+        map_of(&cluster, &leader).await,
+        before,
+        "nothing half-applied"
+    );
+
+    // Everyone restarts: the map is exactly what it was, without the refused pool.
+    let all: Vec<String> = cluster.mons.keys().cloned().collect();
+    cluster.kill(&leader);
+    for name in &all {
+        cluster.start(name, &[]);
+    }
+    let after = cluster.ready().await;
+    assert_eq!(after, before, "epoch and content survive a full restart");
+    assert!(after.pool_by_name("refused").is_none());
+    for name in &all {
+        caught_up(&cluster, name, &before).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_monitor_catches_up_from_a_snapshot_after_compaction() {
+    let mut cluster = MonCluster::new(&["a", "b", "c"], &["--snapshot-every", "50"]);
+    cluster.bootstrap(&["a", "b", "c"]);
+    cluster.ready().await;
+    let leader = cluster.leader().await;
+    let lagging = cluster
+        .mons
+        .keys()
+        .find(|n| **n != leader)
+        .cloned()
+        .unwrap();
+    cluster.kill(&lagging);
+    let client = cluster.client();
+    for n in 0..400 {
+        client
+            .run(&Command::AuthAdd {
+                entity: format!("client.user{n}"),
+            })
+            .await
+            .expect("auth add");
+    }
+    boot_osds(&client, 3).await;
+    let latest = client.map(true).await.unwrap();
+    // The leader compacted its log past what the lagging monitor has: only a
+    // snapshot can bring it up to date.
+    let purged = wait_for(
+        "log compaction on the leader",
+        Duration::from_secs(30),
+        || {
+            let leader = cluster.client_of(&leader);
+            async move {
+                let (_, reply) = leader.ping_all().await.pop()?;
+                reply
+                    .filter(|reply| reply.purged_index > 100)
+                    .map(|reply| reply.purged_index)
+            }
+        },
+    )
+    .await;
+    assert!(purged > 100);
+    cluster.start(&lagging, &[]);
+    caught_up(&cluster, &lagging, &latest).await;
+    let keys = cluster
+        .client_of(&lagging)
+        .query::<Vec<lcpfs_core::monitor::AuthEntity>>(&lcpfs_core::monitor::Query::AuthList)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        401,
+        "400 clients and the admin, installed from the snapshot"
+    );
+
+    // A full restart of every monitor keeps everything.
+    let names: Vec<String> = cluster.mons.keys().cloned().collect();
+    for name in &names {
+        cluster.kill(name);
+    }
+    for name in &names {
+        cluster.start(name, &[]);
+    }
+    assert_eq!(cluster.ready().await, latest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_say_why_and_change_nothing() {
+    let mut cluster = MonCluster::new(&["a"], &[]);
+    cluster.bootstrap(&["a"]);
+    cluster.ready().await;
+    let client = cluster.client();
+    boot_osds(&client, 3).await;
+    let before = client.map(true).await.unwrap();
+    let ec_too_wide = Command::PoolCreate {
+        spec: PoolSpec {
+            name: "wide".into(),
+            kind: PoolKind::Erasure { k: 4, m: 2 },
+            pg_num: 16,
+            failure_domain: BucketType::Host,
+            device_class: None,
+            compression: None,
+        },
+    };
+    for (command, expected) in [
+        (
+            ec_too_wide,
+            "needs 6 distinct hosts but the cluster has only 3",
+        ),
+        (
+            Command::PoolSet {
+                name: "missing".into(),
+                key: "pg_num".into(),
+                value: "64".into(),
+            },
+            "does not exist",
+        ),
+        (Command::OsdRm { ids: vec![0] }, "is up"),
+        (
+            Command::AuthAdd {
+                entity: "nobody".into(),
+            },
+            "invalid entity name",
+        ),
+    ] {
+        match client.command(&command).await.unwrap() {
+            CommandOutcome::Refused { reason } => {
+                assert!(reason.contains(expected), "{command:?}: {reason}")
+            }
+            done => panic!("{command:?} was not refused: {done:?}"),
+        }
+    }
+    assert_eq!(client.map(true).await.unwrap(), before);
+}
