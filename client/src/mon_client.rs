@@ -6,6 +6,8 @@
 //! others until the deadline; the last error, naming the monitors tried, is returned.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -45,6 +47,8 @@ pub struct MonClient {
     monitors: Vec<(String, Channel)>,
     key: Option<String>,
     timeout: Duration,
+    /// The newest map epoch any monitor reported; sent with every request.
+    epoch: Arc<AtomicU64>,
 }
 
 impl MonClient {
@@ -67,6 +71,7 @@ impl MonClient {
             monitors,
             key: None,
             timeout: DEFAULT_TIMEOUT,
+            epoch: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -99,6 +104,15 @@ impl MonClient {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// The newest map epoch the monitors have reported to this client.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, epoch: u64) {
+        self.epoch.fetch_max(epoch, Ordering::Relaxed);
     }
 
     /// The key this client presents, if a keyring was given.
@@ -161,6 +175,7 @@ impl MonClient {
 
     /// Sends a change; the outcome says whether it was committed or refused.
     pub async fn command(&self, command: &Command) -> anyhow::Result<CommandOutcome> {
+        let epoch = self.epoch();
         let body = serde_json::to_vec(command)?;
         let reply = self
             .call(|mut client| {
@@ -168,7 +183,7 @@ impl MonClient {
                 async move {
                     client
                         .command(CommandRequest {
-                            epoch: 0,
+                            epoch,
                             command_json: body,
                         })
                         .await
@@ -176,6 +191,7 @@ impl MonClient {
             })
             .await?
             .into_inner();
+        self.saw(reply.epoch);
         serde_json::from_slice(&reply.outcome_json).context("malformed reply from the monitor")
     }
 
@@ -196,6 +212,7 @@ impl MonClient {
 
     /// Asks a read-only question.
     pub async fn query<T: DeserializeOwned>(&self, query: &Query) -> anyhow::Result<T> {
+        let epoch = self.epoch();
         let body = serde_json::to_vec(query)?;
         let reply = self
             .call(|mut client| {
@@ -203,7 +220,7 @@ impl MonClient {
                 async move {
                     client
                         .query(QueryRequest {
-                            epoch: 0,
+                            epoch,
                             query_json: body,
                         })
                         .await
@@ -211,23 +228,26 @@ impl MonClient {
             })
             .await?
             .into_inner();
+        self.saw(reply.epoch);
         serde_json::from_slice(&reply.result_json).context("malformed reply from the monitor")
     }
 
     /// The cluster map. With `linearizable`, it includes every change acknowledged
     /// before this call.
     pub async fn map(&self, linearizable: bool) -> anyhow::Result<ClusterMap> {
+        let epoch = self.epoch();
         let reply = self
             .call(|mut client| async move {
                 client
                     .get_map(GetMapRequest {
-                        epoch: 0,
+                        epoch,
                         linearizable,
                     })
                     .await
             })
             .await?
             .into_inner();
+        self.saw(reply.epoch);
         serde_json::from_slice(&reply.map_json).context("malformed map from the monitor")
     }
 
@@ -250,11 +270,12 @@ impl MonClient {
 
     /// Registers a booting OSD; returns its id.
     pub async fn osd_boot(&self, boot: &OsdBoot) -> anyhow::Result<u32> {
+        let epoch = self.epoch();
         let reply = self
             .call(|mut client| async move {
                 client
                     .osd_boot(OsdBootRequest {
-                        epoch: 0,
+                        epoch,
                         uuid: boot.uuid.clone(),
                         addr: boot.addr.clone(),
                         host: boot.host.clone(),
@@ -265,30 +286,33 @@ impl MonClient {
                     .await
             })
             .await?;
-        Ok(reply.into_inner().osd_id)
+        let reply = reply.into_inner();
+        self.saw(reply.epoch);
+        Ok(reply.osd_id)
     }
 
     /// Tells the monitors OSD `id` is alive; returns their map epoch.
     pub async fn osd_heartbeat(&self, id: u32) -> anyhow::Result<u64> {
+        let epoch = self.epoch();
         let reply = self
             .call(|mut client| async move {
                 client
-                    .osd_heartbeat(OsdHeartbeatRequest {
-                        epoch: 0,
-                        osd_id: id,
-                    })
+                    .osd_heartbeat(OsdHeartbeatRequest { epoch, osd_id: id })
                     .await
             })
             .await?;
-        Ok(reply.into_inner().epoch)
+        let reply = reply.into_inner();
+        self.saw(reply.epoch);
+        Ok(reply.epoch)
     }
 
     /// OSD `reporter` cannot reach OSD `failed`.
     pub async fn report_failure(&self, reporter: u32, failed: u32) -> anyhow::Result<()> {
+        let epoch = self.epoch();
         self.call(|mut client| async move {
             client
                 .report_failure(FailureReport {
-                    epoch: 0,
+                    epoch,
                     reporter,
                     failed,
                 })
