@@ -64,7 +64,7 @@ pub struct PoolCreateArgs {
     #[arg(long)]
     pub ec: Option<String>,
     /// Placement groups.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     pub pg_num: u32,
     /// Failure domain: osd, host or zone.
     #[arg(long, default_value = "host")]

@@ -21,6 +21,9 @@ use lcpfs_proto::{
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+/// Largest message accepted from a monitor (a full map of a large cluster).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 /// Default time a request may take, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -136,8 +139,12 @@ impl MonClient {
                 if remaining.is_zero() {
                     break 'rounds;
                 }
-                let attempt =
-                    tokio::time::timeout(remaining, call(MonitorClient::new(channel.clone())));
+                // One frozen monitor must not use up the whole deadline.
+                let share = (self.timeout / self.monitors.len() as u32).max(Duration::from_secs(2));
+                let client = MonitorClient::new(channel.clone())
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE);
+                let attempt = tokio::time::timeout(remaining.min(share), call(client));
                 match attempt.await {
                     Ok(Ok(value)) => return Ok(value),
                     Ok(Err(status)) if retryable(&status) => {

@@ -18,6 +18,10 @@ use crate::service::{MonitorService, RaftService};
 use crate::store::{LogStore, StateMachine, open_db};
 use crate::types::{MonNode, Raft, node_id};
 
+/// Largest gRPC message a monitor sends or accepts (a full map of a large cluster, a
+/// snapshot chunk).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 /// How a monitor is started.
 #[derive(Clone, Debug)]
 pub struct MonOptions {
@@ -122,6 +126,9 @@ pub async fn run(options: MonOptions) -> anyhow::Result<()> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: options.snapshot_every.clamp(1, 1000),
         purge_batch_size: 256,
+        // Snapshot chunks travel JSON-encoded (about 3.5 bytes per byte): keep each
+        // message well under the gRPC limit.
+        snapshot_max_chunk_size: 256 * 1024,
         ..Default::default()
     }
     .validate()?;
@@ -174,8 +181,16 @@ pub async fn run(options: MonOptions) -> anyhow::Result<()> {
 
     tracing::info!(monitor = %name, %addr, "serving");
     let server = tonic::transport::Server::builder()
-        .add_service(MonRaftServer::new(RaftService(monitor.clone())))
-        .add_service(MonitorServer::new(MonitorService(monitor)))
+        .add_service(
+            MonRaftServer::new(RaftService(monitor.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            MonitorServer::new(MonitorService(monitor))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .serve_with_shutdown(listen, shutdown_signal());
     let served = server
         .await

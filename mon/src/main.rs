@@ -61,7 +61,9 @@ fn member(text: &str) -> Result<(String, String), String> {
 
 fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("{flag} must be a positive number of seconds"))
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("{flag} must be a positive number of seconds"))
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lcpfs_core::map::OsdInfo;
+use lcpfs_core::map::{MAX_CRUSH_WEIGHT, OsdInfo};
 use lcpfs_core::monitor::{Command, CommandOutcome, check_entity_name};
 use lcpfs_proto::monitor_client::MonitorClient;
 use openraft::ChangeMembers;
@@ -78,6 +78,27 @@ pub struct Monitor {
     failure_reports: Mutex<FailureReports>,
 }
 
+/// The error for a change proposed to Raft whose commit could not be confirmed: it
+/// may or may not be applied, so clients must not blindly retry it.
+pub fn outcome_unknown(detail: &str) -> Status {
+    Status::aborted(format!(
+        "outcome unknown: {detail}; it may still commit when the monitors reconnect (check with `lcpfs map get` or `lcpfs status` before retrying)"
+    ))
+}
+
+/// Refuses a proposal that would not survive its trip through the log (a number JSON
+/// cannot carry, such as NaN or infinity, would become `null`).
+fn check_encodable(proposal: &Proposal) -> Result<(), Status> {
+    let encoded = serde_json::to_vec(proposal)
+        .map_err(|error| Status::invalid_argument(format!("unencodable request: {error}")))?;
+    match serde_json::from_slice::<Proposal>(&encoded) {
+        Ok(decoded) if decoded == *proposal => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "the request holds a number that cannot be stored (NaN or infinity?)",
+        )),
+    }
+}
+
 /// The error for a change that could not reach a quorum; nothing was applied.
 pub fn no_quorum(detail: &str) -> Status {
     Status::unavailable(format!(
@@ -143,7 +164,11 @@ impl Monitor {
                         node.name, node.addr
                     ))
                 })?;
-                Ok(Leader::Peer(MonitorClient::new(channel)))
+                Ok(Leader::Peer(
+                    MonitorClient::new(channel)
+                        .max_decoding_message_size(crate::daemon::MAX_MESSAGE)
+                        .max_encoding_message_size(crate::daemon::MAX_MESSAGE),
+                ))
             }
             None => {
                 let (nodes, voters) = self.members();
@@ -196,14 +221,15 @@ impl Monitor {
 
     /// On the leader: commits a proposal and returns its outcome.
     pub async fn write(&self, proposal: Proposal) -> Result<CommandOutcome, Status> {
+        check_encodable(&proposal)?;
         self.confirm_quorum().await?;
         match tokio::time::timeout(self.config.quorum_timeout, self.raft.client_write(proposal))
             .await
         {
             Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(error)) => Err(raft_write_error(self.id, error)),
-            Err(_) => Err(no_quorum(
-                "the change was proposed but no quorum acknowledged it in time; it may still commit when the monitors reconnect",
+            Ok(Err(error)) => Err(raft_write_error(error)),
+            Err(_) => Err(outcome_unknown(
+                "the change was proposed but no quorum acknowledged it in time",
             )),
         }
     }
@@ -218,6 +244,15 @@ impl Monitor {
                 self.write(Proposal::AuthAdd {
                     entity,
                     key: new_key(),
+                })
+                .await
+            }
+            Command::OsdDown { ids } => {
+                self.write(Proposal::MarkDown {
+                    ids: ids.into_iter().collect(),
+                    based_on_epoch: u64::MAX,
+                    at_ms: now_ms(),
+                    reason: "marked down by an operator".into(),
                 })
                 .await
             }
@@ -249,8 +284,12 @@ impl Monitor {
         );
         match catch_up.await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(raft_write_error(self.id, error)),
+            Ok(Err(error)) => return Err(raft_write_error(error)),
             Err(_) => {
+                // Do not leave a learner that never caught up in the membership.
+                let _ = self
+                    .change_membership(ChangeMembers::RemoveNodes([id].into()))
+                    .await;
                 return Err(Status::deadline_exceeded(format!(
                     "monitor {name} at {addr} did not catch up in time: is `lcpfs-mon --id {name} --addr {addr}` running?"
                 )));
@@ -263,26 +302,42 @@ impl Monitor {
     }
 
     async fn remove_monitor(&self, name: String) -> Result<CommandOutcome, Status> {
-        let (_, voters) = self.members();
+        let (nodes, voters) = self.members();
         let id = node_id(&name);
-        if !voters.contains(&id) {
+        let in_map = self
+            .state
+            .with_state(|state| state.map.monitors.contains_key(&name));
+        if !in_map && !nodes.contains_key(&id) {
             return Ok(refused(&format!(
                 "monitor {name} is not a member of the quorum"
             )));
         }
-        if voters.len() == 1 {
+        if voters.len() == 1 && voters.contains(&id) {
             return Ok(refused("cannot remove the last monitor"));
         }
-        let outcome = self
-            .write(Proposal::Admin(Command::MonRemove { name }))
-            .await?;
+        // The map first, while this monitor surely still leads (removing the leader
+        // makes it step down); a retry after a failure part-way finds the map done and
+        // finishes the membership.
+        let outcome = if in_map {
+            self.write(Proposal::Admin(Command::MonRemove { name: name.clone() }))
+                .await?
+        } else {
+            CommandOutcome::Done {
+                epoch: self.state.map().epoch,
+                message: format!("monitor {name} removed"),
+                value: None,
+            }
+        };
         if matches!(outcome, CommandOutcome::Refused { .. }) {
             return Ok(outcome);
         }
-        self.change_membership(ChangeMembers::RemoveVoters([id].into()))
-            .await?;
-        self.change_membership(ChangeMembers::RemoveNodes([id].into()))
-            .await?;
+        if voters.contains(&id) {
+            self.change_membership(ChangeMembers::RemoveVoters([id].into()))
+                .await?;
+        } else if nodes.contains_key(&id) {
+            self.change_membership(ChangeMembers::RemoveNodes([id].into()))
+                .await?;
+        }
         Ok(outcome)
     }
 
@@ -294,7 +349,7 @@ impl Monitor {
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(raft_write_error(self.id, error)),
+            Ok(Err(error)) => Err(raft_write_error(error)),
             Err(_) => Err(no_quorum("the membership change did not commit in time")),
         }
     }
@@ -305,6 +360,17 @@ impl Monitor {
             return Err(Status::invalid_argument(
                 "an OSD boots with the uuid of its store",
             ));
+        }
+        if osd.addr.is_empty() || osd.host.is_empty() {
+            return Err(Status::invalid_argument(
+                "an OSD boots with its address and host",
+            ));
+        }
+        if !(osd.weight.is_finite() && (0.0..=MAX_CRUSH_WEIGHT).contains(&osd.weight)) {
+            return Err(Status::invalid_argument(format!(
+                "weight {} is invalid: use a number between 0 and {MAX_CRUSH_WEIGHT} (capacity in TiB)",
+                osd.weight
+            )));
         }
         match self.write(Proposal::OsdBoot { uuid, osd }).await? {
             CommandOutcome::Done { epoch, value, .. } => {
@@ -368,6 +434,7 @@ impl Monitor {
         };
         self.write(Proposal::MarkDown {
             ids: [failed].into(),
+            based_on_epoch: map.epoch,
             at_ms: now_ms(),
             reason: format!("reported failed by {}", reporters.join(", ")),
         })
@@ -380,23 +447,29 @@ impl Monitor {
     pub async fn leader_duties(self: Arc<Self>, initial_members: BTreeMap<String, String>) {
         let tick = (self.config.osd_heartbeat_grace / 8)
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut leading = false;
+        // The term this monitor last led in: a new term means a new leadership, even
+        // if it was lost and regained between two ticks.
+        let mut led_term = None;
         loop {
             tokio::time::sleep(tick).await;
-            let is_leader = self.raft.metrics().borrow().current_leader == Some(self.id);
-            if !is_leader {
-                leading = false;
+            let (leader, term) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.current_leader, metrics.current_term)
+            };
+            if leader != Some(self.id) {
+                led_term = None;
                 continue;
             }
             let map = self.state.map();
-            if !leading {
+            if led_term != Some(term) {
                 // A new leader has seen no heartbeat yet: every OSD gets a full grace.
                 let now = Instant::now();
                 let mut heartbeats = self.heartbeats.lock().expect("heartbeats");
                 heartbeats.clear();
                 heartbeats.extend(map.osds.keys().map(|&id| (id, now)));
                 self.seen_down.lock().expect("seen down").clear();
-                leading = true;
+                led_term = Some(term);
             }
             if !self.state.with_state(|state| state.bootstrapped()) {
                 self.bootstrap(&initial_members).await;
@@ -422,6 +495,7 @@ impl Monitor {
                 if let Err(error) = self
                     .write(Proposal::MarkDown {
                         ids: silent,
+                        based_on_epoch: map.epoch,
                         at_ms: now_ms(),
                         reason,
                     })
@@ -486,10 +560,10 @@ fn refused(reason: &str) -> CommandOutcome {
     }
 }
 
-fn raft_write_error(me: u64, error: RaftError<u64, ClientWriteError<u64, MonNode>>) -> Status {
+fn raft_write_error(error: RaftError<u64, ClientWriteError<u64, MonNode>>) -> Status {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            forward_error(me, forward.leader_id)
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            outcome_unknown("this monitor lost the leadership while the change was in flight")
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
             Status::failed_precondition(format!("membership change refused: {error}"))

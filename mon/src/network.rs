@@ -43,6 +43,7 @@ pub fn channel(addr: &str) -> Option<Channel> {
         .map(|endpoint| {
             endpoint
                 .connect_timeout(std::time::Duration::from_secs(1))
+                .timeout(std::time::Duration::from_secs(30))
                 .tcp_nodelay(true)
                 .connect_lazy()
         })
@@ -73,7 +74,9 @@ impl PeerClient {
             let error = std::io::Error::other(format!("bad monitor address {:?}", self.node.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&error)));
         };
-        let mut client = MonRaftClient::new(channel);
+        let mut client = MonRaftClient::new(channel)
+            .max_decoding_message_size(crate::daemon::MAX_MESSAGE)
+            .max_encoding_message_size(crate::daemon::MAX_MESSAGE);
         let payload = RaftPayload {
             json: serde_json::to_vec(request)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?,

@@ -159,8 +159,9 @@ impl MonitorRpc for MonitorService {
                         }
                     }
                 }
-                if epochs.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = epochs.changed() => if changed.is_err() { return },
+                    () = sender.closed() => return,
                 }
             }
         });

@@ -27,6 +27,9 @@ pub struct MonState {
     pub down_since_ms: BTreeMap<u32, u64>,
     /// OSDs the down-out timer marked out; they are marked in again when they boot.
     pub auto_out: BTreeSet<u32>,
+    /// The epoch at which each OSD last booted.
+    #[serde(default)]
+    pub up_from: BTreeMap<u32, u64>,
 }
 
 impl Default for MonState {
@@ -37,6 +40,7 @@ impl Default for MonState {
             osd_uuids: BTreeMap::new(),
             down_since_ms: BTreeMap::new(),
             auto_out: BTreeSet::new(),
+            up_from: BTreeMap::new(),
         }
     }
 }
@@ -135,11 +139,27 @@ impl MonState {
                 if self.auto_out.remove(&id) {
                     incs.push(self.map.mark_in(id).map_err(err)?);
                 }
+                self.up_from.insert(id, self.map.epoch);
                 Ok((format!("osd.{id} is up"), Some(json!(id))))
             }
-            Proposal::MarkDown { ids, at_ms, reason } => {
+            Proposal::MarkDown {
+                ids,
+                based_on_epoch,
+                at_ms,
+                reason,
+            } => {
                 for &id in ids {
-                    if self.map.osds.get(&id).is_some_and(|osd| osd.up) {
+                    let osd = self
+                        .map
+                        .osds
+                        .get(&id)
+                        .ok_or(MapError::OsdNotFound(id))
+                        .map_err(err)?;
+                    let rebooted = self
+                        .up_from
+                        .get(&id)
+                        .is_some_and(|&epoch| epoch > *based_on_epoch);
+                    if osd.up && !rebooted {
                         incs.push(self.map.mark_down(id).map_err(err)?);
                         self.down_since_ms.insert(id, *at_ms);
                     }
@@ -179,11 +199,8 @@ impl MonState {
                 }
                 format!("marked in {}", osd_list(ids))
             }
-            Command::OsdDown { ids } => {
-                for &id in ids {
-                    incs.push(map.mark_down(id).map_err(err)?);
-                }
-                format!("marked down {}", osd_list(ids))
+            Command::OsdDown { .. } => {
+                return Err("osd down must go through the leader, which records the time".into());
             }
             Command::OsdRm { ids } => {
                 for &id in ids {
@@ -191,6 +208,7 @@ impl MonState {
                     self.osd_uuids.retain(|_, osd| *osd != id);
                     self.down_since_ms.remove(&id);
                     self.auto_out.remove(&id);
+                    self.up_from.remove(&id);
                     self.auth.remove(&format!("osd.{id}"));
                 }
                 format!("removed {}", osd_list(ids))
@@ -369,6 +387,7 @@ mod tests {
         assert_eq!(boot(&mut state, "u0", "h0"), 0, "same uuid, same id");
         state.apply(&Proposal::MarkDown {
             ids: [0].into(),
+            based_on_epoch: state.map.epoch,
             at_ms: 5,
             reason: "test".into(),
         });
@@ -398,6 +417,7 @@ mod tests {
         boot(&mut state, "u1", "h1");
         state.apply(&Proposal::MarkDown {
             ids: [0, 1].into(),
+            based_on_epoch: state.map.epoch,
             at_ms: 1,
             reason: "silent".into(),
         });
@@ -409,6 +429,28 @@ mod tests {
         assert!(state.map.osds[&0].in_, "timer's out undone on boot");
         assert!(!state.map.osds[&1].in_, "operator's out kept");
         assert!(state.down_since_ms.is_empty());
+    }
+
+    #[test]
+    fn an_osd_that_booted_after_the_decision_stays_up() {
+        let mut state = bootstrapped();
+        boot(&mut state, "u0", "h0");
+        let decided_at = state.map.epoch;
+        boot(&mut state, "u0", "h0");
+        state.apply(&Proposal::MarkDown {
+            ids: [0].into(),
+            based_on_epoch: decided_at,
+            at_ms: 1,
+            reason: "silent".into(),
+        });
+        assert!(state.map.osds[&0].up, "booted after the decision");
+        state.apply(&Proposal::MarkDown {
+            ids: [0].into(),
+            based_on_epoch: state.map.epoch,
+            at_ms: 1,
+            reason: "silent".into(),
+        });
+        assert!(!state.map.osds[&0].up);
     }
 
     #[test]

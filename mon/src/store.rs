@@ -249,6 +249,18 @@ struct AppliedState {
     membership: StoredMembership<u64, MonNode>,
 }
 
+/// What a snapshot carries: the applied state, and the map incrementals of the epochs
+/// before it, so that a monitor installing it can still bring subscribers that are a
+/// little behind up to date one epoch at a time.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    applied: AppliedState,
+    history: Vec<MapIncremental>,
+}
+
+/// Incrementals a snapshot carries at most.
+const SNAPSHOT_HISTORY: u64 = 512;
+
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<u64, MonNode>,
@@ -284,38 +296,56 @@ impl StateShared {
     /// `None` when some of them are no longer kept.
     pub fn history_since(&self, from_epoch: u64) -> Option<Vec<MapIncremental>> {
         let current = self.map().epoch;
-        let cf = self.db.cf_handle(CF_HISTORY).expect("column family opened");
-        let mut incrementals = Vec::new();
-        for epoch in from_epoch + 1..=current {
-            let bytes = self.db.get_cf(cf, epoch.to_be_bytes()).ok()??;
-            let incremental: MapIncremental = decode(&bytes).ok()?;
-            incrementals.push(incremental);
-        }
-        Some(incrementals)
+        (from_epoch + 1..=current)
+            .map(|epoch| self.incremental(epoch))
+            .collect()
     }
 
+    fn incremental(&self, to_epoch: u64) -> Option<MapIncremental> {
+        let cf = self.db.cf_handle(CF_HISTORY).expect("column family opened");
+        let bytes = self.db.get_cf(cf, to_epoch.to_be_bytes()).ok()??;
+        decode(&bytes).ok()
+    }
+
+    /// The kept incrementals ending at `epoch`, oldest first, at most `most`.
+    fn recent_history(&self, epoch: u64, most: u64) -> Vec<MapIncremental> {
+        let mut history: Vec<MapIncremental> = (epoch.saturating_sub(most) + 1..=epoch)
+            .rev()
+            .map_while(|epoch| self.incremental(epoch))
+            .collect();
+        history.reverse();
+        history
+    }
+
+    /// Stores a snapshot unless the stored one is newer (a snapshot built from an
+    /// older state may finish after a newer one was installed).
     fn save_snapshot(
         &self,
+        batch: &mut WriteBatch,
         meta: &SnapshotMeta<u64, MonNode>,
         data: Vec<u8>,
-    ) -> Result<(), rocksdb::Error> {
+    ) -> Result<(), std::io::Error> {
+        let stored: Option<StoredSnapshot> = get(&self.db, CF_STATE, KEY_SNAPSHOT)?;
+        if stored.is_some_and(|stored| stored.meta.last_log_id > meta.last_log_id) {
+            return Ok(());
+        }
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
         let state_cf = self.db.cf_handle(CF_STATE).expect("column family opened");
-        self.db
-            .put_cf_opt(state_cf, KEY_SNAPSHOT, encode(&stored), &synced())
+        batch.put_cf(state_cf, KEY_SNAPSHOT, encode(&stored));
+        Ok(())
     }
 
     fn persist(
         &self,
+        mut batch: WriteBatch,
         applied: &AppliedState,
         incrementals: &[MapIncremental],
     ) -> Result<(), rocksdb::Error> {
         let state_cf = self.db.cf_handle(CF_STATE).expect("column family opened");
         let history_cf = self.db.cf_handle(CF_HISTORY).expect("column family opened");
-        let mut batch = WriteBatch::default();
         batch.put_cf(state_cf, KEY_APPLIED, encode(applied));
         for incremental in incrementals {
             batch.put_cf(
@@ -367,7 +397,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let _one_at_a_time = self.shared.snapshot_lock.lock().expect("snapshot lock");
         let applied = self.shared.applied.read().expect("state lock").clone();
-        let data = encode(&applied);
+        let history = self
+            .shared
+            .recent_history(applied.state.map.epoch, SNAPSHOT_HISTORY);
+        let body = SnapshotBody {
+            applied: applied.clone(),
+            history,
+        };
+        let data = encode(&body);
         let snapshot_id = match applied.last_applied {
             Some(log_id) => format!(
                 "{}-{}-{}",
@@ -382,8 +419,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: applied.membership.clone(),
             snapshot_id,
         };
+        let mut batch = WriteBatch::default();
         self.shared
-            .save_snapshot(&meta, data.clone())
+            .save_snapshot(&mut batch, &meta, data.clone())
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.shared
+            .db
+            .write_opt(batch, &synced())
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot {
             meta,
@@ -427,7 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             outcomes.push(outcome);
         }
         self.shared
-            .persist(&next, &incrementals)
+            .persist(WriteBatch::default(), &next, &incrementals)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let epoch = next.state.map.epoch;
         *self.shared.applied.write().expect("state lock") = next;
@@ -449,26 +491,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let mut applied: AppliedState =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let SnapshotBody {
+            mut applied,
+            history,
+        } = decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
-        // Incrementals from before the snapshot may not connect to its map.
-        let history_cf = self
-            .shared
-            .db
-            .cf_handle(CF_HISTORY)
-            .expect("column family opened");
+        let _one_at_a_time = self.shared.snapshot_lock.lock().expect("snapshot lock");
+        // One batch: the state, the snapshot and its history. Incrementals kept from
+        // before stay: they were committed, so they are part of the same history.
+        let mut batch = WriteBatch::default();
         self.shared
-            .db
-            .delete_range_cf(history_cf, 0u64.to_be_bytes(), u64::MAX.to_be_bytes())
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        self.shared
-            .persist(&applied, &[])
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        self.shared
-            .save_snapshot(meta, data)
+            .save_snapshot(&mut batch, meta, data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.shared
+            .persist(batch, &applied, &history)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let epoch = applied.state.map.epoch;
         *self.shared.applied.write().expect("state lock") = applied;
         self.shared.epoch.send_replace(epoch);

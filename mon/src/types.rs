@@ -46,10 +46,13 @@ pub enum Proposal {
         /// Address, host, zone, class and weight it reports (the id is assigned here).
         osd: OsdInfo,
     },
-    /// OSDs stopped answering (timer or peer reports).
+    /// OSDs stopped answering (timer, peer reports, or an operator).
     MarkDown {
         /// OSD ids.
         ids: BTreeSet<u32>,
+        /// The map epoch the decision was based on: an OSD that booted after it is
+        /// alive and stays up.
+        based_on_epoch: u64,
         /// Leader's clock, milliseconds since the Unix epoch, starting the
         /// down-out timer.
         at_ms: u64,

@@ -629,7 +629,10 @@ fn write_object(view: &engine::View<'_>, object: &str, out: &mut dyn Write) -> R
     Ok(())
 }
 
-fn create(
+/// The engine layout asked for by `--layout`, `--disks`/`--disk-size` or `--disk`,
+/// and `--width`: shared by `store create` and the daemon's first start. File disks
+/// are made under `DIR/disks`.
+pub fn layout_spec(
     dir: &Path,
     layout: &str,
     disks: Option<usize>,
@@ -637,20 +640,15 @@ fn create(
     disk_paths: Vec<PathBuf>,
     width: Option<usize>,
     cache_device: Option<DiskSource>,
-) -> Result<(), Failure> {
-    let kind: VdevKind = layout.parse()?;
+) -> Result<CreateSpec, String> {
+    let kind: VdevKind = layout.parse().map_err(|e: engine::Error| e.to_string())?;
     let sources: Vec<DiskSource> = match (disks, disk_paths.is_empty()) {
-        (Some(_), false) => {
-            return Err(user_error("give either --disks N or --disk PATH, not both"));
-        }
-        (None, true) => {
-            return Err(user_error(
-                "give --disks N (file disks) or --disk PATH (repeated)",
-            ));
-        }
+        (Some(_), false) => return Err("give either --disks N or --disk PATH, not both".into()),
+        (None, true) => return Err("give --disks N (file disks) or --disk PATH (repeated)".into()),
         (Some(count), true) => {
-            let size = parse_size(disk_size).map_err(user_error)?;
-            std::fs::create_dir_all(dir.join("disks"))?;
+            let size = parse_size(disk_size)?;
+            std::fs::create_dir_all(dir.join("disks"))
+                .map_err(|e| format!("cannot create {}: {e}", dir.join("disks").display()))?;
             (0..count)
                 .map(|i| DiskSource::NewFile(dir.join("disks").join(format!("disk{i}.img")), size))
                 .collect()
@@ -663,18 +661,40 @@ fn create(
         sources.len()
     });
     if width == 0 || !sources.len().is_multiple_of(width) {
-        return Err(user_error(format!(
+        return Err(format!(
             "{} disks do not split into vdevs of {width}",
             sources.len()
-        )));
+        ));
     }
-    let spec = CreateSpec {
+    Ok(CreateSpec {
         vdevs: sources
             .chunks(width)
             .map(|chunk| (kind, chunk.to_vec()))
             .collect(),
         cache_device,
-    };
+    })
+}
+
+fn create(
+    dir: &Path,
+    layout: &str,
+    disks: Option<usize>,
+    disk_size: &str,
+    disk_paths: Vec<PathBuf>,
+    width: Option<usize>,
+    cache_device: Option<DiskSource>,
+) -> Result<(), Failure> {
+    let spec = layout_spec(
+        dir,
+        layout,
+        disks,
+        disk_size,
+        disk_paths,
+        width,
+        cache_device,
+    )
+    .map_err(user_error)?;
+    let kind = spec.vdevs[0].0;
     let store = Store::create(dir, &spec)?;
     let status = store.status();
     println!(

@@ -29,12 +29,7 @@ async fn osd_state(client: &MonClient, id: u32) -> (bool, bool) {
 async fn silent_osds_go_down_then_out_and_come_back_on_boot() {
     let mut cluster = MonCluster::new(
         &["a"],
-        &[
-            "--osd-heartbeat-grace",
-            "1.5",
-            "--osd-down-out-interval",
-            "3",
-        ],
+        &["--osd-heartbeat-grace", "3", "--osd-down-out-interval", "5"],
     );
     cluster.bootstrap(&["a"]);
     cluster.ready().await;
@@ -62,7 +57,7 @@ async fn silent_osds_go_down_then_out_and_come_back_on_boot() {
         })
     };
 
-    wait_for("osd.2 down", Duration::from_secs(15), || {
+    wait_for("osd.2 down", Duration::from_secs(20), || {
         let client = client.clone();
         async move { (osd_state(&client, 2).await == (false, true)).then_some(()) }
     })
@@ -72,7 +67,7 @@ async fn silent_osds_go_down_then_out_and_come_back_on_boot() {
         (true, true),
         "beating OSDs stay up"
     );
-    wait_for("osd.2 out", Duration::from_secs(15), || {
+    wait_for("osd.2 out", Duration::from_secs(20), || {
         let client = client.clone();
         async move { (osd_state(&client, 2).await == (false, false)).then_some(()) }
     })

@@ -143,16 +143,26 @@ async fn lagging_monitor_catches_up_from_a_snapshot_after_compaction() {
         .unwrap();
     cluster.kill(&lagging);
     let client = cluster.client();
-    for n in 0..400 {
-        client
-            .run(&Command::AuthAdd {
-                entity: format!("client.user{n}"),
-            })
-            .await
-            .expect("auth add");
-    }
     boot_osds(&client, 3).await;
+    for n in 0..400 {
+        let command = if n % 4 == 0 {
+            Command::AuthAdd {
+                entity: format!("client.user{n}"),
+            }
+        } else {
+            Command::OsdReweight {
+                id: n % 3,
+                reweight: f64::from(n % 7 + 1) / 8.0,
+            }
+        };
+        client.run(&command).await.expect("change");
+    }
     let latest = client.map(true).await.unwrap();
+    assert!(
+        latest.epoch > 300,
+        "hundreds of map changes: epoch {}",
+        latest.epoch
+    );
     // The leader compacted its log past what the lagging monitor has: only a
     // snapshot can bring it up to date.
     let purged = wait_for(
@@ -172,15 +182,27 @@ async fn lagging_monitor_catches_up_from_a_snapshot_after_compaction() {
     assert!(purged > 100);
     cluster.start(&lagging, &[]);
     caught_up(&cluster, &lagging, &latest).await;
-    let keys = cluster
-        .client_of(&lagging)
-        .query::<Vec<lcpfs_core::monitor::AuthEntity>>(&lcpfs_core::monitor::Query::AuthList)
-        .await
-        .unwrap();
+    let auth_of = |name: &str| {
+        let client = cluster.client_of(name);
+        async move {
+            client
+                .query::<Vec<lcpfs_core::monitor::AuthEntity>>(
+                    &lcpfs_core::monitor::Query::AuthList,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let keys = auth_of(&lagging).await;
     assert_eq!(
         keys.len(),
-        401,
-        "400 clients and the admin, installed from the snapshot"
+        101,
+        "100 clients and the admin, installed from the snapshot"
+    );
+    assert_eq!(
+        keys,
+        auth_of(&leader).await,
+        "the same keys on every monitor"
     );
 
     // A full restart of every monitor keeps everything.
