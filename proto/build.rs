@@ -2,7 +2,7 @@
 //! machine needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["lcpfs/v1/mon.proto"];
+    let protos = ["lcpfs/v1/mon.proto", "lcpfs/v1/osd.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -2,9 +2,13 @@
 //! client library, FUSE mount and S3 gateway grow here.
 //!
 //! - [`mon_client`]: reach the monitors, send commands, follow the cluster map;
+//! - [`objects`]: objects in pools, straight to each PG's primary OSD;
 //! - [`admin`]: `lcpfs status`, `osd`, `pool`, `auth`, `mon`, `map`;
+//! - [`dev`]: `lcpfs dev`, a local cluster with one command;
 //! - [`crush_tool`]: `lcpfs crush test`, like `crushtool --test --show-utilization`.
 
 pub mod admin;
 pub mod crush_tool;
+pub mod dev;
 pub mod mon_client;
+pub mod objects;

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lcpfs_client::admin::{self, AuthCommand, MapCommand, MonCommand, OsdCommand, PoolCommand};
+use lcpfs_client::admin::{
+    self, AuthCommand, MapCommand, MonCommand, ObjectCommand, OsdCommand, PoolCommand,
+};
 use lcpfs_client::crush_tool::{self, CrushTestArgs};
+use lcpfs_client::dev::{self, DevArgs};
 use lcpfs_client::mon_client::{MonClient, keyring_path};
 
 #[derive(Parser)]
@@ -45,6 +48,8 @@ struct Global {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local cluster on loopback (monitors, OSDs, a pool) until Ctrl-C.
+    Dev(DevArgs),
     /// Cluster health and summary, like `ceph -s`.
     Status,
     /// OSD states and weights.
@@ -65,6 +70,8 @@ enum Command {
     /// CRUSH placement tools.
     #[command(subcommand)]
     Crush(CrushCommand),
+    #[command(flatten)]
+    Object(ObjectCommand),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     let Cli { global, command } = cli;
     let json = global.json;
     match command {
+        Command::Dev(args) => dev::run(args).await,
         Command::Status => admin::status(&connect(&global)?, json).await,
         Command::Osd(command) => admin::osd(&connect(&global)?, command, json).await,
         Command::Pool(command) => admin::pool(&connect(&global)?, command, json).await,
@@ -95,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Mon(command) => admin::mon(&connect(&global)?, command, json).await,
         Command::Map(command) => admin::map(&connect(&global)?, command).await,
         Command::Crush(CrushCommand::Test(args)) => crush_tool::run(&args, json),
+        Command::Object(command) => admin::object(connect(&global)?, command, json).await,
     }
 }
 

@@ -75,10 +75,23 @@ impl Mon {
     }
 }
 
-/// A set of monitors on loopback.
+/// One OSD process of a test cluster.
+pub struct Osd {
+    /// Address, `127.0.0.1:port`.
+    pub addr: String,
+    /// Data directory (its engine store).
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+/// A set of monitors (and OSDs) on loopback.
 pub struct MonCluster {
     /// The monitors by name.
     pub mons: BTreeMap<String, Mon>,
+    /// The OSDs by the index they were started with (index i runs on host `hI`).
+    pub osds: BTreeMap<u32, Osd>,
+    /// Extra flags for every OSD.
+    pub osd_flags: Vec<String>,
     /// Extra flags for every monitor (timers).
     pub flags: Vec<String>,
     dir: tempfile::TempDir,
@@ -90,6 +103,8 @@ impl MonCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut cluster = MonCluster {
             mons: BTreeMap::new(),
+            osds: BTreeMap::new(),
+            osd_flags: Vec::new(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
             dir,
         };
@@ -150,6 +165,53 @@ impl MonCluster {
         let members = self.members(names);
         for name in names {
             self.start(name, &["--initial-members".into(), members.clone()]);
+        }
+    }
+
+    /// Starts OSD `index` (host `h{index}`, one 256 MiB file disk), creating its store
+    /// on first start.
+    pub fn start_osd(&mut self, index: u32) {
+        let data = self.dir.path().join(format!("osd.{index}"));
+        let osd = self.osds.entry(index).or_insert_with(|| Osd {
+            addr: format!("127.0.0.1:{}", free_port()),
+            data,
+            child: None,
+        });
+        assert!(osd.child.is_none(), "osd {index} is already running");
+        std::fs::create_dir_all(&osd.data).expect("osd data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(osd.data.join("stderr.log"))
+            .expect("osd log file");
+        let mons: Vec<String> = self.mons.values().map(|mon| mon.addr.clone()).collect();
+        let host = format!("h{index}");
+        let child = Command::new(binary("lcpfs-osd"))
+            .arg("--data")
+            .arg(&osd.data)
+            .args([
+                "--mon",
+                &mons.join(","),
+                "--addr",
+                &osd.addr,
+                "--host",
+                &host,
+            ])
+            .args(["--disk-size", "256M", "--heartbeat-interval", "0.5"])
+            .args(&self.osd_flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lcpfs-osd");
+        osd.child = Some(child);
+    }
+
+    /// Kills OSD `index` with SIGKILL.
+    pub fn kill_osd(&mut self, index: u32) {
+        if let Some(mut child) = self.osds.get_mut(&index).and_then(|osd| osd.child.take()) {
+            child.kill().ok();
+            child.wait().ok();
         }
     }
 
@@ -229,6 +291,10 @@ impl Drop for MonCluster {
         let names: Vec<String> = self.mons.keys().cloned().collect();
         for name in names {
             self.kill(&name);
+        }
+        let osds: Vec<u32> = self.osds.keys().copied().collect();
+        for index in osds {
+            self.kill_osd(index);
         }
     }
 }

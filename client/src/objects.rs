@@ -1,0 +1,337 @@
+//! Objects in pools: the client side of the OSD protocol.
+//!
+//! An [`ObjectClient`] follows the cluster map from the monitors, computes each
+//! object's PG and primary OSD itself (the same CRUSH as every daemon), and talks
+//! straight to the primary. A request that meets a stale map, a moving primary or a
+//! dead OSD is retried (with the same request id, so a mutation is never applied
+//! twice) until it succeeds or the deadline passes.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use lcpfs_client::mon_client::MonClient;
+//! use lcpfs_client::objects::ObjectClient;
+//!
+//! let mon = MonClient::new(&["127.0.0.1:6789".to_owned()])?;
+//! let objects = ObjectClient::connect(mon).await?;
+//! objects.put("data", b"greeting", b"hello".to_vec()).await?;
+//! assert_eq!(objects.get("data", b"greeting").await?, b"hello");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use lcpfs_core::crush::pg_mapping;
+use lcpfs_core::map::{ClusterMap, Pool};
+use lcpfs_core::pg::{PgId, object_to_pg};
+use lcpfs_proto::object_op::Op;
+use lcpfs_proto::osd_client::OsdClient;
+use lcpfs_proto::{ListRequest, ObjectOp, ObjectStat, OpReply, OpRequest, op_result};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::mon_client::MonClient;
+
+const NO_ATTEMPT: &str = "no attempt";
+
+/// Largest message exchanged with an OSD.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// An object in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectEntry {
+    /// Object name (lossy UTF-8).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+}
+
+/// A connection to the cluster's objects.
+pub struct ObjectClient {
+    map: watch::Receiver<Arc<ClusterMap>>,
+    osds: Mutex<HashMap<String, OsdClient<Channel>>>,
+    client_id: String,
+    next_tid: AtomicU64,
+    timeout: Duration,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ObjectClient {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl ObjectClient {
+    /// Connects through the monitors and starts following the map.
+    pub async fn connect(mon: MonClient) -> anyhow::Result<Self> {
+        let map = mon
+            .map(false)
+            .await
+            .context("cannot fetch the cluster map")?;
+        let (sender, receiver) = watch::channel(Arc::new(map));
+        let follower = tokio::spawn(follow(mon, sender));
+        let mut id = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+        Ok(ObjectClient {
+            map: receiver,
+            osds: Mutex::new(HashMap::new()),
+            client_id: format!("client.{:016x}", u64::from_le_bytes(id)),
+            next_tid: AtomicU64::new(1),
+            timeout: Duration::from_secs(60),
+            follower,
+        })
+    }
+
+    /// Sets how long one operation may take, retries included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The map this client works from.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.borrow().clone()
+    }
+
+    fn pool(&self, map: &ClusterMap, name: &str) -> anyhow::Result<Pool> {
+        map.pool_by_name(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("pool '{name}' does not exist (epoch {})", map.epoch))
+    }
+
+    fn osd(&self, addr: &str) -> anyhow::Result<OsdClient<Channel>> {
+        let mut osds = self.osds.lock().expect("osd table");
+        if let Some(client) = osds.get(addr) {
+            return Ok(client.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .with_context(|| format!("bad OSD address {addr:?} in the map"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = OsdClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        osds.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Waits (briefly) for a map newer than `epoch`.
+    async fn newer_map(&self, epoch: u64) {
+        let mut map = self.map.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            map.wait_for(|map| map.epoch > epoch),
+        )
+        .await;
+    }
+
+    /// Runs operations on one object at its PG's primary, atomically.
+    pub async fn operate(
+        &self,
+        pool_name: &str,
+        name: &[u8],
+        ops: Vec<ObjectOp>,
+    ) -> anyhow::Result<OpReply> {
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.timeout;
+        let mut last_error = String::from(NO_ATTEMPT);
+        while Instant::now() < deadline {
+            let map = self.map();
+            let pool = self.pool(&map, pool_name)?;
+            let pg = object_to_pg(&pool, name);
+            let primary = pg_mapping(&map, pg)
+                .map_err(|error| anyhow!("placement of {pg}: {error}"))?
+                .primary;
+            let Some(primary) = primary else {
+                last_error = format!("PG {pg} has no OSD up");
+                self.newer_map(map.epoch).await;
+                continue;
+            };
+            let addr = map
+                .osds
+                .get(&primary)
+                .map(|osd| osd.addr.clone())
+                .unwrap_or_default();
+            let mut client = self.osd(&addr)?;
+            let request = OpRequest {
+                epoch: map.epoch,
+                pool: pool.id,
+                name: name.to_vec(),
+                client: self.client_id.clone(),
+                tid,
+                ops: ops.clone(),
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, client.op(request)).await {
+                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(status)) => match status.code() {
+                    tonic::Code::FailedPrecondition
+                    | tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded => {
+                        last_error = format!("osd.{primary}: {}", status.message());
+                        self.newer_map(map.epoch).await;
+                    }
+                    tonic::Code::NotFound => bail!("{}", status.message()),
+                    _ => bail!("osd.{primary}: {}", status.message()),
+                },
+                Err(_) if last_error == NO_ATTEMPT => {
+                    last_error = format!("osd.{primary} did not answer in time");
+                }
+                Err(_) => {}
+            }
+        }
+        bail!(
+            "could not complete the request within {:?}: {last_error}",
+            self.timeout
+        )
+    }
+
+    /// Writes a whole object (replacing it).
+    pub async fn put(&self, pool: &str, name: &[u8], data: Vec<u8>) -> anyhow::Result<()> {
+        self.operate(pool, name, vec![op(Op::WriteFull(data))])
+            .await?;
+        Ok(())
+    }
+
+    /// Appends to an object (creating it).
+    pub async fn append(&self, pool: &str, name: &[u8], data: Vec<u8>) -> anyhow::Result<()> {
+        self.operate(pool, name, vec![op(Op::Append(data))]).await?;
+        Ok(())
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, pool: &str, name: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let reply = self
+            .operate(
+                pool,
+                name,
+                vec![op(Op::Read(lcpfs_proto::ReadRange {
+                    offset: 0,
+                    length: 0,
+                }))],
+            )
+            .await?;
+        match reply
+            .results
+            .into_iter()
+            .next()
+            .and_then(|result| result.result)
+        {
+            Some(op_result::Result::Data(data)) => Ok(data),
+            _ => bail!("the OSD sent no data"),
+        }
+    }
+
+    /// Size and modification time of an object.
+    pub async fn stat(&self, pool: &str, name: &[u8]) -> anyhow::Result<ObjectStat> {
+        let reply = self.operate(pool, name, vec![op(Op::Stat(true))]).await?;
+        match reply
+            .results
+            .into_iter()
+            .next()
+            .and_then(|result| result.result)
+        {
+            Some(op_result::Result::Stat(stat)) => Ok(stat),
+            _ => bail!("the OSD sent no stat"),
+        }
+    }
+
+    /// Removes an object.
+    pub async fn remove(&self, pool: &str, name: &[u8]) -> anyhow::Result<()> {
+        self.operate(pool, name, vec![op(Op::Delete(true))]).await?;
+        Ok(())
+    }
+
+    /// Every object of a pool, sorted by name.
+    pub async fn list(&self, pool_name: &str) -> anyhow::Result<Vec<ObjectEntry>> {
+        let map = self.map();
+        let pool = self.pool(&map, pool_name)?;
+        let mut entries = Vec::new();
+        for seed in 0..pool.pg_num {
+            let pg = PgId::new(pool.id, seed);
+            entries.extend(self.list_pg(pg).await?);
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    async fn list_pg(&self, pg: PgId) -> anyhow::Result<Vec<ObjectEntry>> {
+        let deadline = Instant::now() + self.timeout;
+        let mut entries = Vec::new();
+        let mut start_after = Vec::new();
+        loop {
+            let map = self.map();
+            let primary = pg_mapping(&map, pg)
+                .map_err(|error| anyhow!("placement of {pg}: {error}"))?
+                .primary;
+            let Some(primary) = primary else {
+                if Instant::now() >= deadline {
+                    bail!("PG {pg} has no OSD up");
+                }
+                self.newer_map(map.epoch).await;
+                continue;
+            };
+            let addr = map
+                .osds
+                .get(&primary)
+                .map(|osd| osd.addr.clone())
+                .unwrap_or_default();
+            let request = ListRequest {
+                epoch: map.epoch,
+                pool: pg.pool,
+                pg_seed: pg.seed,
+                start_after: start_after.clone(),
+                limit: 1000,
+            };
+            match self.osd(&addr)?.list(request).await {
+                Ok(reply) => {
+                    let page = reply.into_inner().entries;
+                    let done = page.len() < 1000;
+                    if let Some(last) = page.last() {
+                        start_after = last.name.clone();
+                    }
+                    entries.extend(page.into_iter().map(|entry| ObjectEntry {
+                        name: String::from_utf8_lossy(&entry.name).into_owned(),
+                        size: entry.size,
+                        mtime_ns: entry.mtime_ns,
+                    }));
+                    if done {
+                        return Ok(entries);
+                    }
+                }
+                Err(_) if Instant::now() < deadline => self.newer_map(map.epoch).await,
+                Err(status) => bail!("listing {pg} on osd.{primary}: {}", status.message()),
+            }
+        }
+    }
+}
+
+fn op(op: Op) -> ObjectOp {
+    ObjectOp { op: Some(op) }
+}
+
+/// Keeps `sender` at the newest map, resubscribing after a monitor fails.
+async fn follow(mon: MonClient, sender: watch::Sender<Arc<ClusterMap>>) {
+    loop {
+        let have = (**sender.borrow()).clone();
+        if let Ok(mut watch) = mon.subscribe(Some(have)).await {
+            while let Ok(Some(map)) = watch.next().await {
+                sender.send_replace(Arc::new(map.clone()));
+            }
+        }
+        if sender.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,273 @@
+//! The OSD daemon: opens (on first start, creates) its engine store, boots with the
+//! monitors, follows the cluster map, heartbeats, and serves the OSD protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use lcpfs_client::mon_client::{MonClient, OsdBoot};
+use lcpfs_core::engine::{OpenOptions, Store};
+use lcpfs_core::map::ClusterMap;
+use lcpfs_proto::osd_server::OsdServer;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::service::{MAX_MESSAGE, OsdConfig, OsdService};
+use crate::store_tool::layout_spec;
+
+/// Arguments of the daemon (`lcpfs-osd --data DIR --mon ADDR ...`).
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Data directory: the engine store (metadata and file disks) and the OSD's identity.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Monitor addresses, HOST:PORT[,...] (default: $LCPFS_MON).
+    #[arg(long)]
+    pub mon: Option<String>,
+    /// Address to serve on, IP:port (first start; recorded in the data directory).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// CRUSH host of this OSD (first start; default: the machine's host name).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// CRUSH zone of the host.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Device class (hdd, ssd, nvme).
+    #[arg(long, default_value = "hdd")]
+    pub device_class: String,
+    /// CRUSH weight (by convention the capacity in TiB).
+    #[arg(long, default_value_t = 1.0)]
+    pub weight: f64,
+    /// First start: single, mirror, raidz1, raidz2 or raidz3 over the disks.
+    #[arg(long, default_value = "single")]
+    pub layout: String,
+    /// First start: make this many file disks in the data directory.
+    #[arg(long)]
+    pub disks: Option<usize>,
+    /// First start: size of each file disk.
+    #[arg(long, default_value = "4G")]
+    pub disk_size: String,
+    /// First start: use this file or block device (repeat for each disk).
+    #[arg(long = "disk")]
+    pub disk_paths: Vec<PathBuf>,
+    /// Largest object, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_object_mib: u64,
+    /// Seconds between heartbeats to the monitors.
+    #[arg(long, default_value_t = 1.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds a write waits for a PG with fewer than min_size OSDs up before failing.
+    #[arg(long, default_value_t = 10.0)]
+    pub pg_inactive_wait: f64,
+}
+
+/// What an OSD keeps about itself in its data directory (`osd.json`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    uuid: String,
+    addr: String,
+    host: String,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Opens the store, creating it and the identity on first start.
+fn open_or_create(data: &std::path::Path, args: &DaemonArgs) -> anyhow::Result<(Store, Identity)> {
+    let identity_path = data.join("osd.json");
+    if let Ok(bytes) = std::fs::read(&identity_path) {
+        let identity: Identity = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is damaged", identity_path.display()))?;
+        if let Some(addr) = &args.addr
+            && addr != &identity.addr
+        {
+            bail!(
+                "this OSD serves on {} (recorded in {}); start it without --addr or with that address",
+                identity.addr,
+                identity_path.display()
+            );
+        }
+        let store = Store::open(data, &OpenOptions::default())
+            .with_context(|| format!("cannot open the OSD store in {}", data.display()))?;
+        return Ok((store, identity));
+    }
+    let Some(addr) = args.addr.clone() else {
+        bail!(
+            "{} holds no OSD yet: give --addr IP:PORT for its first start",
+            data.display()
+        );
+    };
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let disks = if args.disks.is_none() && args.disk_paths.is_empty() {
+        Some(1)
+    } else {
+        args.disks
+    };
+    let spec = layout_spec(
+        data,
+        &args.layout,
+        disks,
+        &args.disk_size,
+        args.disk_paths.clone(),
+        None,
+        None,
+    )
+    .map_err(|error| anyhow::anyhow!(error))?;
+    let store = Store::create(data, &spec)
+        .with_context(|| format!("cannot create the OSD store in {}", data.display()))?;
+    let mut uuid = [0u8; 16];
+    rand::rng().fill_bytes(&mut uuid);
+    let identity = Identity {
+        uuid: uuid.iter().map(|b| format!("{b:02x}")).collect(),
+        addr,
+        host: args.host.clone().unwrap_or_else(host_name),
+    };
+    std::fs::write(&identity_path, serde_json::to_vec_pretty(&identity)?)
+        .with_context(|| format!("cannot write {}", identity_path.display()))?;
+    Ok((store, identity))
+}
+
+async fn boot(mon: &MonClient, boot: &OsdBoot) -> anyhow::Result<u32> {
+    let mut last = None;
+    for _ in 0..10 {
+        match mon.osd_boot(boot).await {
+            Ok(id) => return Ok(id),
+            Err(error) => {
+                tracing::warn!(%error, "boot with the monitors failed; retrying");
+                last = Some(error);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(last.expect("at least one attempt")).context("cannot boot with the monitors")
+}
+
+/// Follows the map from the monitors into `sender`; re-boots when the map says this
+/// OSD is down while it runs (it was marked down by mistake, or its heartbeats were
+/// late).
+async fn follow_map(
+    mon: MonClient,
+    sender: watch::Sender<Arc<ClusterMap>>,
+    id: u32,
+    boot_info: OsdBoot,
+) {
+    let mut last: Option<ClusterMap> = Some((**sender.borrow()).clone());
+    loop {
+        let mut watch = match mon.subscribe(last.clone()).await {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::warn!(%error, "map subscription failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Ok(Some(map)) = watch.next().await {
+            let map = map.clone();
+            let down = map.osds.get(&id).is_some_and(|osd| !osd.up);
+            last = Some(map.clone());
+            sender.send_replace(Arc::new(map));
+            if down {
+                tracing::warn!("the map marks osd.{id} down; booting again");
+                if let Err(error) = mon.osd_boot(&boot_info).await {
+                    tracing::warn!(%error, "boot failed");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs an OSD until the process is stopped.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let Some(data) = args.data.clone() else {
+        bail!("give --data DIR (the OSD's store), or use `lcpfs-osd store` for the offline tool");
+    };
+    let heartbeat = Duration::try_from_secs_f64(args.heartbeat_interval)
+        .ok()
+        .filter(|interval| !interval.is_zero())
+        .context("--heartbeat-interval must be a positive number of seconds")?;
+    let mon = MonClient::from_flags(args.mon.as_deref())?;
+    let (store, identity) = {
+        let data = data.clone();
+        tokio::task::block_in_place(|| open_or_create(&data, &args))?
+    };
+    let listen: SocketAddr = identity
+        .addr
+        .parse()
+        .with_context(|| format!("address {:?} is not IP:port", identity.addr))?;
+    let boot_info = OsdBoot {
+        uuid: identity.uuid.clone(),
+        addr: identity.addr.clone(),
+        host: identity.host.clone(),
+        zone: args.zone.clone().unwrap_or_default(),
+        device_class: args.device_class.clone(),
+        weight: args.weight,
+    };
+    // Serve before booting: once the map says this OSD is up, peers send to it.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let id = boot(&mon, &boot_info).await?;
+    let map = mon
+        .map(false)
+        .await
+        .context("cannot fetch the cluster map")?;
+    let (sender, receiver) = watch::channel(Arc::new(map));
+    tokio::spawn(follow_map(mon.clone(), sender, id, boot_info));
+    {
+        let mon = mon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                if let Err(error) = mon.osd_heartbeat(id).await {
+                    tracing::warn!(%error, "heartbeat failed");
+                }
+            }
+        });
+    }
+    let config = OsdConfig {
+        max_object_size: args.max_object_mib.saturating_mul(1 << 20),
+        inactive_wait: Duration::try_from_secs_f64(args.pg_inactive_wait)
+            .context("--pg-inactive-wait must be a number of seconds")?,
+        ..OsdConfig::default()
+    };
+    let service = OsdService::new(id, Arc::new(store), receiver, config);
+    tracing::info!(osd = id, addr = %identity.addr, "serving");
+    eprintln!("osd.{id} serving on {}", identity.addr);
+    tonic::transport::Server::builder()
+        .add_service(
+            OsdServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await
+        .context("serving stopped")
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
