@@ -123,6 +123,25 @@ impl ObjectClient {
         Ok(client)
     }
 
+    /// The primary OSD of `pg` under `map` and a connection to it; `None` when no
+    /// OSD of the PG is up.
+    fn primary(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+    ) -> anyhow::Result<Option<(u32, OsdClient<Channel>)>> {
+        let mapping = pg_mapping(map, pg).map_err(|error| anyhow!("placement of {pg}: {error}"))?;
+        let Some(primary) = mapping.primary else {
+            return Ok(None);
+        };
+        let addr = map
+            .osds
+            .get(&primary)
+            .map(|osd| osd.addr.clone())
+            .unwrap_or_default();
+        Ok(Some((primary, self.osd(&addr)?)))
+    }
+
     /// Waits (briefly) for a map newer than `epoch`.
     async fn newer_map(&self, epoch: u64) {
         let mut map = self.map.clone();
@@ -147,20 +166,11 @@ impl ObjectClient {
             let map = self.map();
             let pool = self.pool(&map, pool_name)?;
             let pg = object_to_pg(&pool, name);
-            let primary = pg_mapping(&map, pg)
-                .map_err(|error| anyhow!("placement of {pg}: {error}"))?
-                .primary;
-            let Some(primary) = primary else {
+            let Some((primary, mut client)) = self.primary(&map, pg)? else {
                 last_error = format!("PG {pg} has no OSD up");
                 self.newer_map(map.epoch).await;
                 continue;
             };
-            let addr = map
-                .osds
-                .get(&primary)
-                .map(|osd| osd.addr.clone())
-                .unwrap_or_default();
-            let mut client = self.osd(&addr)?;
             let request = OpRequest {
                 epoch: map.epoch,
                 pool: pool.id,
@@ -271,21 +281,13 @@ impl ObjectClient {
         let mut start_after = Vec::new();
         loop {
             let map = self.map();
-            let primary = pg_mapping(&map, pg)
-                .map_err(|error| anyhow!("placement of {pg}: {error}"))?
-                .primary;
-            let Some(primary) = primary else {
+            let Some((primary, mut client)) = self.primary(&map, pg)? else {
                 if Instant::now() >= deadline {
                     bail!("PG {pg} has no OSD up");
                 }
                 self.newer_map(map.epoch).await;
                 continue;
             };
-            let addr = map
-                .osds
-                .get(&primary)
-                .map(|osd| osd.addr.clone())
-                .unwrap_or_default();
             let request = ListRequest {
                 epoch: map.epoch,
                 pool: pg.pool,
@@ -293,7 +295,7 @@ impl ObjectClient {
                 start_after: start_after.clone(),
                 limit: 1000,
             };
-            match self.osd(&addr)?.list(request).await {
+            match client.list(request).await {
                 Ok(reply) => {
                     let page = reply.into_inner().entries;
                     let done = page.len() < 1000;

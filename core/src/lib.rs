@@ -5,6 +5,7 @@
 //! - [`map`]: the cluster map (monitors, OSDs, pools) and its epochs and incrementals;
 //! - [`monitor`]: the requests the monitors accept and their replies;
 //! - [`pg`]: objects to placement groups, with a hash fixed forever;
+//! - [`shutdown`]: a daemon's stop request (Ctrl-C or SIGTERM);
 //! - [`crush`]: placement groups to OSDs by CRUSH straw2 across failure domains.
 
 pub mod crush;
@@ -12,3 +13,4 @@ pub mod engine;
 pub mod map;
 pub mod monitor;
 pub mod pg;
+pub mod shutdown;

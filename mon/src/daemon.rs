@@ -191,27 +191,12 @@ pub async fn run(options: MonOptions) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_shutdown(listen, shutdown_signal());
+        .serve_with_shutdown(listen, lcpfs_core::shutdown::requested());
     let served = server
         .await
         .with_context(|| format!("cannot serve on {addr}"));
     raft.shutdown().await.ok();
     served
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
-    tracing::info!("stopping");
 }
 
 /// Path of the admin keyring a monitor writes into its data directory.

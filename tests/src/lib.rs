@@ -75,6 +75,25 @@ impl Mon {
     }
 }
 
+/// The command creating a replicated pool (3 copies, min_size 2, failure domain
+/// host).
+pub fn replicated_pool(name: &str, pg_num: u32) -> lcpfs_core::monitor::Command {
+    use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
+    lcpfs_core::monitor::Command::PoolCreate {
+        spec: PoolSpec {
+            name: name.into(),
+            kind: PoolKind::Replicated {
+                size: 3,
+                min_size: 2,
+            },
+            pg_num,
+            failure_domain: BucketType::Host,
+            device_class: None,
+            compression: None,
+        },
+    }
+}
+
 /// One OSD process of a test cluster.
 pub struct Osd {
     /// Address, `127.0.0.1:port`.

@@ -5,22 +5,10 @@ use std::time::Duration;
 use lcpfs_client::mon_client::{MonClient, OsdBoot};
 use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
 use lcpfs_core::monitor::{Command, CommandOutcome};
-use lcpfs_tests::{MonCluster, wait_for};
+use lcpfs_tests::{MonCluster, replicated_pool, wait_for};
 
 fn pool(name: &str) -> Command {
-    Command::PoolCreate {
-        spec: PoolSpec {
-            name: name.into(),
-            kind: PoolKind::Replicated {
-                size: 3,
-                min_size: 2,
-            },
-            pg_num: 16,
-            failure_domain: BucketType::Host,
-            device_class: None,
-            compression: None,
-        },
-    }
+    replicated_pool(name, 16)
 }
 
 async fn boot_osds(client: &MonClient, hosts: u32) {

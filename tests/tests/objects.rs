@@ -8,10 +8,8 @@ use std::time::Duration;
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::engine::{OpenOptions, Store};
-use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
-use lcpfs_core::monitor::Command;
 use lcpfs_core::pg::object_to_pg;
-use lcpfs_tests::{MonCluster, wait_for};
+use lcpfs_tests::{MonCluster, replicated_pool, wait_for};
 
 /// Deterministic contents for object `name` of `size` bytes.
 fn contents(name: &str, size: usize) -> Vec<u8> {
@@ -45,19 +43,7 @@ async fn cluster_with_pool(osds: u32, osd_flags: &[&str]) -> MonCluster {
     let client = cluster.client();
     osds_up(&client, osds as usize).await;
     client
-        .run(&Command::PoolCreate {
-            spec: PoolSpec {
-                name: "data".into(),
-                kind: PoolKind::Replicated {
-                    size: 3,
-                    min_size: 2,
-                },
-                pg_num: 16,
-                failure_domain: BucketType::Host,
-                device_class: None,
-                compression: None,
-            },
-        })
+        .run(&replicated_pool("data", 16))
         .await
         .expect("pool");
     cluster
