@@ -241,12 +241,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .context("--pg-inactive-wait must be a number of seconds")?,
         ..OsdConfig::default()
     };
-    let service = OsdService::new(id, Arc::new(store), receiver, config);
+    let service = Arc::new(OsdService::new(id, Arc::new(store), receiver, config));
+    tokio::spawn(service.clone().peer_on_map_changes());
     tracing::info!(osd = id, addr = %identity.addr, "serving");
     eprintln!("osd.{id} serving on {}", identity.addr);
     tonic::transport::Server::builder()
         .add_service(
-            OsdServer::new(service)
+            OsdServer::from_arc(service)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

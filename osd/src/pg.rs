@@ -11,7 +11,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use lcpfs_core::engine::{self, CollectionSettings, Compression, ListOptions, Store, Transaction};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
-use lcpfs_proto::{ListEntry, ObjectOp, ObjectStat, OpResult, op_result};
+use lcpfs_proto::{
+    KeyValue, ListEntry, LogEntry as WireEntry, ObjectOp, ObjectStat, ObjectState, OpResult,
+    op_result,
+};
 use serde::{Deserialize, Serialize};
 
 /// The object holding a PG's log in its collection.
@@ -46,6 +49,8 @@ pub struct PgLog {
     requests: HashMap<(String, u64), u64>,
     order: VecDeque<(String, u64)>,
     incomplete: HashSet<(String, u64)>,
+    /// The up set (this OSD first) this PG was last peered with; `None` until then.
+    pub peered_up: Option<Vec<u32>>,
 }
 
 impl PgLog {
@@ -109,17 +114,8 @@ pub fn ensure(store: &Store, pg: PgId, compression: Option<&str>) -> engine::Res
 /// Reads a PG's log from the store.
 pub fn load(store: &Store, pg: PgId) -> engine::Result<PgLog> {
     let mut log = PgLog::default();
-    let view = store.head(&collection(pg))?;
-    if !view.exists(LOG_OBJECT)? {
-        return Ok(log);
-    }
-    for (key, value) in view.omap_range(LOG_OBJECT, None, None, 0)? {
-        let version = u64::from_be_bytes(key.as_slice().try_into().map_err(|_| {
-            engine::Error::Corrupt(format!("PG {pg} log key of {} bytes", key.len()))
-        })?);
-        let entry: LogEntry = serde_json::from_slice(&value)
-            .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
-        log.record(version, &entry.client, entry.tid);
+    for entry in log_since(store, pg, 0)?.0 {
+        log.record(entry.version, &entry.client, entry.tid);
     }
     Ok(log)
 }
@@ -252,4 +248,136 @@ pub fn list(
             mtime_ns: entry.mtime_ns,
         })
         .collect())
+}
+
+/// The PG's log entries after `since`, oldest first, and the oldest version kept (0
+/// when the log is empty).
+pub fn log_since(store: &Store, pg: PgId, since: u64) -> engine::Result<(Vec<WireEntry>, u64)> {
+    let view = store.head(&collection(pg))?;
+    if !view.exists(LOG_OBJECT)? {
+        return Ok((Vec::new(), 0));
+    }
+    let oldest = view
+        .omap_range(LOG_OBJECT, None, None, 1)?
+        .first()
+        .map(|(key, _)| decode_version(pg, key))
+        .transpose()?
+        .unwrap_or(0);
+    let mut entries = Vec::new();
+    for (key, value) in view.omap_range(LOG_OBJECT, Some(&since.to_be_bytes()), None, 0)? {
+        let version = decode_version(pg, &key)?;
+        let entry: LogEntry = serde_json::from_slice(&value)
+            .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
+        entries.push(WireEntry {
+            version,
+            name: entry.name,
+            client: entry.client,
+            tid: entry.tid,
+        });
+    }
+    Ok((entries, oldest))
+}
+
+fn decode_version(pg: PgId, key: &[u8]) -> engine::Result<u64> {
+    key.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| engine::Error::Corrupt(format!("PG {pg} log key of {} bytes", key.len())))
+}
+
+/// An object's current state in this OSD's copy of the PG.
+pub fn state(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<ObjectState> {
+    let key = object_key(name);
+    let view = store.head(&collection(pg))?;
+    if !view.exists(&key)? {
+        return Ok(ObjectState {
+            name: name.to_vec(),
+            exists: false,
+            data: Vec::new(),
+            xattrs: Vec::new(),
+        });
+    }
+    let xattrs = view
+        .xattrs(&key)?
+        .into_iter()
+        .map(|(key, value)| KeyValue {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            value,
+        })
+        .collect();
+    Ok(ObjectState {
+        name: name.to_vec(),
+        exists: true,
+        data: view.read(&key, 0, u64::MAX)?,
+        xattrs,
+    })
+}
+
+/// Every object name of this OSD's copy of the PG.
+pub fn names(store: &Store, pg: PgId) -> engine::Result<Vec<Vec<u8>>> {
+    Ok(list(store, pg, &[], 0)?
+        .into_iter()
+        .map(|entry| entry.name)
+        .collect())
+}
+
+/// Installs pushed or pulled objects and log entries in one transaction; with
+/// `keep`, removes every other object (backfill).
+pub fn install(
+    store: &Store,
+    pg: PgId,
+    objects: &[ObjectState],
+    entries: &[WireEntry],
+    keep: Option<&[Vec<u8>]>,
+) -> engine::Result<()> {
+    let view = store.head(&collection(pg))?;
+    let mut txn = Transaction::new(collection(pg));
+    for object in objects {
+        let key = object_key(&object.name);
+        let present = view.exists(&key)?;
+        if !object.exists {
+            if present {
+                txn.remove(&key);
+            }
+            continue;
+        }
+        txn.write_full(&key, object.data.clone());
+        if present {
+            for (old, _) in view.xattrs(&key)? {
+                if !object.xattrs.iter().any(|pair| pair.key.as_bytes() == old) {
+                    txn.rm_xattr(&key, &old);
+                }
+            }
+        }
+        for pair in &object.xattrs {
+            txn.set_xattr(&key, pair.key.as_bytes(), &pair.value);
+        }
+    }
+    if let Some(keep) = keep {
+        for name in names(store, pg)? {
+            if !keep.contains(&name) && !objects.iter().any(|object| object.name == name) {
+                txn.remove(&object_key(&name));
+            }
+        }
+    }
+    if !entries.is_empty() {
+        let log: Vec<(Vec<u8>, Vec<u8>)> = entries
+            .iter()
+            .map(|entry| {
+                let value = LogEntry {
+                    name: entry.name.clone(),
+                    client: entry.client.clone(),
+                    tid: entry.tid,
+                };
+                (
+                    entry.version.to_be_bytes().to_vec(),
+                    serde_json::to_vec(&value).expect("log entries serialize"),
+                )
+            })
+            .collect();
+        txn.create(LOG_OBJECT, false).omap_set(LOG_OBJECT, log);
+    }
+    if txn.is_empty() {
+        return Ok(());
+    }
+    store.commit(txn).map(|_| ())
 }

@@ -18,7 +18,9 @@ use lcpfs_proto::object_op::Op;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::osd_server::Osd;
 use lcpfs_proto::{
-    ListReply, ListRequest, ObjectOp, OpReply, OpRequest, ReplicateReply, ReplicateRequest,
+    ListReply, ListRequest, LogEntry, ObjectOp, OpReply, OpRequest, PgInfoReply, PgLogReply,
+    PgLogRequest, PgRef, PullReply, PullRequest, PushReply, PushRequest, ReplicateReply,
+    ReplicateRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -28,6 +30,9 @@ use crate::pg::{self, PgLog};
 
 /// Metadata key carrying the replying OSD's map epoch on errors.
 pub const EPOCH_HEADER: &str = "lcpfs-epoch";
+
+/// Metadata key carrying a replica's newest log version when it is behind.
+const LAST_HEADER: &str = "lcpfs-last";
 
 /// Largest gRPC message an OSD sends or accepts.
 pub const MAX_MESSAGE: usize = 256 << 20;
@@ -72,6 +77,17 @@ fn engine_status(error: engine::Error) -> Status {
         engine::Error::DataLoss(what) => Status::data_loss(what),
         other => Status::internal(other.to_string()),
     }
+}
+
+/// The object names of log entries, each once, in log order.
+fn distinct_names(entries: &[LogEntry]) -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for entry in entries {
+        if !names.contains(&entry.name) {
+            names.push(entry.name.clone());
+        }
+    }
+    names
 }
 
 /// Errors worth retrying: the peer is down, busy, or behind on the map.
@@ -267,9 +283,18 @@ impl OsdService {
                 sends.spawn(async move { (osd, client.replicate(request).await) });
             }
             let mut failed = Vec::new();
+            let mut behind = Vec::new();
             while let Some(done) = sends.join_next().await {
                 match done {
                     Ok((_, Ok(_))) => {}
+                    Ok((osd, Err(status))) if status.code() == tonic::Code::OutOfRange => {
+                        let last = status
+                            .metadata()
+                            .get(LAST_HEADER)
+                            .and_then(|value| value.to_str().ok()?.parse().ok())
+                            .unwrap_or(0);
+                        behind.push((osd, last));
+                    }
                     Ok((osd, Err(status))) => failed.push((osd, status)),
                     Err(error) => {
                         return Err(Status::internal(format!("replication task: {error}")));
@@ -282,7 +307,18 @@ impl OsdService {
                     status.message()
                 )));
             }
-            pending = failed.iter().map(|(osd, _)| *osd).collect();
+            for &(osd, last) in &behind {
+                if let Err(status) = self.recover_replica(&map, pg, osd, last).await {
+                    failed.push((osd, status));
+                }
+            }
+            pending = failed
+                .iter()
+                .map(|(osd, _)| *osd)
+                .chain(behind.iter().map(|(osd, _)| *osd))
+                .collect();
+            pending.sort_unstable();
+            pending.dedup();
             if let Some((osd, status)) = failed.first() {
                 if Instant::now() >= deadline {
                     return Err(Status::unavailable(format!(
@@ -295,6 +331,232 @@ impl OsdService {
             }
         }
         Ok(())
+    }
+
+    fn peer_client(&self, map: &ClusterMap, osd: u32) -> Result<OsdClient<Channel>, Status> {
+        let addr = map
+            .osds
+            .get(&osd)
+            .map(|info| info.addr.clone())
+            .ok_or_else(|| Status::internal(format!("osd.{osd} is not in the map")))?;
+        self.peer(&addr)
+    }
+
+    /// Peers the PG if its up set changed since it was last peered: takes the newest
+    /// history among the up OSDs (pulling what this primary misses), then brings
+    /// every other up OSD level with it. Runs under the PG lock, so no client
+    /// operation sees the PG before it is level.
+    async fn ensure_peered(
+        &self,
+        map: &ClusterMap,
+        pool: &Pool,
+        pg: PgId,
+        log: &mut PgLog,
+    ) -> Result<(), Status> {
+        let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
+        if log.peered_up.as_ref() == Some(&up) {
+            return Ok(());
+        }
+        let reference = PgRef {
+            epoch: map.epoch,
+            pool: pool.id,
+            pg_seed: pg.seed,
+        };
+        let mut infos = Vec::new();
+        for &osd in up.iter().filter(|&&osd| osd != self.id) {
+            let mut client = self.peer_client(map, osd)?;
+            match client.pg_info(reference).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    infos.push((osd, reply.last, reply.oldest));
+                }
+                Err(status) => {
+                    tracing::debug!(osd, %pg, error = %status, "no PG info during peering")
+                }
+            }
+        }
+        // The newest history wins: pull what this OSD misses from its holder.
+        if let Some(&(source, last, oldest)) = infos
+            .iter()
+            .filter(|(_, last, _)| *last > log.last)
+            .max_by_key(|(_, last, _)| *last)
+        {
+            tracing::info!(%pg, source, from = log.last, to = last, "pulling newer PG history");
+            self.pull(map, pg, source, log, oldest).await?;
+        }
+        for &(osd, last, _) in &infos {
+            if last < log.last {
+                self.recover_replica(map, pg, osd, last).await?;
+            }
+        }
+        log.peered_up = Some(up);
+        Ok(())
+    }
+
+    /// Pulls from `source` the objects and log entries this OSD misses.
+    async fn pull(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        source: u32,
+        log: &mut PgLog,
+        source_oldest: u64,
+    ) -> Result<(), Status> {
+        let mut client = self.peer_client(map, source)?;
+        let reference = PgRef {
+            epoch: map.epoch,
+            pool: pg.pool,
+            pg_seed: pg.seed,
+        };
+        // A log that does not reach back to ours means a full copy (backfill).
+        let backfill = source_oldest == 0 || source_oldest > log.last + 1;
+        let since = if backfill { 0 } else { log.last };
+        let entries = client
+            .pg_log(PgLogRequest {
+                pg: Some(reference),
+                since,
+            })
+            .await?
+            .into_inner()
+            .entries;
+        let names: Vec<Vec<u8>> = if backfill {
+            let mut names = Vec::new();
+            let mut start_after = Vec::new();
+            loop {
+                let page = client
+                    .list(ListRequest {
+                        epoch: map.epoch,
+                        pool: pg.pool,
+                        pg_seed: pg.seed,
+                        start_after: start_after.clone(),
+                        limit: 1000,
+                    })
+                    .await?
+                    .into_inner()
+                    .entries;
+                let done = page.len() < 1000;
+                names.extend(page.into_iter().map(|entry| entry.name));
+                match names.last() {
+                    Some(last) if !done => start_after = last.clone(),
+                    _ => break,
+                }
+            }
+            names
+        } else {
+            distinct_names(&entries)
+        };
+        for name in &names {
+            let objects = client
+                .pull_objects(PullRequest {
+                    pg: Some(reference),
+                    names: vec![name.clone()],
+                })
+                .await?
+                .into_inner()
+                .objects;
+            let store = self.store.clone();
+            blocking(move || pg::install(&store, pg, &objects, &[], None)).await?;
+        }
+        let store = self.store.clone();
+        let keep = backfill.then(|| names.clone());
+        let recorded = entries.clone();
+        blocking(move || pg::install(&store, pg, &[], &recorded, keep.as_deref())).await?;
+        for entry in &entries {
+            log.record(entry.version, &entry.client, entry.tid);
+        }
+        Ok(())
+    }
+
+    /// Brings replica `osd`, whose log ends at `their_last`, level with this OSD:
+    /// the objects named in the log entries it misses (or, when this log does not
+    /// reach back that far, every object: backfill), then the entries.
+    async fn recover_replica(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        osd: u32,
+        their_last: u64,
+    ) -> Result<(), Status> {
+        let store = self.store.clone();
+        let (entries, oldest) = blocking(move || pg::log_since(&store, pg, their_last)).await?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let backfill = oldest > their_last + 1;
+        let (entries, names) = if backfill {
+            let store = self.store.clone();
+            blocking(move || {
+                let (all, _) = pg::log_since(&store, pg, 0)?;
+                Ok((all, pg::names(&store, pg)?))
+            })
+            .await?
+        } else {
+            let names = distinct_names(&entries);
+            (entries, names)
+        };
+        tracing::info!(%pg, osd, from = their_last, backfill, objects = names.len(), "recovering replica");
+        let mut client = self.peer_client(map, osd)?;
+        let reference = PgRef {
+            epoch: map.epoch,
+            pool: pg.pool,
+            pg_seed: pg.seed,
+        };
+        for name in &names {
+            let store = self.store.clone();
+            let name = name.clone();
+            let object = blocking(move || pg::state(&store, pg, &name)).await?;
+            client
+                .push_objects(PushRequest {
+                    pg: Some(reference),
+                    objects: vec![object],
+                    entries: Vec::new(),
+                    full: false,
+                    keep: Vec::new(),
+                })
+                .await?;
+        }
+        client
+            .push_objects(PushRequest {
+                pg: Some(reference),
+                objects: Vec::new(),
+                entries,
+                full: backfill,
+                keep: if backfill { names } else { Vec::new() },
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Peers, in the background, every PG this OSD is primary for whenever the map
+    /// changes, so PGs without client traffic are brought level too.
+    pub async fn peer_on_map_changes(self: Arc<Self>) {
+        let mut map = self.map.clone();
+        loop {
+            let current = map.borrow_and_update().clone();
+            for pool in current.pools.values().filter(|pool| !pool.is_erasure()) {
+                for seed in 0..pool.pg_num {
+                    let pg = PgId::new(pool.id, seed);
+                    let Ok(mapping) = self.mapping(&current, pg) else {
+                        continue;
+                    };
+                    if mapping.primary != Some(self.id) {
+                        continue;
+                    }
+                    let lock = self.pg_lock(pg);
+                    let mut guard = lock.lock().await;
+                    let result = match self.loaded(&mut guard, pg, pool).await {
+                        Ok(log) => self.ensure_peered(&current, pool, pg, log).await,
+                        Err(status) => Err(status),
+                    };
+                    if let Err(status) = result {
+                        tracing::warn!(%pg, error = %status, "peering failed; retrying on the next map");
+                    }
+                }
+            }
+            if map.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     async fn mutate(
@@ -328,6 +590,7 @@ impl OsdService {
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, pool).await?;
+        self.ensure_peered(&self.current(), pool, pg, log).await?;
         // A retried request is answered with its version; if it had not reached every
         // replica yet, it is replicated again (never applied twice).
         let (version, fresh) = match log.applied(&request.client, request.tid) {
@@ -421,15 +684,15 @@ impl Osd for OsdService {
             .iter()
             .any(|op| op.op.as_ref().is_some_and(|op| !pg::is_mutation(op)));
         let results = if reads {
+            let lock = self.pg_lock(pg);
+            let mut guard = lock.lock().await;
+            let log = self.loaded(&mut guard, pg, &pool).await?;
+            self.ensure_peered(&self.current(), &pool, pg, log).await?;
             let store = self.store.clone();
             let (name, ops) = (request.name.clone(), request.ops.clone());
-            let compression = pool.compression.clone();
-            blocking(move || {
-                pg::ensure(&store, pg, compression.as_deref())?;
-                pg::read(&store, pg, &name, &ops)
-            })
-            .await
-            .map_err(missing)?
+            blocking(move || pg::read(&store, pg, &name, &ops))
+                .await
+                .map_err(missing)?
         } else {
             Vec::new()
         };
@@ -451,6 +714,17 @@ impl Osd for OsdService {
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
+        if request.version > log.last + 1 {
+            // Entries are missing here: the primary must bring this OSD level first.
+            let mut status = Status::out_of_range(format!(
+                "osd.{} has PG {pg} only up to version {}",
+                self.id, log.last
+            ));
+            if let Ok(value) = log.last.to_string().parse() {
+                status.metadata_mut().insert(LAST_HEADER, value);
+            }
+            return Err(status);
+        }
         if request.version > log.last {
             let store = self.store.clone();
             let (version, name, client, tid, ops) = (
@@ -466,6 +740,79 @@ impl Osd for OsdService {
         Ok(Response::new(ReplicateReply {
             epoch: self.current().epoch,
         }))
+    }
+
+    async fn pg_info(&self, request: Request<PgRef>) -> Result<Response<PgInfoReply>, Status> {
+        let reference = request.into_inner();
+        let map = self.map_at_least(reference.epoch).await?;
+        let pool = self.pool(&map, reference.pool)?.clone();
+        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let lock = self.pg_lock(pg);
+        let mut guard = lock.lock().await;
+        let last = self.loaded(&mut guard, pg, &pool).await?.last;
+        let store = self.store.clone();
+        let (_, oldest) = blocking(move || pg::log_since(&store, pg, u64::MAX)).await?;
+        Ok(Response::new(PgInfoReply {
+            epoch: map.epoch,
+            last,
+            oldest,
+        }))
+    }
+
+    async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
+        let request = request.into_inner();
+        let reference = request
+            .pg
+            .ok_or_else(|| Status::invalid_argument("no PG"))?;
+        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let store = self.store.clone();
+        let (entries, _) = blocking(move || pg::log_since(&store, pg, request.since)).await?;
+        Ok(Response::new(PgLogReply { entries }))
+    }
+
+    async fn pull_objects(
+        &self,
+        request: Request<PullRequest>,
+    ) -> Result<Response<PullReply>, Status> {
+        let request = request.into_inner();
+        let reference = request
+            .pg
+            .ok_or_else(|| Status::invalid_argument("no PG"))?;
+        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let store = self.store.clone();
+        let objects = blocking(move || {
+            request
+                .names
+                .iter()
+                .map(|name| pg::state(&store, pg, name))
+                .collect()
+        })
+        .await?;
+        Ok(Response::new(PullReply { objects }))
+    }
+
+    async fn push_objects(
+        &self,
+        request: Request<PushRequest>,
+    ) -> Result<Response<PushReply>, Status> {
+        let request = request.into_inner();
+        let reference = request
+            .pg
+            .ok_or_else(|| Status::invalid_argument("no PG"))?;
+        let map = self.map_at_least(reference.epoch).await?;
+        let pool = self.pool(&map, reference.pool)?.clone();
+        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let lock = self.pg_lock(pg);
+        let mut guard = lock.lock().await;
+        let log = self.loaded(&mut guard, pg, &pool).await?;
+        let store = self.store.clone();
+        let (objects, entries) = (request.objects, request.entries.clone());
+        let keep = request.full.then_some(request.keep);
+        blocking(move || pg::install(&store, pg, &objects, &entries, keep.as_deref())).await?;
+        for entry in &request.entries {
+            log.record(entry.version, &entry.client, entry.tid);
+        }
+        Ok(Response::new(PushReply { last: log.last }))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
