@@ -179,7 +179,10 @@ impl ObjectClient {
                 tid,
                 ops: ops.clone(),
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            // One stuck primary must not use up the whole deadline.
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(20));
             match tokio::time::timeout(remaining, client.op(request)).await {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
                 Ok(Err(status)) => match status.code() {

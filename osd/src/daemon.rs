@@ -158,6 +158,7 @@ async fn boot(mon: &MonClient, boot: &OsdBoot) -> anyhow::Result<u32> {
 async fn follow_map(
     mon: MonClient,
     sender: watch::Sender<Arc<ClusterMap>>,
+    service: Arc<OsdService>,
     id: u32,
     boot_info: OsdBoot,
 ) {
@@ -175,6 +176,7 @@ async fn follow_map(
             let map = map.clone();
             let down = map.osds.get(&id).is_some_and(|osd| !osd.up);
             last = Some(map.clone());
+            service.observe(&map);
             sender.send_replace(Arc::new(map));
             if down {
                 tracing::warn!("the map marks osd.{id} down; booting again");
@@ -222,8 +224,23 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .map(false)
         .await
         .context("cannot fetch the cluster map")?;
-    let (sender, receiver) = watch::channel(Arc::new(map));
-    tokio::spawn(follow_map(mon.clone(), sender, id, boot_info));
+    let config = OsdConfig {
+        max_object_size: args.max_object_mib.saturating_mul(1 << 20),
+        inactive_wait: Duration::try_from_secs_f64(args.pg_inactive_wait)
+            .context("--pg-inactive-wait must be a number of seconds")?,
+        ..OsdConfig::default()
+    };
+    let (sender, receiver) = watch::channel(Arc::new(map.clone()));
+    let service = Arc::new(OsdService::new(id, Arc::new(store), receiver, config));
+    service.observe(&map);
+    tokio::spawn(follow_map(
+        mon.clone(),
+        sender,
+        service.clone(),
+        id,
+        boot_info,
+    ));
+    tokio::spawn(service.clone().peer_on_map_changes());
     {
         let mon = mon.clone();
         tokio::spawn(async move {
@@ -235,14 +252,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let config = OsdConfig {
-        max_object_size: args.max_object_mib.saturating_mul(1 << 20),
-        inactive_wait: Duration::try_from_secs_f64(args.pg_inactive_wait)
-            .context("--pg-inactive-wait must be a number of seconds")?,
-        ..OsdConfig::default()
-    };
-    let service = Arc::new(OsdService::new(id, Arc::new(store), receiver, config));
-    tokio::spawn(service.clone().peer_on_map_changes());
+
     tracing::info!(osd = id, addr = %identity.addr, "serving");
     eprintln!("osd.{id} serving on {}", identity.addr);
     tonic::transport::Server::builder()

@@ -49,8 +49,13 @@ pub struct PgLog {
     requests: HashMap<(String, u64), u64>,
     order: VecDeque<(String, u64)>,
     incomplete: HashSet<(String, u64)>,
-    /// The up set (this OSD first) this PG was last peered with; `None` until then.
-    pub peered_up: Option<Vec<u32>>,
+    /// The interval (first epoch of an unchanged up set) and up set this PG was last
+    /// peered in; `None` until then.
+    pub peered: Option<(u64, Vec<u32>)>,
+    /// Set while a change to the store is in flight: if the request is cancelled
+    /// half-way, the next user reloads the log from the store instead of trusting
+    /// this copy.
+    pub dirty: bool,
 }
 
 impl PgLog {
@@ -76,6 +81,7 @@ impl PgLog {
 
     /// Records a mutation applied here.
     pub fn record(&mut self, version: u64, client: &str, tid: u64) {
+        self.dirty = false;
         self.last = self.last.max(version);
         if client.is_empty() {
             return;
@@ -120,6 +126,22 @@ pub fn load(store: &Store, pg: PgId) -> engine::Result<PgLog> {
     Ok(log)
 }
 
+/// The request (client, request number) recorded at `version` of the PG's log.
+pub fn entry_at(store: &Store, pg: PgId, version: u64) -> engine::Result<Option<(String, u64)>> {
+    let view = store.head(&collection(pg))?;
+    if !view.exists(LOG_OBJECT)? {
+        return Ok(None);
+    }
+    match view.omap_get(LOG_OBJECT, &version.to_be_bytes())? {
+        Some(value) => {
+            let entry: LogEntry = serde_json::from_slice(&value)
+                .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
+            Ok(Some((entry.client, entry.tid)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// True for operations that change the object.
 pub fn is_mutation(op: &Op) -> bool {
     !matches!(op, Op::Read(_) | Op::Stat(_) | Op::GetXattr(_))
@@ -135,6 +157,16 @@ pub fn apply(
     tid: u64,
     ops: &[ObjectOp],
 ) -> engine::Result<()> {
+    // The same version twice: the same request (a retry after a cancelled call) is
+    // already applied; another request means diverging histories.
+    if let Some((holder, holder_tid)) = entry_at(store, pg, version)? {
+        if holder == client && holder_tid == tid {
+            return Ok(());
+        }
+        return Err(engine::Error::AlreadyExists(format!(
+            "PG {pg} log version {version} holds another request"
+        )));
+    }
     let key = object_key(name);
     let mut txn = Transaction::new(collection(pg));
     for op in ops.iter().filter_map(|op| op.op.as_ref()) {
@@ -358,6 +390,10 @@ pub fn install(
                 txn.remove(&object_key(&name));
             }
         }
+    }
+    if keep.is_some() {
+        // A backfilled copy takes the source's whole log, and nothing of its own.
+        txn.create(LOG_OBJECT, false).omap_clear(LOG_OBJECT);
     }
     if !entries.is_empty() {
         let log: Vec<(Vec<u8>, Vec<u8>)> = entries

@@ -64,6 +64,10 @@ pub struct OsdService {
     store: Arc<Store>,
     map: watch::Receiver<Arc<ClusterMap>>,
     pgs: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<Option<PgLog>>>>>,
+    /// Per PG: its up set in the last map observed, and the epoch that up set began.
+    intervals: Mutex<HashMap<PgId, (Vec<u32>, u64)>>,
+    /// Epoch of the last map observed.
+    observed_epoch: Mutex<u64>,
     peers: Mutex<HashMap<String, OsdClient<Channel>>>,
     config: OsdConfig,
 }
@@ -124,9 +128,44 @@ impl OsdService {
             store,
             map,
             pgs: Mutex::new(HashMap::new()),
+            intervals: Mutex::new(HashMap::new()),
+            observed_epoch: Mutex::new(0),
             peers: Mutex::new(HashMap::new()),
             config,
         }
+    }
+
+    /// Records the up set of every PG in `map`, which must be observed before it is
+    /// published to the service: a PG whose up set changed (or any PG, when epochs
+    /// were skipped) starts a new interval and is peered again before it serves.
+    pub fn observe(&self, map: &ClusterMap) {
+        let mut observed = self.observed_epoch.lock().expect("observed epoch");
+        let contiguous = *observed + 1 == map.epoch;
+        let mut intervals = self.intervals.lock().expect("intervals");
+        for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
+            let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(map, pool.id) else {
+                continue;
+            };
+            for seed in 0..pool.pg_num {
+                let up: Vec<u32> = placement.map_pg(seed).up.into_iter().flatten().collect();
+                let pg = PgId::new(pool.id, seed);
+                let entry = intervals
+                    .entry(pg)
+                    .or_insert_with(|| (up.clone(), map.epoch));
+                if !contiguous || entry.0 != up {
+                    *entry = (up, map.epoch);
+                }
+            }
+        }
+        *observed = map.epoch;
+    }
+
+    fn interval(&self, pg: PgId) -> u64 {
+        self.intervals
+            .lock()
+            .expect("intervals")
+            .get(&pg)
+            .map_or(0, |(_, epoch)| *epoch)
     }
 
     fn current(&self) -> Arc<ClusterMap> {
@@ -168,6 +207,17 @@ impl OsdService {
         Ok(pool)
     }
 
+    /// The PG `seed` of `pool`, checked against the pool's pg_num.
+    fn pg_of(&self, pool: &Pool, seed: u32) -> Result<PgId, Status> {
+        if seed >= pool.pg_num {
+            return Err(Status::invalid_argument(format!(
+                "pool '{}' has {} PGs; there is no PG seed {seed}",
+                pool.name, pool.pg_num
+            )));
+        }
+        Ok(PgId::new(pool.id, seed))
+    }
+
     fn mapping(&self, map: &ClusterMap, pg: PgId) -> Result<PgMapping, Status> {
         pg_mapping(map, pg).map_err(|error| Status::internal(format!("placement of {pg}: {error}")))
     }
@@ -188,7 +238,7 @@ impl OsdService {
         pg: PgId,
         pool: &Pool,
     ) -> Result<&'a mut PgLog, Status> {
-        if guard.is_none() {
+        if guard.as_ref().is_none_or(|log| log.dirty) {
             let store = self.store.clone();
             let compression = pool.compression.clone();
             let log = blocking(move || {
@@ -256,9 +306,11 @@ impl OsdService {
 
     /// Sends a mutation to the other OSDs of the PG's up set until each has it, or
     /// has left the up set, or the deadline passes.
-    async fn replicate(&self, request: ReplicateRequest, pool_id: u32) -> Result<(), Status> {
+    /// Returns how many other OSDs of the (current) up set hold the write.
+    async fn replicate(&self, request: ReplicateRequest, pool_id: u32) -> Result<usize, Status> {
         let pg = PgId::new(pool_id, request.pg_seed);
         let deadline = Instant::now() + self.config.replicate_deadline;
+        let mut acked: Vec<u32> = Vec::new();
         let mut pending: Vec<u32> = self
             .mapping(&self.current(), pg)?
             .up
@@ -286,7 +338,7 @@ impl OsdService {
             let mut behind = Vec::new();
             while let Some(done) = sends.join_next().await {
                 match done {
-                    Ok((_, Ok(_))) => {}
+                    Ok((osd, Ok(_))) => acked.push(osd),
                     Ok((osd, Err(status))) if status.code() == tonic::Code::OutOfRange => {
                         let last = status
                             .metadata()
@@ -319,18 +371,32 @@ impl OsdService {
                 .collect();
             pending.sort_unstable();
             pending.dedup();
-            if let Some((osd, status)) = failed.first() {
+            if let Some(&osd) = pending.first() {
                 if Instant::now() >= deadline {
+                    let reason = failed
+                        .first()
+                        .map_or("it is behind".to_owned(), |(_, status)| {
+                            status.message().to_owned()
+                        });
                     return Err(Status::unavailable(format!(
-                        "replica osd.{osd} did not store the write in time ({}); the write may be partly applied: retry it",
-                        status.message()
+                        "replica osd.{osd} did not store the write in time ({reason}); the write may be partly applied: retry it"
                     )));
                 }
-                tracing::debug!(osd, error = %status, "replication failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !failed.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
-        Ok(())
+        let up: Vec<u32> = self
+            .mapping(&self.current(), pg)?
+            .up
+            .into_iter()
+            .flatten()
+            .collect();
+        acked.retain(|osd| up.contains(osd));
+        acked.sort_unstable();
+        acked.dedup();
+        Ok(acked.len())
     }
 
     fn peer_client(&self, map: &ClusterMap, osd: u32) -> Result<OsdClient<Channel>, Status> {
@@ -354,7 +420,8 @@ impl OsdService {
         log: &mut PgLog,
     ) -> Result<(), Status> {
         let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
-        if log.peered_up.as_ref() == Some(&up) {
+        let interval = self.interval(pg);
+        if log.peered.as_ref() == Some(&(interval, up.clone())) {
             return Ok(());
         }
         let reference = PgRef {
@@ -371,7 +438,13 @@ impl OsdService {
                     infos.push((osd, reply.last, reply.oldest));
                 }
                 Err(status) => {
-                    tracing::debug!(osd, %pg, error = %status, "no PG info during peering")
+                    // Going active without hearing from every up OSD could miss
+                    // the newest acknowledged write: wait for it or for the map to
+                    // drop it.
+                    return Err(Status::unavailable(format!(
+                        "PG {pg} is peering: osd.{osd} did not answer ({})",
+                        status.message()
+                    )));
                 }
             }
         }
@@ -389,7 +462,7 @@ impl OsdService {
                 self.recover_replica(map, pg, osd, last).await?;
             }
         }
-        log.peered_up = Some(up);
+        log.peered = Some((interval, up));
         Ok(())
     }
 
@@ -409,7 +482,7 @@ impl OsdService {
             pg_seed: pg.seed,
         };
         // A log that does not reach back to ours means a full copy (backfill).
-        let backfill = source_oldest == 0 || source_oldest > log.last + 1;
+        let backfill = source_oldest == 0 || source_oldest > log.last.saturating_add(1);
         let since = if backfill { 0 } else { log.last };
         let entries = client
             .pg_log(PgLogRequest {
@@ -460,9 +533,17 @@ impl OsdService {
         let store = self.store.clone();
         let keep = backfill.then(|| names.clone());
         let recorded = entries.clone();
+        log.dirty = true;
         blocking(move || pg::install(&store, pg, &[], &recorded, keep.as_deref())).await?;
-        for entry in &entries {
-            log.record(entry.version, &entry.client, entry.tid);
+        if backfill {
+            let store = self.store.clone();
+            let peered = log.peered.take();
+            *log = blocking(move || pg::load(&store, pg)).await?;
+            log.peered = peered;
+        } else {
+            for entry in &entries {
+                log.record(entry.version, &entry.client, entry.tid);
+            }
         }
         Ok(())
     }
@@ -482,7 +563,7 @@ impl OsdService {
         if entries.is_empty() {
             return Ok(());
         }
-        let backfill = oldest > their_last + 1;
+        let backfill = oldest > their_last.saturating_add(1);
         let (entries, names) = if backfill {
             let store = self.store.clone();
             blocking(move || {
@@ -596,7 +677,7 @@ impl OsdService {
         let (version, fresh) = match log.applied(&request.client, request.tid) {
             Some(version) if !log.incomplete(&request.client, request.tid) => return Ok(version),
             Some(version) => (version, false),
-            None => (log.last + 1, true),
+            None => (log.last.saturating_add(1), true),
         };
         let store = self.store.clone();
         let (name, client, tid, ops) = (
@@ -606,10 +687,28 @@ impl OsdService {
             request.ops.clone(),
         );
         // Applied here first: an operation the engine refuses (a missing object, a bad
-        // offset) is refused before any replica sees it.
+        // offset) is refused before any replica sees it. Until every replica has it,
+        // the request stays marked incomplete, so a retry (even after this call is
+        // cancelled) replicates it again instead of answering early.
         if fresh {
-            blocking(move || pg::apply(&store, pg, version, &name, &client, tid, &ops)).await?;
+            log.dirty = true;
+            match blocking(move || pg::apply(&store, pg, version, &name, &client, tid, &ops)).await
+            {
+                Ok(()) => {}
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    // The store's log is ahead of this copy: it reloads on next use.
+                    return Err(Status::unavailable(format!(
+                        "PG {pg} log changed under this request; retry"
+                    )));
+                }
+                Err(status) => {
+                    log.dirty = false;
+                    return Err(status);
+                }
+            }
+            log.record(version, &request.client, request.tid);
         }
+        log.set_incomplete(&request.client, request.tid, true);
         let replicas = self
             .replicate(
                 ReplicateRequest {
@@ -625,11 +724,24 @@ impl OsdService {
                 pool.id,
             )
             .await;
-        if fresh {
-            log.record(version, &request.client, request.tid);
+        match replicas {
+            Ok(copies) if copies + 1 >= pool.min_size() as usize => {
+                log.set_incomplete(&request.client, request.tid, false);
+                Ok(version)
+            }
+            Ok(copies) => Err(Status::unavailable(format!(
+                "PG {pg} has only {} copies of the write, below min_size {}; retry",
+                copies + 1,
+                pool.min_size()
+            ))),
+            Err(status) => {
+                if !transient(&status) {
+                    // A replica's history differs: peer again before the next write.
+                    log.peered = None;
+                }
+                Err(status)
+            }
         }
-        log.set_incomplete(&request.client, request.tid, replicas.is_err());
-        replicas.map(|()| version)
     }
 }
 
@@ -662,7 +774,7 @@ impl Osd for OsdService {
             .iter()
             .any(|op| op.op.as_ref().is_some_and(pg::is_mutation));
         let missing = |status: Status| {
-            if status.code() == tonic::Code::NotFound && !status.message().contains("xattr") {
+            if status.code() == tonic::Code::NotFound && status.message().contains("object \"o/") {
                 Status::not_found(format!(
                     "object '{}' does not exist in pool '{}'",
                     String::from_utf8_lossy(&request.name),
@@ -710,11 +822,11 @@ impl Osd for OsdService {
         let request = request.into_inner();
         let map = self.map_at_least(request.epoch).await?;
         let pool = self.pool(&map, request.pool)?.clone();
-        let pg = PgId::new(request.pool, request.pg_seed);
+        let pg = self.pg_of(&pool, request.pg_seed)?;
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
-        if request.version > log.last + 1 {
+        if request.version > log.last.saturating_add(1) {
             // Entries are missing here: the primary must bring this OSD level first.
             let mut status = Status::out_of_range(format!(
                 "osd.{} has PG {pg} only up to version {}",
@@ -725,7 +837,22 @@ impl Osd for OsdService {
             }
             return Err(status);
         }
-        if request.version > log.last {
+        if request.version <= log.last {
+            // Already here: only if it is the same request (histories agree).
+            let store = self.store.clone();
+            let version = request.version;
+            let held = blocking(move || pg::entry_at(&store, pg, version)).await?;
+            if held
+                .as_ref()
+                .is_none_or(|(client, tid)| client != &request.client || *tid != request.tid)
+            {
+                return Err(Status::aborted(format!(
+                    "osd.{} holds another write at version {version} of PG {pg}: the PG must peer again",
+                    self.id
+                )));
+            }
+        } else {
+            log.dirty = true;
             let store = self.store.clone();
             let (version, name, client, tid, ops) = (
                 request.version,
@@ -746,7 +873,7 @@ impl Osd for OsdService {
         let reference = request.into_inner();
         let map = self.map_at_least(reference.epoch).await?;
         let pool = self.pool(&map, reference.pool)?.clone();
-        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let pg = self.pg_of(&pool, reference.pg_seed)?;
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let last = self.loaded(&mut guard, pg, &pool).await?.last;
@@ -801,16 +928,23 @@ impl Osd for OsdService {
             .ok_or_else(|| Status::invalid_argument("no PG"))?;
         let map = self.map_at_least(reference.epoch).await?;
         let pool = self.pool(&map, reference.pool)?.clone();
-        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let pg = self.pg_of(&pool, reference.pg_seed)?;
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
         let store = self.store.clone();
         let (objects, entries) = (request.objects, request.entries.clone());
         let keep = request.full.then_some(request.keep);
+        log.dirty = true;
         blocking(move || pg::install(&store, pg, &objects, &entries, keep.as_deref())).await?;
-        for entry in &request.entries {
-            log.record(entry.version, &entry.client, entry.tid);
+        if request.full {
+            let store = self.store.clone();
+            *log = blocking(move || pg::load(&store, pg)).await?;
+        } else {
+            for entry in &request.entries {
+                log.record(entry.version, &entry.client, entry.tid);
+            }
+            log.dirty = false;
         }
         Ok(Response::new(PushReply { last: log.last }))
     }
@@ -818,8 +952,15 @@ impl Osd for OsdService {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let request = request.into_inner();
         let map = self.map_at_least(request.epoch).await?;
-        self.pool(&map, request.pool)?;
-        let pg = PgId::new(request.pool, request.pg_seed);
+        let pool = self.pool(&map, request.pool)?.clone();
+        let pg = self.pg_of(&pool, request.pg_seed)?;
+        if self.mapping(&map, pg)?.primary == Some(self.id) {
+            // A primary lists only after peering, so the listing has every object.
+            let lock = self.pg_lock(pg);
+            let mut guard = lock.lock().await;
+            let log = self.loaded(&mut guard, pg, &pool).await?;
+            self.ensure_peered(&self.current(), &pool, pg, log).await?;
+        }
         let store = self.store.clone();
         let limit = if request.limit == 0 {
             1000

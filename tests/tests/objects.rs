@@ -97,11 +97,11 @@ async fn acknowledged_writes_survive_an_osd_killed_mid_stream() {
     let map = objects.map();
     let pool = map.pool_by_name("data").unwrap().clone();
     drop(objects);
+    for index in 0..4 {
+        cluster.kill_osd(index);
+    }
     let stores: Vec<Store> = (0..4)
-        .map(|index| {
-            cluster.kill_osd(index);
-            Store::open(&cluster.osds[&index].data, &OpenOptions::default()).unwrap()
-        })
+        .map(|index| Store::open(&cluster.osds[&index].data, &OpenOptions::default()).unwrap())
         .collect();
     for (name, (n, data)) in &written {
         let pg = object_to_pg(&pool, name.as_bytes());
@@ -134,16 +134,14 @@ async fn writes_to_a_pg_below_min_size_fail_clearly() {
         .unwrap()
         .with_timeout(Duration::from_secs(4));
     let mut refused = 0;
+    let mut acknowledged = Vec::new();
     for n in 0..40 {
         let name = format!("late-{n}");
         match objects
             .put("data", name.as_bytes(), contents(&name, 100))
             .await
         {
-            Ok(()) => assert_eq!(
-                objects.get("data", name.as_bytes()).await.unwrap(),
-                contents(&name, 100)
-            ),
+            Ok(()) => acknowledged.push(name),
             Err(error) => {
                 let message = format!("{error:#}");
                 assert!(
@@ -158,6 +156,19 @@ async fn writes_to_a_pg_below_min_size_fail_clearly() {
         }
     }
     assert!(refused >= 1, "some PG had only one of its OSDs up");
+
+    // The OSDs come back: nothing acknowledged is lost.
+    cluster.start_osd(0);
+    cluster.start_osd(1);
+    osds_up(&cluster.client(), 4).await;
+    let objects = objects.with_timeout(Duration::from_secs(30));
+    for name in &acknowledged {
+        assert_eq!(
+            objects.get("data", name.as_bytes()).await.unwrap(),
+            contents(name, 100),
+            "{name} survives"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
