@@ -457,11 +457,15 @@ pub async fn status(client: &MonClient, json_output: bool) -> anyhow::Result<Str
         status.osds, status.osds_up, status.osds_in
     );
     let _ = writeln!(out, "\n  data:");
-    let _ = writeln!(
-        out,
-        "    pools: {} pools, {} pgs (states unknown until OSDs report)",
-        status.pools, status.pgs
-    );
+    let _ = writeln!(out, "    pools: {} pools, {} pgs", status.pools, status.pgs);
+    if !status.pg_states.is_empty() {
+        let states: Vec<String> = status
+            .pg_states
+            .iter()
+            .map(|(state, count)| format!("{count} {state}"))
+            .collect();
+        let _ = writeln!(out, "    pgs:   {}", states.join(", "));
+    }
     let _ = write!(out, "    map:   epoch {}", status.epoch);
     Ok(out)
 }

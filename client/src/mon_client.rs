@@ -16,7 +16,7 @@ use lcpfs_core::monitor::{Command, CommandOutcome, Query, keyring_key};
 use lcpfs_proto::monitor_client::MonitorClient;
 use lcpfs_proto::{
     CommandRequest, FailureReport, GetMapRequest, MapUpdate, OsdBootRequest, OsdHeartbeatRequest,
-    PingReply, PingRequest, QueryRequest, SubscribeRequest, map_update,
+    PgStat, PgStatsReport, PingReply, PingRequest, QueryRequest, SubscribeRequest, map_update,
 };
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -324,6 +324,17 @@ impl MonClient {
                     failed,
                 })
                 .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A primary OSD's report of its PGs' states.
+    pub async fn pg_stats(&self, osd: u32, stats: Vec<PgStat>) -> anyhow::Result<()> {
+        let epoch = self.epoch();
+        self.call(|mut client| {
+            let stats = stats.clone();
+            async move { client.pg_stats(PgStatsReport { epoch, osd, stats }).await }
         })
         .await?;
         Ok(())

@@ -249,4 +249,7 @@ pub struct ClusterStatus {
     pub pools: u32,
     /// PGs over all pools.
     pub pgs: u64,
+    /// PGs by state, as their primaries last reported (`unknown`: no recent report).
+    #[serde(default)]
+    pub pg_states: BTreeMap<String, u64>,
 }

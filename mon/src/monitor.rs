@@ -51,6 +51,9 @@ pub enum Leader {
     Peer(MonitorClient<Channel>),
 }
 
+/// How long a PG state report counts.
+const PG_STAT_FRESH: Duration = Duration::from_secs(15);
+
 /// Failed OSD → reporting host → (reporting OSD, when).
 type FailureReports = HashMap<u32, BTreeMap<String, (u32, Instant)>>;
 
@@ -76,6 +79,8 @@ pub struct Monitor {
     seen_down: Mutex<HashMap<u32, u64>>,
     /// Leader only: failed OSD → reporting host → when.
     failure_reports: Mutex<FailureReports>,
+    /// Leader only: (pool, seed) → state its primary last reported, and when.
+    pg_stats: Mutex<HashMap<(u32, u32), (String, Instant)>>,
 }
 
 /// The error for a change proposed to Raft whose commit could not be confirmed: it
@@ -127,6 +132,7 @@ impl Monitor {
             heartbeats: Mutex::new(HashMap::new()),
             seen_down: Mutex::new(HashMap::new()),
             failure_reports: Mutex::new(HashMap::new()),
+            pg_stats: Mutex::new(HashMap::new()),
         }
     }
 
@@ -386,6 +392,33 @@ impl Monitor {
             }
             CommandOutcome::Refused { reason } => Err(Status::failed_precondition(reason)),
         }
+    }
+
+    /// On the leader: PG states reported by a primary.
+    pub fn pg_stats(&self, stats: Vec<lcpfs_proto::PgStat>) {
+        let now = Instant::now();
+        let mut table = self.pg_stats.lock().expect("pg stats");
+        for stat in stats {
+            table.insert((stat.pool, stat.seed), (stat.state, now));
+        }
+    }
+
+    /// PGs of the current map by state; PGs without a report in the last
+    /// `PG_STAT_FRESH` are `unknown`.
+    pub fn pg_states(&self) -> BTreeMap<String, u64> {
+        let map = self.state.map();
+        let table = self.pg_stats.lock().expect("pg stats");
+        let mut states = BTreeMap::new();
+        for pool in map.pools.values() {
+            for seed in 0..pool.pg_num {
+                let state = match table.get(&(pool.id, seed)) {
+                    Some((state, at)) if at.elapsed() < PG_STAT_FRESH => state.as_str(),
+                    _ => "unknown",
+                };
+                *states.entry(state.to_owned()).or_insert(0) += 1;
+            }
+        }
+        states
     }
 
     /// On the leader: a heartbeat from an OSD.

@@ -14,8 +14,9 @@ use lcpfs_proto::monitor_client::MonitorClient;
 use lcpfs_proto::monitor_server::Monitor as MonitorRpc;
 use lcpfs_proto::{
     CommandReply, CommandRequest, FailureReply, FailureReport, GetMapRequest, MapReply, MapUpdate,
-    OsdBootReply, OsdBootRequest, OsdHeartbeatReply, OsdHeartbeatRequest, PingReply, PingRequest,
-    QueryReply, QueryRequest, RaftPayload, SubscribeRequest, map_update,
+    OsdBootReply, OsdBootRequest, OsdHeartbeatReply, OsdHeartbeatRequest, PgStatsReply,
+    PgStatsReport, PingReply, PingRequest, QueryReply, QueryRequest, RaftPayload, SubscribeRequest,
+    map_update,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -199,6 +200,13 @@ impl MonitorRpc for MonitorService {
                 }
             )));
         }
+        if matches!(query, Query::Status)
+            && let Ok(Some(mut leader)) = self.forward_target(&request)
+            && let Ok(reply) = leader.query(forwarded(request.get_ref().clone())).await
+        {
+            // The leader holds the PG states the primaries report.
+            return Ok(reply);
+        }
         let result = match query {
             Query::Status => encode(&self.status().await),
             Query::AuthList => encode(&self.0.state.with_state(|state| {
@@ -282,6 +290,19 @@ impl MonitorRpc for MonitorService {
         }))
     }
 
+    async fn pg_stats(
+        &self,
+        request: Request<PgStatsReport>,
+    ) -> Result<Response<PgStatsReply>, Status> {
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.pg_stats(forwarded(request.into_inner())).await;
+        }
+        self.0.pg_stats(request.into_inner().stats);
+        Ok(Response::new(PgStatsReply {
+            epoch: self.epoch(),
+        }))
+    }
+
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         let metrics = self.0.raft.metrics().borrow().clone();
         Ok(Response::new(PingReply {
@@ -355,6 +376,36 @@ impl MonitorService {
                 },
             );
         }
+        let pg_states = self.0.pg_states();
+        let count = |matches: &dyn Fn(&str) -> bool| -> u64 {
+            pg_states
+                .iter()
+                .filter(|(state, _)| matches(state))
+                .map(|(_, count)| count)
+                .sum()
+        };
+        let degraded = count(&|state| state.contains("degraded") || state.contains("undersized"));
+        if degraded > 0 {
+            checks.insert(
+                "PG_DEGRADED".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Warn,
+                    summary: format!("Degraded data redundancy: {degraded} pgs degraded"),
+                },
+            );
+        }
+        let unavailable = count(&|state| !state.starts_with("active"));
+        if unavailable > 0 {
+            checks.insert(
+                "PG_AVAILABILITY".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Warn,
+                    summary: format!(
+                        "Reduced data availability: {unavailable} pgs inactive, peering or unknown"
+                    ),
+                },
+            );
+        }
         if metrics.current_leader.is_none() {
             checks.insert(
                 "MON_NO_QUORUM".to_owned(),
@@ -382,6 +433,7 @@ impl MonitorService {
             osds_in: map.osds.values().filter(|osd| osd.in_).count() as u32,
             pools: map.pools.len() as u32,
             pgs: map.pools.values().map(|pool| u64::from(pool.pg_num)).sum(),
+            pg_states,
         }
     }
 }

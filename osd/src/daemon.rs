@@ -243,11 +243,20 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     tokio::spawn(service.clone().peer_on_map_changes());
     {
         let mon = mon.clone();
+        let reporter = service.clone();
         tokio::spawn(async move {
+            let mut beats = 0u64;
             loop {
                 tokio::time::sleep(heartbeat).await;
                 if let Err(error) = mon.osd_heartbeat(id).await {
                     tracing::warn!(%error, "heartbeat failed");
+                }
+                // PG states every other heartbeat.
+                beats += 1;
+                if beats.is_multiple_of(2)
+                    && let Err(error) = mon.pg_stats(id, reporter.pg_states()).await
+                {
+                    tracing::warn!(%error, "PG state report failed");
                 }
             }
         });

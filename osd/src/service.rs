@@ -608,6 +608,50 @@ impl OsdService {
         Ok(())
     }
 
+    /// The states of the PGs this OSD is primary for, for the monitors. A PG busy
+    /// with a request is left out of this round.
+    pub fn pg_states(&self) -> Vec<lcpfs_proto::PgStat> {
+        let map = self.current();
+        let mut stats = Vec::new();
+        for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
+            let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(&map, pool.id) else {
+                continue;
+            };
+            for seed in 0..pool.pg_num {
+                let up: Vec<u32> = placement.map_pg(seed).up.into_iter().flatten().collect();
+                if up.first() != Some(&self.id) {
+                    continue;
+                }
+                let pg = PgId::new(pool.id, seed);
+                let interval = self.interval(pg);
+                let state = if (up.len() as u32) < pool.min_size() {
+                    "inactive"
+                } else {
+                    let lock = self.pg_lock(pg);
+                    let Ok(guard) = lock.try_lock() else {
+                        continue;
+                    };
+                    let peered = guard
+                        .as_ref()
+                        .is_some_and(|log| log.peered.as_ref() == Some(&(interval, up.clone())));
+                    if !peered {
+                        "peering"
+                    } else if (up.len() as u32) < pool.size() {
+                        "active+undersized+degraded"
+                    } else {
+                        "active+clean"
+                    }
+                };
+                stats.push(lcpfs_proto::PgStat {
+                    pool: pool.id,
+                    seed,
+                    state: state.to_owned(),
+                });
+            }
+        }
+        stats
+    }
+
     /// Peers, in the background, every PG this OSD is primary for whenever the map
     /// changes, so PGs without client traffic are brought level too.
     pub async fn peer_on_map_changes(self: Arc<Self>) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::engine::{OpenOptions, Store};
+use lcpfs_core::monitor::{ClusterStatus, Query};
 use lcpfs_core::pg::object_to_pg;
 use lcpfs_tests::{MonCluster, replicated_pool, wait_for};
 
@@ -31,6 +32,25 @@ async fn osds_up(client: &MonClient, count: usize) {
         }
     })
     .await;
+}
+
+/// Waits until the monitors' status satisfies `check` (PG states arrive from the
+/// primaries every couple of seconds).
+async fn status_until(
+    cluster: &MonCluster,
+    what: &str,
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let client = cluster.client();
+    let check = &check;
+    wait_for(what, Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let status: ClusterStatus = client.query(&Query::Status).await.ok()?;
+            check(&status).then_some(status)
+        }
+    })
+    .await
 }
 
 async fn cluster_with_pool(osds: u32, osd_flags: &[&str]) -> MonCluster {
@@ -84,6 +104,11 @@ async fn acknowledged_writes_survive_an_osd_killed_mid_stream() {
             "{name} reads back byte-exact after the OSD returned"
         );
     }
+    let status = status_until(&cluster, "all PGs active+clean", |status| {
+        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
+    })
+    .await;
+    assert!(!status.checks.contains_key("PG_DEGRADED"), "{status:?}");
     let listed: Vec<String> = objects
         .list("data")
         .await
@@ -129,6 +154,13 @@ async fn writes_to_a_pg_below_min_size_fail_clearly() {
     cluster.kill_osd(1);
     let client = cluster.client();
     osds_up(&client, 2).await;
+    let status = status_until(&cluster, "degraded and inactive PGs reported", |status| {
+        status.pg_states.contains_key("inactive")
+            && status.pg_states.contains_key("active+undersized+degraded")
+    })
+    .await;
+    assert!(status.checks.contains_key("PG_DEGRADED"), "{status:?}");
+    assert!(status.checks.contains_key("PG_AVAILABILITY"), "{status:?}");
     let objects = ObjectClient::connect(client)
         .await
         .unwrap()
