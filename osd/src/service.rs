@@ -218,6 +218,16 @@ impl OsdService {
         Ok(PgId::new(pool.id, seed))
     }
 
+    /// The pool and PG a peer request names, checked against the map at the
+    /// sender's epoch or newer.
+    async fn checked_pg(&self, reference: Option<PgRef>) -> Result<(Pool, PgId), Status> {
+        let reference = reference.ok_or_else(|| Status::invalid_argument("no PG given"))?;
+        let map = self.map_at_least(reference.epoch).await?;
+        let pool = self.pool(&map, reference.pool)?.clone();
+        let pg = self.pg_of(&pool, reference.pg_seed)?;
+        Ok((pool, pg))
+    }
+
     fn mapping(&self, map: &ClusterMap, pg: PgId) -> Result<PgMapping, Status> {
         pg_mapping(map, pg).map_err(|error| Status::internal(format!("placement of {pg}: {error}")))
     }
@@ -932,10 +942,7 @@ impl Osd for OsdService {
 
     async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
         let request = request.into_inner();
-        let reference = request
-            .pg
-            .ok_or_else(|| Status::invalid_argument("no PG"))?;
-        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let (_, pg) = self.checked_pg(request.pg).await?;
         let store = self.store.clone();
         let (entries, _) = blocking(move || pg::log_since(&store, pg, request.since)).await?;
         Ok(Response::new(PgLogReply { entries }))
@@ -946,10 +953,7 @@ impl Osd for OsdService {
         request: Request<PullRequest>,
     ) -> Result<Response<PullReply>, Status> {
         let request = request.into_inner();
-        let reference = request
-            .pg
-            .ok_or_else(|| Status::invalid_argument("no PG"))?;
-        let pg = PgId::new(reference.pool, reference.pg_seed);
+        let (_, pg) = self.checked_pg(request.pg).await?;
         let store = self.store.clone();
         let objects = blocking(move || {
             request
@@ -967,12 +971,7 @@ impl Osd for OsdService {
         request: Request<PushRequest>,
     ) -> Result<Response<PushReply>, Status> {
         let request = request.into_inner();
-        let reference = request
-            .pg
-            .ok_or_else(|| Status::invalid_argument("no PG"))?;
-        let map = self.map_at_least(reference.epoch).await?;
-        let pool = self.pool(&map, reference.pool)?.clone();
-        let pg = self.pg_of(&pool, reference.pg_seed)?;
+        let (pool, pg) = self.checked_pg(request.pg).await?;
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
