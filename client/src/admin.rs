@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use lcpfs_core::map::{BucketType, ClusterMap, CrushItem, PoolKind, PoolSpec, WEIGHT_ONE};
+use lcpfs_core::map::{ClusterMap, CrushItem, PoolKind, PoolSpec, WEIGHT_ONE};
 use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, Query};
 use serde_json::json;
 
@@ -278,25 +278,14 @@ pub async fn pool(
 
 fn pool_spec(args: PoolCreateArgs) -> anyhow::Result<PoolSpec> {
     let kind = match &args.ec {
-        Some(ec) => {
-            let (k, m) = ec
-                .split_once('+')
-                .and_then(|(k, m)| Some((k.trim().parse().ok()?, m.trim().parse().ok()?)))
-                .with_context(|| format!("--ec {ec:?} is not K+M, e.g. 4+2"))?;
-            PoolKind::Erasure { k, m }
-        }
+        Some(ec) => crate::crush_tool::erasure(ec)?,
         None => {
             let size = args.size.unwrap_or(3);
             let min_size = args.min_size.unwrap_or(size - size / 3);
             PoolKind::Replicated { size, min_size }
         }
     };
-    let failure_domain = match args.failure_domain.as_str() {
-        "osd" => BucketType::Osd,
-        "host" => BucketType::Host,
-        "zone" => BucketType::Zone,
-        other => bail!("unknown failure domain {other:?}: use osd, host or zone"),
-    };
+    let failure_domain = crate::crush_tool::failure_domain(&args.failure_domain)?;
     if let Some(compression) = &args.compression
         && !matches!(compression.as_str(), "lz4" | "zstd")
     {

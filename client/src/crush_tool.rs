@@ -42,7 +42,8 @@ pub struct CrushTestArgs {
     pub pg_num: u32,
 }
 
-fn failure_domain(name: &str) -> anyhow::Result<BucketType> {
+/// A failure domain as typed on the command line: `osd`, `host` or `zone`.
+pub(crate) fn failure_domain(name: &str) -> anyhow::Result<BucketType> {
     Ok(match name {
         "osd" => BucketType::Osd,
         "host" => BucketType::Host,
@@ -57,14 +58,17 @@ fn pool_kind(args: &CrushTestArgs) -> anyhow::Result<PoolKind> {
             size: args.size,
             min_size: args.size.div_ceil(2).max(1),
         }),
-        Some(spec) => {
-            let (k, m) = spec
-                .split_once('+')
-                .and_then(|(k, m)| Some((k.parse().ok()?, m.parse().ok()?)))
-                .with_context(|| format!("--ec {spec:?} is not K+M (e.g. 4+2)"))?;
-            Ok(PoolKind::Erasure { k, m })
-        }
+        Some(spec) => erasure(spec),
     }
+}
+
+/// An erasure code as typed on the command line: `K+M`, e.g. `4+2`.
+pub(crate) fn erasure(spec: &str) -> anyhow::Result<PoolKind> {
+    let (k, m) = spec
+        .split_once('+')
+        .and_then(|(k, m)| Some((k.trim().parse().ok()?, m.trim().parse().ok()?)))
+        .with_context(|| format!("--ec {spec:?} is not K+M (e.g. 4+2)"))?;
+    Ok(PoolKind::Erasure { k, m })
 }
 
 /// Runs `lcpfs crush test` and returns what to print.

@@ -142,6 +142,11 @@ impl OsdService {
         let mut observed = self.observed_epoch.lock().expect("observed epoch");
         let contiguous = *observed + 1 == map.epoch;
         let mut intervals = self.intervals.lock().expect("intervals");
+        intervals.retain(|pg, _| {
+            map.pools
+                .get(&pg.pool)
+                .is_some_and(|pool| !pool.is_erasure() && pg.seed < pool.pg_num)
+        });
         for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
             let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(map, pool.id) else {
                 continue;
@@ -623,43 +628,48 @@ impl OsdService {
     pub fn pg_states(&self) -> Vec<lcpfs_proto::PgStat> {
         let map = self.current();
         let mut stats = Vec::new();
-        for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
-            let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(&map, pool.id) else {
+        for (pg, up, interval) in self.led_pgs() {
+            let Some(pool) = map.pools.get(&pg.pool) else {
                 continue;
             };
-            for seed in 0..pool.pg_num {
-                let up: Vec<u32> = placement.map_pg(seed).up.into_iter().flatten().collect();
-                if up.first() != Some(&self.id) {
+            let state = if (up.len() as u32) < pool.min_size() {
+                "inactive"
+            } else {
+                let lock = self.pg_lock(pg);
+                let Ok(guard) = lock.try_lock() else {
                     continue;
-                }
-                let pg = PgId::new(pool.id, seed);
-                let interval = self.interval(pg);
-                let state = if (up.len() as u32) < pool.min_size() {
-                    "inactive"
-                } else {
-                    let lock = self.pg_lock(pg);
-                    let Ok(guard) = lock.try_lock() else {
-                        continue;
-                    };
-                    let peered = guard
-                        .as_ref()
-                        .is_some_and(|log| log.peered.as_ref() == Some(&(interval, up.clone())));
-                    if !peered {
-                        "peering"
-                    } else if (up.len() as u32) < pool.size() {
-                        "active+undersized+degraded"
-                    } else {
-                        "active+clean"
-                    }
                 };
-                stats.push(lcpfs_proto::PgStat {
-                    pool: pool.id,
-                    seed,
-                    state: state.to_owned(),
-                });
-            }
+                let peered = guard
+                    .as_ref()
+                    .is_some_and(|log| log.peered.as_ref() == Some(&(interval, up.clone())));
+                if !peered {
+                    "peering"
+                } else if (up.len() as u32) < pool.size() {
+                    "active+undersized+degraded"
+                } else {
+                    "active+clean"
+                }
+            };
+            stats.push(lcpfs_proto::PgStat {
+                pool: pg.pool,
+                seed: pg.seed,
+                state: state.to_owned(),
+            });
         }
         stats
+    }
+
+    /// The PGs this OSD is primary for in the last observed map, with their up sets
+    /// and the epochs their intervals began, in PG order.
+    fn led_pgs(&self) -> Vec<(PgId, Vec<u32>, u64)> {
+        let intervals = self.intervals.lock().expect("intervals");
+        let mut led: Vec<(PgId, Vec<u32>, u64)> = intervals
+            .iter()
+            .filter(|(_, (up, _))| up.first() == Some(&self.id))
+            .map(|(pg, (up, epoch))| (*pg, up.clone(), *epoch))
+            .collect();
+        led.sort_unstable_by_key(|(pg, _, _)| *pg);
+        led
     }
 
     /// Peers, in the background, every PG this OSD is primary for whenever the map
@@ -668,24 +678,18 @@ impl OsdService {
         let mut map = self.map.clone();
         loop {
             let current = map.borrow_and_update().clone();
-            for pool in current.pools.values().filter(|pool| !pool.is_erasure()) {
-                for seed in 0..pool.pg_num {
-                    let pg = PgId::new(pool.id, seed);
-                    let Ok(mapping) = self.mapping(&current, pg) else {
-                        continue;
-                    };
-                    if mapping.primary != Some(self.id) {
-                        continue;
-                    }
-                    let lock = self.pg_lock(pg);
-                    let mut guard = lock.lock().await;
-                    let result = match self.loaded(&mut guard, pg, pool).await {
-                        Ok(log) => self.ensure_peered(&current, pool, pg, log).await,
-                        Err(status) => Err(status),
-                    };
-                    if let Err(status) = result {
-                        tracing::warn!(%pg, error = %status, "peering failed; retrying on the next map");
-                    }
+            for (pg, _, _) in self.led_pgs() {
+                let Some(pool) = current.pools.get(&pg.pool) else {
+                    continue;
+                };
+                let lock = self.pg_lock(pg);
+                let mut guard = lock.lock().await;
+                let result = match self.loaded(&mut guard, pg, pool).await {
+                    Ok(log) => self.ensure_peered(&current, pool, pg, log).await,
+                    Err(status) => Err(status),
+                };
+                if let Err(status) = result {
+                    tracing::warn!(%pg, error = %status, "peering failed; retrying on the next map");
                 }
             }
             if map.changed().await.is_err() {
