@@ -1,5 +1,6 @@
-//! The administrative commands of `lcpfs`: `status`, `osd`, `pool`, `auth`, `mon` and
-//! `map`, each printing text for people or, with `--json`, JSON for scripts.
+//! The administrative commands of `lcpfs`: `status`, `osd`, `pool`, `pg`, `auth`,
+//! `mon` and `map`, each printing text for people or, with `--json`, JSON for
+//! scripts.
 
 use std::fmt::Write as _;
 
@@ -9,7 +10,13 @@ use lcpfs_core::map::{ClusterMap, CrushItem, PoolKind, PoolSpec, WEIGHT_ONE};
 use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, Query};
 use serde_json::json;
 
+use lcpfs_core::crush::pg_mapping;
+use lcpfs_core::pg::PgId;
+use lcpfs_core::size::human;
+use lcpfs_proto::ScrubReply;
+
 use crate::mon_client::MonClient;
+use crate::objects::ObjectClient;
 
 /// `lcpfs osd ...`
 #[derive(Subcommand, Debug)]
@@ -46,6 +53,37 @@ pub enum OsdCommand {
         id: u32,
         /// New reweight.
         reweight: f64,
+    },
+    /// Scrub every PG the OSD is primary for, now.
+    Scrub {
+        /// OSD id.
+        id: u32,
+        /// Read every byte and compare content digests.
+        #[arg(long)]
+        deep: bool,
+        /// Rewrite bad copies from good ones.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// `lcpfs pg ...`
+#[derive(Subcommand, Debug)]
+pub enum PgCommand {
+    /// Compare a PG's copies: object lists, sizes and xattrs.
+    Scrub {
+        /// PG id, POOL.SEED (hex), e.g. 1.a.
+        pgid: PgId,
+    },
+    /// Compare a PG's copies byte for byte (content digests).
+    DeepScrub {
+        /// PG id, POOL.SEED (hex), e.g. 1.a.
+        pgid: PgId,
+    },
+    /// Deep-scrub a PG and rewrite its bad copies from good ones.
+    Repair {
+        /// PG id, POOL.SEED (hex), e.g. 1.a.
+        pgid: PgId,
     },
 }
 
@@ -185,9 +223,122 @@ pub async fn osd(
         OsdCommand::Down { ids } => Command::OsdDown { ids },
         OsdCommand::Rm { ids } => Command::OsdRm { ids },
         OsdCommand::Reweight { id, reweight } => Command::OsdReweight { id, reweight },
+        OsdCommand::Scrub { id, deep, repair } => {
+            return osd_scrub(client, id, deep, repair, json_output).await;
+        }
     };
     let (epoch, message, value) = client.run(&command).await?;
     Ok(done(json_output, epoch, &message, value))
+}
+
+/// `lcpfs osd scrub N`: scrubs, one after another, the PGs whose primary is osd.N.
+async fn osd_scrub(
+    client: &MonClient,
+    id: u32,
+    deep: bool,
+    repair: bool,
+    json_output: bool,
+) -> anyhow::Result<String> {
+    let objects = ObjectClient::connect(client.clone()).await?;
+    let map = objects.map();
+    if !map.osds.contains_key(&id) {
+        bail!("osd.{id} does not exist (epoch {})", map.epoch);
+    }
+    let mut led = Vec::new();
+    // Erasure-coded pools are not served by the OSDs yet.
+    for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
+        for seed in 0..pool.pg_num {
+            let pg = PgId::new(pool.id, seed);
+            if pg_mapping(&map, pg).is_ok_and(|mapping| mapping.primary == Some(id)) {
+                led.push(pg);
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    for pg in led {
+        reports.push((pg, objects.scrub(pg, deep, repair).await?));
+    }
+    scrub_reports(&reports, deep, json_output)
+}
+
+/// Runs a `lcpfs pg` command.
+pub async fn pg(
+    client: MonClient,
+    command: PgCommand,
+    json_output: bool,
+) -> anyhow::Result<String> {
+    let objects = ObjectClient::connect(client).await?;
+    let (pg, deep, repair) = match command {
+        PgCommand::Scrub { pgid } => (pgid, false, false),
+        PgCommand::DeepScrub { pgid } => (pgid, true, false),
+        PgCommand::Repair { pgid } => (pgid, true, true),
+    };
+    let report = objects.scrub(pg, deep, repair).await?;
+    scrub_reports(&[(pg, report)], deep, json_output)
+}
+
+/// Scrub reports, one paragraph per PG: what was compared and each bad copy.
+fn scrub_reports(
+    reports: &[(PgId, ScrubReply)],
+    deep: bool,
+    json_output: bool,
+) -> anyhow::Result<String> {
+    if json_output {
+        let list: Vec<_> = reports
+            .iter()
+            .map(|(pg, report)| {
+                json!({
+                    "pgid": pg.to_string(),
+                    "deep": deep,
+                    "epoch": report.epoch,
+                    "primary": report.primary,
+                    "objects": report.objects,
+                    "bytes": report.bytes,
+                    "inconsistent": report.inconsistencies.iter().map(|bad| json!({
+                        "object": String::from_utf8_lossy(&bad.name),
+                        "osd": bad.osd,
+                        "reason": bad.reason,
+                        "repaired": bad.repaired,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&list)?);
+    }
+    let mut out = String::new();
+    for (pg, report) in reports {
+        let bad = report.inconsistencies.len();
+        let repaired = report
+            .inconsistencies
+            .iter()
+            .filter(|bad| bad.repaired)
+            .count();
+        let _ = write!(
+            out,
+            "PG {pg} {} by osd.{} at epoch {}: {} objects, {}, ",
+            if deep { "deep-scrubbed" } else { "scrubbed" },
+            report.primary,
+            report.epoch,
+            report.objects,
+            human(report.bytes),
+        );
+        let _ = match (bad, repaired) {
+            (0, _) => writeln!(out, "consistent"),
+            (bad, 0) => writeln!(out, "{bad} inconsistent"),
+            (bad, repaired) => writeln!(out, "{bad} inconsistent, {repaired} repaired"),
+        };
+        for copy in &report.inconsistencies {
+            let _ = writeln!(
+                out,
+                "  object '{}' on osd.{}: {}{}",
+                String::from_utf8_lossy(&copy.name),
+                copy.osd,
+                copy.reason,
+                if copy.repaired { " (repaired)" } else { "" }
+            );
+        }
+    }
+    Ok(out.trim_end().to_owned())
 }
 
 fn weight(fixed: u64) -> String {
@@ -531,7 +682,7 @@ pub async fn object(
     json_output: bool,
 ) -> anyhow::Result<String> {
     use std::io::{Read, Write};
-    let objects = crate::objects::ObjectClient::connect(client).await?;
+    let objects = ObjectClient::connect(client).await?;
     match command {
         ObjectCommand::Put { pool, name, file } => {
             let data = if file == "-" {

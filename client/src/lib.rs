@@ -3,11 +3,13 @@
 //!
 //! - [`mon_client`]: reach the monitors, send commands, follow the cluster map;
 //! - [`objects`]: objects in pools, straight to each PG's primary OSD;
-//! - [`admin`]: `lcpfs status`, `osd`, `pool`, `auth`, `mon`, `map`;
+//! - [`admin`]: `lcpfs status`, `osd`, `pool`, `pg`, `auth`, `mon`, `map`;
+//! - [`bench`]: `lcpfs bench`, like `rados bench`, with same-run baselines;
 //! - [`dev`]: `lcpfs dev`, a local cluster with one command;
 //! - [`crush_tool`]: `lcpfs crush test`, like `crushtool --test --show-utilization`.
 
 pub mod admin;
+pub mod bench;
 pub mod crush_tool;
 pub mod dev;
 pub mod mon_client;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lcpfs_client::admin::{
-    self, AuthCommand, MapCommand, MonCommand, ObjectCommand, OsdCommand, PoolCommand,
+    self, AuthCommand, MapCommand, MonCommand, ObjectCommand, OsdCommand, PgCommand, PoolCommand,
 };
+use lcpfs_client::bench::{self, BenchArgs};
 use lcpfs_client::crush_tool::{self, CrushTestArgs};
 use lcpfs_client::dev::{self, DevArgs};
 use lcpfs_client::mon_client::{MonClient, keyring_path};
@@ -58,6 +59,9 @@ enum Command {
     /// Pools.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Placement groups: scrub and repair.
+    #[command(subcommand)]
+    Pg(PgCommand),
     /// Auth entities and their keys.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -72,6 +76,8 @@ enum Command {
     Crush(CrushCommand),
     #[command(flatten)]
     Object(ObjectCommand),
+    /// Measure write or read speed, like `rados bench`.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,11 +105,13 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Status => admin::status(&connect(&global)?, json).await,
         Command::Osd(command) => admin::osd(&connect(&global)?, command, json).await,
         Command::Pool(command) => admin::pool(&connect(&global)?, command, json).await,
+        Command::Pg(command) => admin::pg(connect(&global)?, command, json).await,
         Command::Auth(command) => admin::auth(&connect(&global)?, command, json).await,
         Command::Mon(command) => admin::mon(&connect(&global)?, command, json).await,
         Command::Map(command) => admin::map(&connect(&global)?, command).await,
         Command::Crush(CrushCommand::Test(args)) => crush_tool::run(&args, json),
         Command::Object(command) => admin::object(connect(&global)?, command, json).await,
+        Command::Bench(args) => bench::run(connect(&global)?, args, json).await,
     }
 }
 

@@ -30,7 +30,10 @@ use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::osd_client::OsdClient;
-use lcpfs_proto::{ListRequest, ObjectOp, ObjectStat, OpReply, OpRequest, op_result};
+use lcpfs_proto::{
+    EchoMessage, ListRequest, ObjectOp, ObjectStat, OmapEntries, OmapEntry, OmapKeys, OmapRange,
+    OpReply, OpRequest, ScrubReply, ScrubRequest, op_result,
+};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
@@ -152,38 +155,35 @@ impl ObjectClient {
         .await;
     }
 
-    /// Runs operations on one object at its PG's primary, atomically.
-    pub async fn operate(
+    /// Sends `call` to the primary of the PG `locate` picks from the current map,
+    /// again after a stale map, a moving primary or a dead OSD, until it succeeds,
+    /// fails for good, or the client's deadline passes. One attempt may take at
+    /// most `attempt_limit`.
+    async fn at_primary<T, F, Fut>(
         &self,
-        pool_name: &str,
-        name: &[u8],
-        ops: Vec<ObjectOp>,
-    ) -> anyhow::Result<OpReply> {
-        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        locate: impl Fn(&ClusterMap) -> anyhow::Result<PgId>,
+        attempt_limit: Duration,
+        mut call: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut(OsdClient<Channel>, &ClusterMap, PgId) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.timeout;
         let mut last_error = String::from(NO_ATTEMPT);
         while Instant::now() < deadline {
             let map = self.map();
-            let pool = self.pool(&map, pool_name)?;
-            let pg = object_to_pg(&pool, name);
-            let Some((primary, mut client)) = self.primary(&map, pg)? else {
+            let pg = locate(&map)?;
+            let Some((primary, client)) = self.primary(&map, pg)? else {
                 last_error = format!("PG {pg} has no OSD up");
                 self.newer_map(map.epoch).await;
                 continue;
             };
-            let request = OpRequest {
-                epoch: map.epoch,
-                pool: pool.id,
-                name: name.to_vec(),
-                client: self.client_id.clone(),
-                tid,
-                ops: ops.clone(),
-            };
-            // One stuck primary must not use up the whole deadline.
             let remaining = deadline
                 .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(20));
-            match tokio::time::timeout(remaining, client.op(request)).await {
+                .max(Duration::from_millis(100))
+                .min(attempt_limit);
+            match tokio::time::timeout(remaining, call(client, &map, pg)).await {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
                 Ok(Err(status)) => match status.code() {
                     tonic::Code::FailedPrecondition
@@ -209,6 +209,77 @@ impl ObjectClient {
         )
     }
 
+    /// Runs operations on one object at its PG's primary, atomically.
+    pub async fn operate(
+        &self,
+        pool_name: &str,
+        name: &[u8],
+        ops: Vec<ObjectOp>,
+    ) -> anyhow::Result<OpReply> {
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
+        // One stuck primary must not use up the whole deadline.
+        self.at_primary(locate, Duration::from_secs(20), |mut client, map, pg| {
+            let request = OpRequest {
+                epoch: map.epoch,
+                pool: pg.pool,
+                name: name.to_vec(),
+                client: self.client_id.clone(),
+                tid,
+                ops: ops.clone(),
+            };
+            async move { client.op(request).await }
+        })
+        .await
+    }
+
+    /// Scrubs a PG at its primary (with `deep`, every byte; with `repair`, bad
+    /// copies are rewritten from good ones) and returns what it found. A scrub
+    /// may run long: only reaching the primary is bounded by the client's deadline.
+    pub async fn scrub(&self, pg: PgId, deep: bool, repair: bool) -> anyhow::Result<ScrubReply> {
+        let map = self.map();
+        let pool = map
+            .pools
+            .get(&pg.pool)
+            .ok_or_else(|| anyhow!("pool {} does not exist (epoch {})", pg.pool, map.epoch))?;
+        if pg.seed >= pool.pg_num {
+            bail!(
+                "pool '{}' has {} PGs; there is no PG {pg}",
+                pool.name,
+                pool.pg_num
+            );
+        }
+        self.at_primary(
+            |_| Ok(pg),
+            Duration::from_secs(24 * 3600),
+            |mut client, map, pg| {
+                let request = ScrubRequest {
+                    epoch: map.epoch,
+                    pool: pg.pool,
+                    pg_seed: pg.seed,
+                    deep,
+                    repair,
+                };
+                async move { client.scrub(request).await }
+            },
+        )
+        .await
+    }
+
+    /// Sends `payload` to the primary of object `name` and back, storing nothing:
+    /// the network and gRPC cost of a request on the same path as a write.
+    pub async fn echo(&self, pool_name: &str, name: &[u8], payload: Vec<u8>) -> anyhow::Result<()> {
+        let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
+        self.at_primary(locate, Duration::from_secs(20), |mut client, _, _| {
+            let message = EchoMessage {
+                payload: payload.clone(),
+            };
+            async move { client.echo(message).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Writes a whole object (replacing it).
     pub async fn put(&self, pool: &str, name: &[u8], data: Vec<u8>) -> anyhow::Result<()> {
         self.operate(pool, name, vec![op(Op::WriteFull(data))])
@@ -222,40 +293,143 @@ impl ObjectClient {
         Ok(())
     }
 
-    /// Reads a whole object.
-    pub async fn get(&self, pool: &str, name: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let reply = self
-            .operate(
-                pool,
-                name,
-                vec![op(Op::Read(lcpfs_proto::ReadRange {
-                    offset: 0,
-                    length: 0,
-                }))],
-            )
-            .await?;
-        match reply
+    /// Runs one reading operation and returns its result.
+    async fn read_one(
+        &self,
+        pool: &str,
+        name: &[u8],
+        read: Op,
+    ) -> anyhow::Result<op_result::Result> {
+        let reply = self.operate(pool, name, vec![op(read)]).await?;
+        reply
             .results
             .into_iter()
             .next()
             .and_then(|result| result.result)
-        {
-            Some(op_result::Result::Data(data)) => Ok(data),
+            .ok_or_else(|| anyhow!("the OSD sent no result"))
+    }
+
+    /// Reads `length` bytes at `offset` (length 0: to the end).
+    pub async fn read(
+        &self,
+        pool: &str,
+        name: &[u8],
+        offset: u64,
+        length: u64,
+    ) -> anyhow::Result<Vec<u8>> {
+        let range = lcpfs_proto::ReadRange { offset, length };
+        match self.read_one(pool, name, Op::Read(range)).await? {
+            op_result::Result::Data(data) => Ok(data),
             _ => bail!("the OSD sent no data"),
         }
     }
 
+    /// Reads a whole object.
+    pub async fn get(&self, pool: &str, name: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.read(pool, name, 0, 0).await
+    }
+
     /// Size and modification time of an object.
     pub async fn stat(&self, pool: &str, name: &[u8]) -> anyhow::Result<ObjectStat> {
-        let reply = self.operate(pool, name, vec![op(Op::Stat(true))]).await?;
-        match reply
-            .results
-            .into_iter()
-            .next()
-            .and_then(|result| result.result)
-        {
-            Some(op_result::Result::Stat(stat)) => Ok(stat),
+        match self.read_one(pool, name, Op::Stat(true)).await? {
+            op_result::Result::Stat(stat) => Ok(stat),
             _ => bail!("the OSD sent no stat"),
+        }
+    }
+
+    /// Sets an extended attribute (creating the object).
+    pub async fn set_xattr(
+        &self,
+        pool: &str,
+        name: &[u8],
+        key: &str,
+        value: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let pair = lcpfs_proto::KeyValue {
+            key: key.to_owned(),
+            value,
+        };
+        self.operate(pool, name, vec![op(Op::SetXattr(pair))])
+            .await?;
+        Ok(())
+    }
+
+    /// An extended attribute's value.
+    pub async fn get_xattr(&self, pool: &str, name: &[u8], key: &str) -> anyhow::Result<Vec<u8>> {
+        match self
+            .read_one(pool, name, Op::GetXattr(key.to_owned()))
+            .await?
+        {
+            op_result::Result::Xattr(value) => Ok(value),
+            _ => bail!("the OSD sent no xattr"),
+        }
+    }
+
+    /// Sets omap entries (creating the object).
+    pub async fn omap_set(
+        &self,
+        pool: &str,
+        name: &[u8],
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| OmapEntry { key, value })
+            .collect();
+        self.operate(pool, name, vec![op(Op::OmapSet(OmapEntries { entries }))])
+            .await?;
+        Ok(())
+    }
+
+    /// Removes omap entries.
+    pub async fn omap_rm(&self, pool: &str, name: &[u8], keys: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.operate(pool, name, vec![op(Op::OmapRm(OmapKeys { keys }))])
+            .await?;
+        Ok(())
+    }
+
+    /// The values of some omap keys (absent keys are left out).
+    pub async fn omap_get(
+        &self,
+        pool: &str,
+        name: &[u8],
+        keys: Vec<Vec<u8>>,
+    ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.omap_read(pool, name, Op::OmapGet(OmapKeys { keys }))
+            .await
+    }
+
+    /// Omap entries in key order: after `start_after`, starting with `prefix`, at
+    /// most `limit` (0: all).
+    pub async fn omap_range(
+        &self,
+        pool: &str,
+        name: &[u8],
+        start_after: &[u8],
+        prefix: &[u8],
+        limit: u32,
+    ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let range = OmapRange {
+            start_after: start_after.to_vec(),
+            prefix: prefix.to_vec(),
+            limit,
+        };
+        self.omap_read(pool, name, Op::OmapRange(range)).await
+    }
+
+    async fn omap_read(
+        &self,
+        pool: &str,
+        name: &[u8],
+        read: Op,
+    ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self.read_one(pool, name, read).await? {
+            op_result::Result::Omap(omap) => Ok(omap
+                .entries
+                .into_iter()
+                .map(|entry| (entry.key, entry.value))
+                .collect()),
+            _ => bail!("the OSD sent no omap entries"),
         }
     }
 

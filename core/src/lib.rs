@@ -6,6 +6,7 @@
 //! - [`monitor`]: the requests the monitors accept and their replies;
 //! - [`pg`]: objects to placement groups, with a hash fixed forever;
 //! - [`shutdown`]: a daemon's stop request (Ctrl-C or SIGTERM);
+//! - [`size`]: human sizes (`64K`, `4G`) on command lines and in reports;
 //! - [`crush`]: placement groups to OSDs by CRUSH straw2 across failure domains.
 
 pub mod crush;
@@ -14,3 +15,4 @@ pub mod map;
 pub mod monitor;
 pub mod pg;
 pub mod shutdown;
+pub mod size;

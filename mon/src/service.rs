@@ -406,6 +406,18 @@ impl MonitorService {
                 },
             );
         }
+        let inconsistent = count(&|state| state.contains("inconsistent"));
+        if inconsistent > 0 {
+            checks.insert(
+                "PG_DAMAGED".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Err,
+                    summary: format!(
+                        "Possible data damage: {inconsistent} pgs inconsistent; run lcpfs pg repair"
+                    ),
+                },
+            );
+        }
         if metrics.current_leader.is_none() {
             checks.insert(
                 "MON_NO_QUORUM".to_owned(),

@@ -64,6 +64,24 @@ pub struct DaemonArgs {
     /// Seconds a write waits for a PG with fewer than min_size OSDs up before failing.
     #[arg(long, default_value_t = 10.0)]
     pub pg_inactive_wait: f64,
+    /// Hours between scrubs of each PG this OSD is primary for (object lists,
+    /// sizes and xattrs compared across its OSDs).
+    #[arg(long, default_value_t = 24.0)]
+    pub scrub_interval_hours: f64,
+    /// Hours between deep scrubs (every byte read, content digests compared).
+    #[arg(long, default_value_t = 168.0)]
+    pub deep_scrub_interval_hours: f64,
+    /// Scheduled scrubs rewrite the bad copies they find from good ones (off: they
+    /// report them, PG_DAMAGED, and `lcpfs pg repair` fixes them).
+    #[arg(long)]
+    pub scrub_auto_repair: bool,
+    /// Seconds to pause between objects recovered or backfilled (0: none), leaving
+    /// the disks and the network to client I/O.
+    #[arg(long, default_value_t = 0.0)]
+    pub recovery_sleep: f64,
+    /// Serve Prometheus /metrics, /health and /ready on this address.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What an OSD keeps about itself in its data directory (`osd.json`).
@@ -228,6 +246,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         max_object_size: args.max_object_mib.saturating_mul(1 << 20),
         inactive_wait: Duration::try_from_secs_f64(args.pg_inactive_wait)
             .context("--pg-inactive-wait must be a number of seconds")?,
+        scrub_interval: Duration::try_from_secs_f64(args.scrub_interval_hours * 3600.0)
+            .context("--scrub-interval-hours must be a number of hours")?,
+        deep_scrub_interval: Duration::try_from_secs_f64(args.deep_scrub_interval_hours * 3600.0)
+            .context("--deep-scrub-interval-hours must be a number of hours")?,
+        auto_repair: args.scrub_auto_repair,
+        recovery_sleep: Duration::try_from_secs_f64(args.recovery_sleep)
+            .context("--recovery-sleep must be a number of seconds")?,
         ..OsdConfig::default()
     };
     let (sender, receiver) = watch::channel(Arc::new(map.clone()));
@@ -241,6 +266,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         boot_info,
     ));
     tokio::spawn(service.clone().peer_on_map_changes());
+    tokio::spawn(service.clone().scrub_on_schedule());
+    tokio::spawn(service.clone().remove_strays());
+    if let Some(addr) = args.metrics_addr {
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(addr, service).await {
+                tracing::error!(%error, "metrics endpoint stopped");
+            }
+        });
+    }
     {
         let mon = mon.clone();
         let reporter = service.clone();

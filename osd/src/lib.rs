@@ -2,7 +2,9 @@
 //!
 //! - [`daemon`]: `lcpfs-osd --data DIR --mon ADDR`: boot, map, heartbeats, serving;
 //! - [`service`]: the OSD protocol — client operations at a PG's primary, replication;
+//! - [`metrics`]: `/metrics`, `/health` and `/ready` for Prometheus and probes;
 //! - [`pg`]: a PG's objects and log in the engine store;
+//! - [`scrub`]: which copy of an object is authoritative when copies disagree;
 //! - [`store_tool`]: `lcpfs-osd store <dir> ...`, the operator's and the tests' way to
 //!   create, inspect, scrub and repair an OSD's engine store while the daemon is not
 //!   running, like `zpool`/`zfs` and `ceph-objectstore-tool`;
@@ -10,7 +12,8 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod metrics;
 pub mod pg;
+pub mod scrub;
 pub mod service;
-pub mod size;
 pub mod store_tool;

@@ -2,18 +2,20 @@
 //! PG's objects (`o/NAME`) and its log (`m/pglog`, one omap entry per mutation).
 //!
 //! A mutation and its log entry are one engine transaction, so after a crash an OSD
-//! has both or neither. The log orders the PG's mutations by a sequence number the
-//! primary assigns, and remembers which client request made each one, so a retried
-//! request is answered instead of applied twice.
+//! has both or neither. The log orders the PG's mutations by a version the primary
+//! assigns: a sequence number, and the epoch its interval as primary began. It
+//! remembers which client request made each one, so a retried request is answered
+//! instead of applied twice. Two copies whose newest entries agree on both hold the
+//! same history; otherwise [`catch_up`] finds where they diverged.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use lcpfs_core::engine::{self, CollectionSettings, Compression, ListOptions, Store, Transaction};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{
-    KeyValue, ListEntry, LogEntry as WireEntry, ObjectOp, ObjectStat, ObjectState, OpResult,
-    op_result,
+    KeyValue, ListEntry, LogEntry as WireEntry, ObjectOp, ObjectStat, ObjectState, OmapEntries,
+    OmapEntry, OpResult, ScrubObject, op_result,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,16 +31,66 @@ pub fn collection(pg: PgId) -> String {
     format!("pg.{pg}")
 }
 
+/// The PGs this OSD holds a copy of, from its collections' names.
+pub fn held(store: &Store) -> Vec<PgId> {
+    store
+        .collections()
+        .iter()
+        .filter_map(|info| info.name.strip_prefix("pg.")?.parse().ok())
+        .collect()
+}
+
+/// Removes this OSD's copy of a PG (objects and log).
+pub fn remove(store: &Store, pg: PgId) -> engine::Result<()> {
+    match store.remove_collection(&collection(pg)) {
+        Ok(()) | Err(engine::Error::NotFound(_)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 fn object_key(name: &[u8]) -> Vec<u8> {
     [OBJECT_PREFIX, name].concat()
 }
 
-/// One PG log entry.
+/// One PG log entry as stored (the version is its omap key).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct LogEntry {
     name: Vec<u8>,
     client: String,
     tid: u64,
+    #[serde(default)]
+    epoch: u64,
+}
+
+fn encode_entry(entry: &WireEntry) -> (Vec<u8>, Vec<u8>) {
+    let value = LogEntry {
+        name: entry.name.clone(),
+        client: entry.client.clone(),
+        tid: entry.tid,
+        epoch: entry.epoch,
+    };
+    (
+        entry.version.to_be_bytes().to_vec(),
+        serde_json::to_vec(&value).expect("log entries serialize"),
+    )
+}
+
+fn decode_entry(pg: PgId, key: &[u8], value: &[u8]) -> engine::Result<WireEntry> {
+    let version = decode_version(pg, key)?;
+    let entry: LogEntry = serde_json::from_slice(value)
+        .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
+    Ok(WireEntry {
+        version,
+        name: entry.name,
+        client: entry.client,
+        tid: entry.tid,
+        epoch: entry.epoch,
+    })
+}
+
+/// True when two log entries record the same mutation.
+pub fn same_entry(a: &WireEntry, b: &WireEntry) -> bool {
+    a.version == b.version && a.epoch == b.epoch && a.client == b.client && a.tid == b.tid
 }
 
 /// What an OSD remembers of a PG's log in memory.
@@ -46,12 +98,17 @@ struct LogEntry {
 pub struct PgLog {
     /// Sequence number of the newest mutation applied here.
     pub last: u64,
+    /// The epoch of that mutation's version.
+    pub last_epoch: u64,
     requests: HashMap<(String, u64), u64>,
     order: VecDeque<(String, u64)>,
     incomplete: HashSet<(String, u64)>,
     /// The interval (first epoch of an unchanged up set) and up set this PG was last
     /// peered in; `None` until then.
     pub peered: Option<(u64, Vec<u32>)>,
+    /// The newest interval whose primary peered this copy: writes and pushes from
+    /// older intervals are refused.
+    pub accepted_interval: u64,
     /// Set while a change to the store is in flight: if the request is cancelled
     /// half-way, the next user reloads the log from the store instead of trusting
     /// this copy.
@@ -79,14 +136,44 @@ impl PgLog {
         }
     }
 
+    /// Takes the log just reloaded from the store, keeping what the store does not
+    /// hold: the peering state.
+    pub fn reloaded(&mut self, fresh: PgLog) {
+        let (peered, accepted) = (self.peered.take(), self.accepted_interval);
+        *self = fresh;
+        self.peered = peered;
+        self.accepted_interval = accepted;
+    }
+
+    /// Refuses a write or push from a primary of an interval older than the newest
+    /// that peered this copy.
+    pub fn check_interval(&self, interval: u64, pg: PgId) -> Result<(), String> {
+        if interval < self.accepted_interval {
+            return Err(format!(
+                "PG {pg} was peered in the interval of epoch {}; a primary of epoch {interval} is stale",
+                self.accepted_interval
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forgets which requests were incomplete: peering brought every up OSD level.
+    pub fn clear_incomplete(&mut self) {
+        self.incomplete.clear();
+    }
+
     /// Records a mutation applied here.
-    pub fn record(&mut self, version: u64, client: &str, tid: u64) {
+    pub fn record(&mut self, entry: &WireEntry) {
         self.dirty = false;
-        self.last = self.last.max(version);
-        if client.is_empty() {
+        if entry.version >= self.last {
+            self.last = entry.version;
+            self.last_epoch = entry.epoch;
+        }
+        if entry.client.is_empty() {
             return;
         }
-        let request = (client.to_owned(), tid);
+        let request = (entry.client.clone(), entry.tid);
+        let version = entry.version;
         self.requests.insert(request.clone(), version);
         self.order.push_back(request);
         while self.order.len() as u64 > LOG_KEEP {
@@ -121,53 +208,45 @@ pub fn ensure(store: &Store, pg: PgId, compression: Option<&str>) -> engine::Res
 pub fn load(store: &Store, pg: PgId) -> engine::Result<PgLog> {
     let mut log = PgLog::default();
     for entry in log_since(store, pg, 0)?.0 {
-        log.record(entry.version, &entry.client, entry.tid);
+        log.record(&entry);
     }
     Ok(log)
 }
 
-/// The request (client, request number) recorded at `version` of the PG's log.
-pub fn entry_at(store: &Store, pg: PgId, version: u64) -> engine::Result<Option<(String, u64)>> {
+/// The log entry recorded at `version` of the PG's log.
+pub fn entry_at(store: &Store, pg: PgId, version: u64) -> engine::Result<Option<WireEntry>> {
     let view = store.head(&collection(pg))?;
     if !view.exists(LOG_OBJECT)? {
         return Ok(None);
     }
-    match view.omap_get(LOG_OBJECT, &version.to_be_bytes())? {
-        Some(value) => {
-            let entry: LogEntry = serde_json::from_slice(&value)
-                .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
-            Ok(Some((entry.client, entry.tid)))
-        }
-        None => Ok(None),
-    }
+    let key = version.to_be_bytes();
+    view.omap_get(LOG_OBJECT, &key)?
+        .map(|value| decode_entry(pg, &key, &value))
+        .transpose()
 }
 
 /// True for operations that change the object.
 pub fn is_mutation(op: &Op) -> bool {
-    !matches!(op, Op::Read(_) | Op::Stat(_) | Op::GetXattr(_))
+    !matches!(
+        op,
+        Op::Read(_) | Op::Stat(_) | Op::GetXattr(_) | Op::OmapGet(_) | Op::OmapRange(_)
+    )
 }
 
 /// Applies the mutations of a request with its log entry, atomically and durably.
-pub fn apply(
-    store: &Store,
-    pg: PgId,
-    version: u64,
-    name: &[u8],
-    client: &str,
-    tid: u64,
-    ops: &[ObjectOp],
-) -> engine::Result<()> {
+pub fn apply(store: &Store, pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> engine::Result<()> {
     // The same version twice: the same request (a retry after a cancelled call) is
     // already applied; another request means diverging histories.
-    if let Some((holder, holder_tid)) = entry_at(store, pg, version)? {
-        if holder == client && holder_tid == tid {
+    let version = entry.version;
+    if let Some(held) = entry_at(store, pg, version)? {
+        if same_entry(&held, entry) {
             return Ok(());
         }
         return Err(engine::Error::AlreadyExists(format!(
             "PG {pg} log version {version} holds another request"
         )));
     }
-    let key = object_key(name);
+    let key = object_key(&entry.name);
     let mut txn = Transaction::new(collection(pg));
     for op in ops.iter().filter_map(|op| op.op.as_ref()) {
         match op {
@@ -176,19 +255,28 @@ pub fn apply(
             Op::Append(data) => txn.append(&key, data.clone()),
             Op::Truncate(size) => txn.truncate(&key, *size),
             Op::Delete(_) => txn.remove(&key),
-            Op::SetXattr(pair) => txn.set_xattr(&key, pair.key.as_bytes(), &pair.value),
+            // Setting an xattr or omap entries creates the object, as in librados.
+            Op::SetXattr(pair) => {
+                txn.create(&key, false)
+                    .set_xattr(&key, pair.key.as_bytes(), &pair.value)
+            }
             Op::RmXattr(xattr) => txn.rm_xattr(&key, xattr.as_bytes()),
-            Op::Read(_) | Op::Stat(_) | Op::GetXattr(_) => continue,
+            Op::OmapSet(set) => txn.create(&key, false).omap_set(
+                &key,
+                set.entries
+                    .iter()
+                    .map(|entry| (entry.key.clone(), entry.value.clone()))
+                    .collect(),
+            ),
+            Op::OmapRm(rm) => txn.omap_rm(&key, rm.keys.clone()),
+            Op::OmapClear(_) => txn.omap_clear(&key),
+            Op::Read(_) | Op::Stat(_) | Op::GetXattr(_) | Op::OmapGet(_) | Op::OmapRange(_) => {
+                continue;
+            }
         };
     }
-    let entry = LogEntry {
-        name: name.to_vec(),
-        client: client.to_owned(),
-        tid,
-    };
-    let entry = serde_json::to_vec(&entry).expect("log entries serialize");
     txn.create(LOG_OBJECT, false)
-        .omap_set(LOG_OBJECT, vec![(version.to_be_bytes().to_vec(), entry)]);
+        .omap_set(LOG_OBJECT, vec![encode_entry(entry)]);
     if version > LOG_KEEP && version.is_multiple_of(256) {
         txn.omap_rm_range(
             LOG_OBJECT,
@@ -235,6 +323,21 @@ pub fn read(
                     )));
                 }
             },
+            Op::OmapGet(get) => {
+                let mut entries = Vec::new();
+                for wanted in &get.keys {
+                    if let Some(value) = view.omap_get(&key, wanted)? {
+                        entries.push(OmapEntry {
+                            key: wanted.clone(),
+                            value,
+                        });
+                    }
+                }
+                op_result::Result::Omap(OmapEntries { entries })
+            }
+            Op::OmapRange(range) => op_result::Result::Omap(OmapEntries {
+                entries: omap_range(&view, &key, range)?,
+            }),
             _ => continue,
         };
         results.push(OpResult {
@@ -244,9 +347,55 @@ pub fn read(
     Ok(results)
 }
 
-/// The size of an object, or 0 if it does not exist.
+/// The omap entries a range read asks for: keys after `start_after` that start
+/// with `prefix`, up to the limit (0: no limit).
+fn omap_range(
+    view: &engine::View<'_>,
+    key: &[u8],
+    range: &lcpfs_proto::OmapRange,
+) -> engine::Result<Vec<OmapEntry>> {
+    let limit = range.limit as usize;
+    let full = |entries: &Vec<OmapEntry>| limit > 0 && entries.len() >= limit;
+    let mut entries = Vec::new();
+    // Scanning starts after `start_after`, or at the prefix when that comes later
+    // (a key equal to the prefix is the first of them).
+    let mut after = range.start_after.clone();
+    if range.start_after < range.prefix {
+        if let Some(value) = view.omap_get(key, &range.prefix)? {
+            entries.push(OmapEntry {
+                key: range.prefix.clone(),
+                value,
+            });
+        }
+        after = range.prefix.clone();
+    }
+    while !full(&entries) {
+        let page = view.omap_range(key, (!after.is_empty()).then_some(&after[..]), None, 256)?;
+        let done = page.len() < 256;
+        for (entry_key, value) in page {
+            if !entry_key.starts_with(&range.prefix) || full(&entries) {
+                return Ok(entries);
+            }
+            after.clone_from(&entry_key);
+            entries.push(OmapEntry {
+                key: entry_key,
+                value,
+            });
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+/// The size of an object, or 0 if it (or this OSD's copy of the PG) does not exist.
 pub fn size(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<u64> {
-    let view = store.head(&collection(pg))?;
+    let view = match store.head(&collection(pg)) {
+        Ok(view) => view,
+        Err(engine::Error::NotFound(_)) => return Ok(0),
+        Err(error) => return Err(error),
+    };
     match view.stat(&object_key(name)) {
         Ok(stat) => Ok(stat.size),
         Err(engine::Error::NotFound(_)) => Ok(0),
@@ -295,18 +444,11 @@ pub fn log_since(store: &Store, pg: PgId, since: u64) -> engine::Result<(Vec<Wir
         .map(|(key, _)| decode_version(pg, key))
         .transpose()?
         .unwrap_or(0);
-    let mut entries = Vec::new();
-    for (key, value) in view.omap_range(LOG_OBJECT, Some(&since.to_be_bytes()), None, 0)? {
-        let version = decode_version(pg, &key)?;
-        let entry: LogEntry = serde_json::from_slice(&value)
-            .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
-        entries.push(WireEntry {
-            version,
-            name: entry.name,
-            client: entry.client,
-            tid: entry.tid,
-        });
-    }
+    let entries = view
+        .omap_range(LOG_OBJECT, Some(&since.to_be_bytes()), None, 0)?
+        .into_iter()
+        .map(|(key, value)| decode_entry(pg, &key, &value))
+        .collect::<engine::Result<_>>()?;
     Ok((entries, oldest))
 }
 
@@ -326,6 +468,7 @@ pub fn state(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<ObjectState
             exists: false,
             data: Vec::new(),
             xattrs: Vec::new(),
+            omap: Vec::new(),
         });
     }
     let xattrs = view
@@ -341,6 +484,11 @@ pub fn state(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<ObjectState
         exists: true,
         data: view.read(&key, 0, u64::MAX)?,
         xattrs,
+        omap: view
+            .omap_range(&key, None, None, 0)?
+            .into_iter()
+            .map(|(key, value)| OmapEntry { key, value })
+            .collect(),
     })
 }
 
@@ -352,14 +500,86 @@ pub fn names(store: &Store, pg: PgId) -> engine::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
+/// This OSD's scrub view of the PG's objects after `start_after` up to and
+/// including `last` (empty: no end), at most `limit` (0: all). A copy that cannot
+/// be read (a checksum error the engine could not heal) is reported with its error,
+/// not as a failure of the whole scrub.
+pub fn scrub_map(
+    store: &Store,
+    pg: PgId,
+    start_after: &[u8],
+    last: &[u8],
+    limit: usize,
+    deep: bool,
+) -> engine::Result<Vec<ScrubObject>> {
+    let mut objects = Vec::new();
+    for entry in list(store, pg, start_after, limit)? {
+        if !last.is_empty() && entry.name.as_slice() > last {
+            break;
+        }
+        let (digest, error) = match digest(store, pg, &entry.name, deep) {
+            Ok(digest) => (digest, String::new()),
+            Err(engine::Error::DataLoss(what)) => (Vec::new(), format!("read error: {what}")),
+            Err(error) => return Err(error),
+        };
+        objects.push(ScrubObject {
+            name: entry.name,
+            size: entry.size,
+            digest,
+            error,
+        });
+    }
+    Ok(objects)
+}
+
+/// BLAKE3 over an object's xattrs and, when `deep`, its data and omap.
+fn digest(store: &Store, pg: PgId, name: &[u8], deep: bool) -> engine::Result<Vec<u8>> {
+    const CHUNK: u64 = 4 << 20;
+    let key = object_key(name);
+    let view = store.head(&collection(pg))?;
+    let mut hasher = blake3::Hasher::new();
+    let field = |hasher: &mut blake3::Hasher, bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    for (key, value) in view.xattrs(&key)? {
+        field(&mut hasher, &key);
+        field(&mut hasher, &value);
+    }
+    if deep {
+        let size = view.stat(&key)?.size;
+        let mut offset = 0;
+        while offset < size {
+            hasher.update(&view.read(&key, offset, CHUNK)?);
+            offset += CHUNK;
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = view.omap_range(&key, after.as_deref(), None, 1024)?;
+            let done = page.len() < 1024;
+            for (key, value) in page {
+                field(&mut hasher, &key);
+                field(&mut hasher, &value);
+                after = Some(key);
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(hasher.finalize().as_bytes().to_vec())
+}
+
 /// Installs pushed or pulled objects and log entries in one transaction; with
-/// `keep`, removes every other object (backfill).
+/// `keep`, removes every other object (backfill); with `rewind_from`, first drops
+/// the log entries from that version on (they diverged).
 pub fn install(
     store: &Store,
     pg: PgId,
     objects: &[ObjectState],
     entries: &[WireEntry],
     keep: Option<&[Vec<u8>]>,
+    rewind_from: Option<u64>,
 ) -> engine::Result<()> {
     let view = store.head(&collection(pg))?;
     let mut txn = Transaction::new(collection(pg));
@@ -383,6 +603,19 @@ pub fn install(
         for pair in &object.xattrs {
             txn.set_xattr(&key, pair.key.as_bytes(), &pair.value);
         }
+        if present {
+            txn.omap_clear(&key);
+        }
+        if !object.omap.is_empty() {
+            txn.omap_set(
+                &key,
+                object
+                    .omap
+                    .iter()
+                    .map(|entry| (entry.key.clone(), entry.value.clone()))
+                    .collect(),
+            );
+        }
     }
     if let Some(keep) = keep {
         for name in names(store, pg)? {
@@ -394,26 +627,170 @@ pub fn install(
     if keep.is_some() {
         // A backfilled copy takes the source's whole log, and nothing of its own.
         txn.create(LOG_OBJECT, false).omap_clear(LOG_OBJECT);
+    } else if let Some(from) = rewind_from {
+        txn.create(LOG_OBJECT, false).omap_rm_range(
+            LOG_OBJECT,
+            &from.to_be_bytes(),
+            &u64::MAX.to_be_bytes(),
+        );
     }
     if !entries.is_empty() {
-        let log: Vec<(Vec<u8>, Vec<u8>)> = entries
-            .iter()
-            .map(|entry| {
-                let value = LogEntry {
-                    name: entry.name.clone(),
-                    client: entry.client.clone(),
-                    tid: entry.tid,
-                };
-                (
-                    entry.version.to_be_bytes().to_vec(),
-                    serde_json::to_vec(&value).expect("log entries serialize"),
-                )
-            })
-            .collect();
+        let log = entries.iter().map(encode_entry).collect();
         txn.create(LOG_OBJECT, false).omap_set(LOG_OBJECT, log);
     }
     if txn.is_empty() {
         return Ok(());
     }
     store.commit(txn).map(|_| ())
+}
+
+/// What a stale copy of a PG needs to become level with an authoritative one.
+#[derive(Debug, PartialEq)]
+pub enum CatchUp {
+    /// Nothing: the stale copy holds the same history.
+    Level,
+    /// The objects named, then the authoritative log entries from version `from`
+    /// on (replacing the stale copy's entries from there, which diverged).
+    Entries {
+        from: u64,
+        names: Vec<Vec<u8>>,
+        entries: Vec<WireEntry>,
+    },
+    /// A full copy: the authoritative log does not reach back far enough.
+    Backfill,
+}
+
+/// Compares a stale copy's log with the authoritative log (whose oldest kept
+/// version is `auth_oldest`, 0 when empty) and says how to bring the stale copy
+/// level: from the first version where the stale log holds an entry the
+/// authoritative one does not (a write that was never acknowledged), or else
+/// from the entry after the stale log's last.
+pub fn catch_up(auth: &[WireEntry], auth_oldest: u64, stale: &[WireEntry]) -> CatchUp {
+    let by_version: BTreeMap<u64, &WireEntry> =
+        auth.iter().map(|entry| (entry.version, entry)).collect();
+    let diverged = stale
+        .iter()
+        .filter(|entry| auth_oldest == 0 || entry.version >= auth_oldest)
+        .find(|entry| {
+            by_version
+                .get(&entry.version)
+                .is_none_or(|held| !same_entry(held, entry))
+        })
+        .map(|entry| entry.version);
+    let stale_last = stale.last().map_or(0, |entry| entry.version);
+    let from = diverged.unwrap_or(stale_last + 1);
+    if diverged.is_none() && by_version.range(from..).next().is_none() {
+        return CatchUp::Level;
+    }
+    if auth_oldest == 0 || from < auth_oldest {
+        return CatchUp::Backfill;
+    }
+    let newer = |entries: &[WireEntry]| -> Vec<WireEntry> {
+        entries
+            .iter()
+            .filter(|entry| entry.version >= from)
+            .cloned()
+            .collect()
+    };
+    let entries = newer(auth);
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for entry in newer(stale).iter().chain(&entries) {
+        if !names.contains(&entry.name) {
+            names.push(entry.name.clone());
+        }
+    }
+    CatchUp::Entries {
+        from,
+        names,
+        entries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64, epoch: u64, name: &str) -> WireEntry {
+        WireEntry {
+            version,
+            name: name.as_bytes().to_vec(),
+            client: "c".into(),
+            tid: version * 100 + epoch,
+            epoch,
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|name| name.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn equal_logs_are_level() {
+        let log = vec![entry(1, 5, "a"), entry(2, 5, "b")];
+        assert_eq!(catch_up(&log, 1, &log), CatchUp::Level);
+        assert_eq!(catch_up(&[], 0, &[]), CatchUp::Level);
+    }
+
+    #[test]
+    fn a_prefix_gets_the_missing_entries() {
+        let auth = vec![entry(1, 5, "a"), entry(2, 5, "b"), entry(3, 7, "c")];
+        let stale = vec![entry(1, 5, "a")];
+        assert_eq!(
+            catch_up(&auth, 1, &stale),
+            CatchUp::Entries {
+                from: 2,
+                names: names(&["b", "c"]),
+                entries: auth[1..].to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_divergent_tail_is_replaced_and_its_objects_recovered() {
+        // The stale copy took writes 3 and 4 in epoch 5 that never reached the
+        // others; the authoritative history wrote 3 in epoch 9.
+        let auth = vec![entry(1, 5, "a"), entry(2, 5, "b"), entry(3, 9, "c")];
+        let stale = vec![
+            entry(1, 5, "a"),
+            entry(2, 5, "b"),
+            entry(3, 5, "x"),
+            entry(4, 5, "y"),
+        ];
+        assert_eq!(
+            catch_up(&auth, 1, &stale),
+            CatchUp::Entries {
+                from: 3,
+                names: names(&["x", "y", "c"]),
+                entries: vec![entry(3, 9, "c")],
+            }
+        );
+    }
+
+    #[test]
+    fn a_longer_stale_log_is_rewound() {
+        let auth = vec![entry(1, 5, "a")];
+        let stale = vec![entry(1, 5, "a"), entry(2, 5, "b")];
+        assert_eq!(
+            catch_up(&auth, 1, &stale),
+            CatchUp::Entries {
+                from: 2,
+                names: names(&["b"]),
+                entries: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_log_that_does_not_reach_back_means_backfill() {
+        let auth = vec![entry(10, 5, "a"), entry(11, 5, "b")];
+        assert_eq!(catch_up(&auth, 10, &[entry(3, 2, "z")]), CatchUp::Backfill);
+        assert_eq!(catch_up(&auth, 10, &[]), CatchUp::Backfill);
+        // An empty authoritative log and a stale one with writes: drop them all.
+        assert_eq!(catch_up(&[], 0, &[entry(1, 2, "z")]), CatchUp::Backfill);
+        // A log that starts at version 1 reaches back to an empty copy.
+        assert!(matches!(
+            catch_up(&[entry(1, 5, "a")], 1, &[]),
+            CatchUp::Entries { from: 1, .. }
+        ));
+    }
 }

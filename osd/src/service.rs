@@ -6,7 +6,7 @@
 //! write until the monitors mark it down and the map drops it from the up set, or the
 //! replication deadline passes and the client gets an error to retry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,24 +15,25 @@ use lcpfs_core::engine::{self, Store};
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_proto::object_op::Op;
+use lcpfs_proto::op_result;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::osd_server::Osd;
 use lcpfs_proto::{
-    ListReply, ListRequest, LogEntry, ObjectOp, OpReply, OpRequest, PgInfoReply, PgLogReply,
-    PgLogRequest, PgRef, PullReply, PullRequest, PushReply, PushRequest, ReplicateReply,
-    ReplicateRequest,
+    EchoMessage, Inconsistency, ListReply, ListRequest, LogEntry, ObjectOp, ObjectState, OpReply,
+    OpRequest, PgInfoReply, PgLogReply, PgLogRequest, PgRef, PullReply, PullRequest, PushReply,
+    PushRequest, ReplicateReply, ReplicateRequest, ScrubMapReply, ScrubMapRequest, ScrubObject,
+    ScrubReply, ScrubRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::pg::{self, PgLog};
+use crate::metrics::OsdMetrics;
+use crate::pg::{self, CatchUp, PgLog};
+use crate::scrub;
 
 /// Metadata key carrying the replying OSD's map epoch on errors.
 pub const EPOCH_HEADER: &str = "lcpfs-epoch";
-
-/// Metadata key carrying a replica's newest log version when it is behind.
-const LAST_HEADER: &str = "lcpfs-last";
 
 /// Largest gRPC message an OSD sends or accepts.
 pub const MAX_MESSAGE: usize = 256 << 20;
@@ -46,6 +47,15 @@ pub struct OsdConfig {
     pub replicate_deadline: Duration,
     /// How long a write waits for a PG with fewer than `min_size` OSDs up.
     pub inactive_wait: Duration,
+    /// How often each PG is scrubbed (object lists, sizes, xattrs).
+    pub scrub_interval: Duration,
+    /// How often each PG is deep-scrubbed (every byte read and compared).
+    pub deep_scrub_interval: Duration,
+    /// Whether scheduled scrubs repair the bad copies they find.
+    pub auto_repair: bool,
+    /// Pause between objects recovered or backfilled, to leave the disks and the
+    /// network to client I/O (like Ceph's `osd_recovery_sleep`).
+    pub recovery_sleep: Duration,
 }
 
 impl Default for OsdConfig {
@@ -54,6 +64,10 @@ impl Default for OsdConfig {
             max_object_size: 128 << 20,
             replicate_deadline: Duration::from_secs(30),
             inactive_wait: Duration::from_secs(10),
+            scrub_interval: Duration::from_secs(24 * 3600),
+            deep_scrub_interval: Duration::from_secs(7 * 24 * 3600),
+            auto_repair: false,
+            recovery_sleep: Duration::ZERO,
         }
     }
 }
@@ -69,8 +83,44 @@ pub struct OsdService {
     /// Epoch of the last map observed.
     observed_epoch: Mutex<u64>,
     peers: Mutex<HashMap<String, OsdClient<Channel>>>,
+    /// Scrub history of the PGs this OSD is (or was) primary for.
+    scrubs: Mutex<HashMap<PgId, ScrubStamp>>,
+    /// PGs moving objects to bring a copy level (true: a backfill).
+    recovering: Mutex<HashMap<PgId, bool>>,
     config: OsdConfig,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: OsdMetrics,
 }
+
+/// When a PG was last scrubbed and what the scrub found.
+#[derive(Clone, Debug)]
+struct ScrubStamp {
+    last: Instant,
+    last_deep: Instant,
+    /// Bad copies the last scrub found and did not repair.
+    inconsistent: usize,
+    /// Set while a scrub runs (true for a deep one).
+    running: Option<bool>,
+}
+
+/// Clears a PG's recovering mark when recovery ends, however it ends.
+struct RecoveryMark<'a> {
+    service: &'a OsdService,
+    pg: PgId,
+}
+
+impl Drop for RecoveryMark<'_> {
+    fn drop(&mut self) {
+        self.service
+            .recovering
+            .lock()
+            .expect("recovery table")
+            .remove(&self.pg);
+    }
+}
+
+/// Objects compared per scrub chunk (the PG lock is held for one chunk at a time).
+const SCRUB_CHUNK: usize = 64;
 
 fn engine_status(error: engine::Error) -> Status {
     match error {
@@ -83,15 +133,29 @@ fn engine_status(error: engine::Error) -> Status {
     }
 }
 
-/// The object names of log entries, each once, in log order.
-fn distinct_names(entries: &[LogEntry]) -> Vec<Vec<u8>> {
-    let mut names: Vec<Vec<u8>> = Vec::new();
-    for entry in entries {
-        if !names.contains(&entry.name) {
-            names.push(entry.name.clone());
-        }
+/// A PG named at `map`'s epoch, for requests that do not peer it.
+fn pg_ref(map: &ClusterMap, pg: PgId) -> PgRef {
+    PgRef {
+        epoch: map.epoch,
+        pool: pg.pool,
+        pg_seed: pg.seed,
+        interval: 0,
     }
-    names
+}
+
+/// Every entry of a peer's log of a PG.
+async fn whole_log(
+    client: &mut OsdClient<Channel>,
+    reference: PgRef,
+) -> Result<Vec<LogEntry>, Status> {
+    Ok(client
+        .pg_log(PgLogRequest {
+            pg: Some(reference),
+            since: 0,
+        })
+        .await?
+        .into_inner()
+        .entries)
 }
 
 /// Errors worth retrying: the peer is down, busy, or behind on the map.
@@ -131,7 +195,10 @@ impl OsdService {
             intervals: Mutex::new(HashMap::new()),
             observed_epoch: Mutex::new(0),
             peers: Mutex::new(HashMap::new()),
+            scrubs: Mutex::new(HashMap::new()),
+            recovering: Mutex::new(HashMap::new()),
             config,
+            metrics: OsdMetrics::new().expect("OSD metrics register once"),
         }
     }
 
@@ -163,6 +230,79 @@ impl OsdService {
             }
         }
         *observed = map.epoch;
+    }
+
+    /// The engine store's status (space, per-disk errors).
+    pub fn store_status(&self) -> engine::PoolStatus {
+        self.store.status()
+    }
+
+    /// How many PG copies this OSD's store holds.
+    pub fn pg_copies(&self) -> usize {
+        pg::held(&self.store).len()
+    }
+
+    /// True when the map this OSD follows says it is up.
+    pub fn is_up(&self) -> bool {
+        self.current().osds.get(&self.id).is_some_and(|osd| osd.up)
+    }
+
+    /// Counts a served request in the metrics.
+    fn account(&self, request: &OpRequest, results: &[lcpfs_proto::OpResult], began: Instant) {
+        let mut mutation = false;
+        for op in request.ops.iter().filter_map(|op| op.op.as_ref()) {
+            let (kind, written) = match op {
+                Op::WriteFull(data) => ("write_full", data.len()),
+                Op::Write(write) => ("write", write.data.len()),
+                Op::Append(data) => ("append", data.len()),
+                Op::Truncate(_) => ("truncate", 0),
+                Op::Delete(_) => ("delete", 0),
+                Op::SetXattr(pair) => ("set_xattr", pair.value.len()),
+                Op::RmXattr(_) => ("rm_xattr", 0),
+                Op::OmapSet(set) => (
+                    "omap_set",
+                    set.entries
+                        .iter()
+                        .map(|entry| entry.key.len() + entry.value.len())
+                        .sum(),
+                ),
+                Op::OmapRm(_) => ("omap_rm", 0),
+                Op::OmapClear(_) => ("omap_clear", 0),
+                Op::Read(_) => ("read", 0),
+                Op::Stat(_) => ("stat", 0),
+                Op::GetXattr(_) => ("get_xattr", 0),
+                Op::OmapGet(_) => ("omap_get", 0),
+                Op::OmapRange(_) => ("omap_range", 0),
+            };
+            mutation |= pg::is_mutation(op);
+            self.metrics.ops.with_label_values(&[kind]).inc();
+            self.metrics
+                .bytes
+                .with_label_values(&["in"])
+                .inc_by(written as u64);
+        }
+        let read: usize = results
+            .iter()
+            .filter_map(|result| result.result.as_ref())
+            .map(|result| match result {
+                op_result::Result::Data(data) => data.len(),
+                op_result::Result::Xattr(value) => value.len(),
+                op_result::Result::Omap(omap) => omap
+                    .entries
+                    .iter()
+                    .map(|entry| entry.key.len() + entry.value.len())
+                    .sum(),
+                op_result::Result::Stat(_) => 0,
+            })
+            .sum();
+        self.metrics
+            .bytes
+            .with_label_values(&["out"])
+            .inc_by(read as u64);
+        self.metrics
+            .latency
+            .with_label_values(&[if mutation { "write" } else { "read" }])
+            .observe(began.elapsed().as_secs_f64());
     }
 
     fn interval(&self, pg: PgId) -> u64 {
@@ -256,11 +396,14 @@ impl OsdService {
         if guard.as_ref().is_none_or(|log| log.dirty) {
             let store = self.store.clone();
             let compression = pool.compression.clone();
-            let log = blocking(move || {
+            let mut log = blocking(move || {
                 pg::ensure(&store, pg, compression.as_deref())?;
                 pg::load(&store, pg)
             })
             .await?;
+            // A half-done change is not trusted: the PG peers again, but it still
+            // refuses the primaries it refused before.
+            log.accepted_interval = guard.as_ref().map_or(0, |old| old.accepted_interval);
             **guard = Some(log);
         }
         Ok(guard.as_mut().expect("loaded above"))
@@ -334,6 +477,13 @@ impl OsdService {
             .filter(|&osd| osd != self.id)
             .collect();
         while !pending.is_empty() {
+            if self.interval(pg) != request.version_epoch {
+                // The up set changed: the next request peers the new one, which
+                // brings every OSD of it level with this write.
+                return Err(Status::unavailable(format!(
+                    "PG {pg} changed its OSDs during the write; retry"
+                )));
+            }
             let map = self.current();
             let up: Vec<u32> = self.mapping(&map, pg)?.up.into_iter().flatten().collect();
             pending.retain(|osd| up.contains(osd));
@@ -355,12 +505,7 @@ impl OsdService {
                 match done {
                     Ok((osd, Ok(_))) => acked.push(osd),
                     Ok((osd, Err(status))) if status.code() == tonic::Code::OutOfRange => {
-                        let last = status
-                            .metadata()
-                            .get(LAST_HEADER)
-                            .and_then(|value| value.to_str().ok()?.parse().ok())
-                            .unwrap_or(0);
-                        behind.push((osd, last));
+                        behind.push(osd);
                     }
                     Ok((osd, Err(status))) => failed.push((osd, status)),
                     Err(error) => {
@@ -374,15 +519,15 @@ impl OsdService {
                     status.message()
                 )));
             }
-            for &(osd, last) in &behind {
-                if let Err(status) = self.recover_replica(&map, pg, osd, last).await {
+            for &osd in &behind {
+                if let Err(status) = self.recover_replica(&map, pg, osd).await {
                     failed.push((osd, status));
                 }
             }
             pending = failed
                 .iter()
                 .map(|(osd, _)| *osd)
-                .chain(behind.iter().map(|(osd, _)| *osd))
+                .chain(behind.iter().copied())
                 .collect();
             pending.sort_unstable();
             pending.dedup();
@@ -424,9 +569,9 @@ impl OsdService {
     }
 
     /// Peers the PG if its up set changed since it was last peered: takes the newest
-    /// history among the up OSDs (pulling what this primary misses), then brings
-    /// every other up OSD level with it. Runs under the PG lock, so no client
-    /// operation sees the PG before it is level.
+    /// history among the up OSDs (pulling what this primary misses or holds
+    /// diverged), then brings every other up OSD level with it. Runs under the PG
+    /// lock, so no client operation sees the PG before it is level.
     async fn ensure_peered(
         &self,
         map: &ClusterMap,
@@ -443,15 +588,14 @@ impl OsdService {
             epoch: map.epoch,
             pool: pool.id,
             pg_seed: pg.seed,
+            interval,
         };
+        log.accepted_interval = log.accepted_interval.max(interval);
         let mut infos = Vec::new();
         for &osd in up.iter().filter(|&&osd| osd != self.id) {
             let mut client = self.peer_client(map, osd)?;
             match client.pg_info(reference).await {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    infos.push((osd, reply.last, reply.oldest));
-                }
+                Ok(reply) => infos.push((osd, reply.into_inner())),
                 Err(status) => {
                     // Going active without hearing from every up OSD could miss
                     // the newest acknowledged write: wait for it or for the map to
@@ -463,77 +607,103 @@ impl OsdService {
                 }
             }
         }
-        // The newest history wins: pull what this OSD misses from its holder.
-        if let Some(&(source, last, oldest)) = infos
+        // The newest history wins: its last entry has the greatest (epoch, version).
+        if let Some((source, info)) = infos
             .iter()
-            .filter(|(_, last, _)| *last > log.last)
-            .max_by_key(|(_, last, _)| *last)
+            .filter(|(_, info)| (info.last_epoch, info.last) > (log.last_epoch, log.last))
+            .max_by_key(|(_, info)| (info.last_epoch, info.last))
         {
-            tracing::info!(%pg, source, from = log.last, to = last, "pulling newer PG history");
-            self.pull(map, pg, source, log, oldest).await?;
+            tracing::info!(%pg, source, from = log.last, to = info.last, "pulling newer PG history");
+            self.pull(map, pg, *source, log).await?;
         }
-        for &(osd, last, _) in &infos {
-            if last < log.last {
-                self.recover_replica(map, pg, osd, last).await?;
+        for (osd, info) in &infos {
+            if (info.last_epoch, info.last) != (log.last_epoch, log.last) {
+                self.recover_replica(map, pg, *osd).await?;
             }
         }
+        // Every up OSD now holds every write this one has.
+        log.clear_incomplete();
         log.peered = Some((interval, up));
         Ok(())
     }
 
-    /// Pulls from `source` the objects and log entries this OSD misses.
+    /// Marks the PG as recovering (or backfilling) until the returned guard drops.
+    fn recovering(&self, pg: PgId, backfill: bool) -> RecoveryMark<'_> {
+        self.recovering
+            .lock()
+            .expect("recovery table")
+            .insert(pg, backfill);
+        RecoveryMark { service: self, pg }
+    }
+
+    /// The configured pause between recovered objects.
+    async fn recovery_pause(&self) {
+        if !self.config.recovery_sleep.is_zero() {
+            tokio::time::sleep(self.config.recovery_sleep).await;
+        }
+    }
+
+    /// Every object name of `osd`'s copy of the PG.
+    async fn peer_names(
+        &self,
+        client: &mut OsdClient<Channel>,
+        map: &ClusterMap,
+        pg: PgId,
+    ) -> Result<Vec<Vec<u8>>, Status> {
+        let mut names = Vec::new();
+        loop {
+            let page = client
+                .list(ListRequest {
+                    epoch: map.epoch,
+                    pool: pg.pool,
+                    pg_seed: pg.seed,
+                    start_after: names.last().cloned().unwrap_or_default(),
+                    limit: 1000,
+                })
+                .await?
+                .into_inner()
+                .entries;
+            let done = page.len() < 1000;
+            names.extend(page.into_iter().map(|entry| entry.name));
+            if done {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// Makes this OSD's copy of the PG level with `source`'s newer history: the
+    /// objects its log names from where the histories part, or every object
+    /// (backfill) when its log does not reach back that far.
     async fn pull(
         &self,
         map: &ClusterMap,
         pg: PgId,
         source: u32,
         log: &mut PgLog,
-        source_oldest: u64,
     ) -> Result<(), Status> {
         let mut client = self.peer_client(map, source)?;
-        let reference = PgRef {
-            epoch: map.epoch,
-            pool: pg.pool,
-            pg_seed: pg.seed,
-        };
-        // A log that does not reach back to ours means a full copy (backfill).
-        let backfill = source_oldest == 0 || source_oldest > log.last.saturating_add(1);
-        let since = if backfill { 0 } else { log.last };
-        let entries = client
-            .pg_log(PgLogRequest {
-                pg: Some(reference),
-                since,
-            })
-            .await?
-            .into_inner()
-            .entries;
-        let names: Vec<Vec<u8>> = if backfill {
-            let mut names = Vec::new();
-            let mut start_after = Vec::new();
-            loop {
-                let page = client
-                    .list(ListRequest {
-                        epoch: map.epoch,
-                        pool: pg.pool,
-                        pg_seed: pg.seed,
-                        start_after: start_after.clone(),
-                        limit: 1000,
-                    })
-                    .await?
-                    .into_inner()
-                    .entries;
-                let done = page.len() < 1000;
-                names.extend(page.into_iter().map(|entry| entry.name));
-                match names.last() {
-                    Some(last) if !done => start_after = last.clone(),
-                    _ => break,
-                }
+        let reference = pg_ref(map, pg);
+        let theirs = whole_log(&mut client, reference).await?;
+        let their_oldest = theirs.first().map_or(0, |entry| entry.version);
+        let store = self.store.clone();
+        let (mine, _) = blocking(move || pg::log_since(&store, pg, 0)).await?;
+        let (names, entries, keep, rewind_from) = match pg::catch_up(&theirs, their_oldest, &mine) {
+            CatchUp::Level => return Ok(()),
+            CatchUp::Backfill => {
+                let names = self.peer_names(&mut client, map, pg).await?;
+                (names.clone(), theirs, Some(names), None)
             }
-            names
-        } else {
-            distinct_names(&entries)
+            CatchUp::Entries {
+                from,
+                names,
+                entries,
+            } => (names, entries, None, Some(from)),
         };
+        let _recovering = self.recovering(pg, keep.is_some());
+        log.dirty = true;
         for name in &names {
+            self.recovery_pause().await;
+            self.metrics.recovered_objects.inc();
             let objects = client
                 .pull_objects(PullRequest {
                     pg: Some(reference),
@@ -543,61 +713,46 @@ impl OsdService {
                 .into_inner()
                 .objects;
             let store = self.store.clone();
-            blocking(move || pg::install(&store, pg, &objects, &[], None)).await?;
+            blocking(move || pg::install(&store, pg, &objects, &[], None, None)).await?;
         }
         let store = self.store.clone();
-        let keep = backfill.then(|| names.clone());
-        let recorded = entries.clone();
-        log.dirty = true;
-        blocking(move || pg::install(&store, pg, &[], &recorded, keep.as_deref())).await?;
-        if backfill {
-            let store = self.store.clone();
-            let peered = log.peered.take();
-            *log = blocking(move || pg::load(&store, pg)).await?;
-            log.peered = peered;
-        } else {
-            for entry in &entries {
-                log.record(entry.version, &entry.client, entry.tid);
-            }
-        }
+        let fresh = blocking(move || {
+            pg::install(&store, pg, &[], &entries, keep.as_deref(), rewind_from)?;
+            pg::load(&store, pg)
+        })
+        .await?;
+        log.reloaded(fresh);
         Ok(())
     }
 
-    /// Brings replica `osd`, whose log ends at `their_last`, level with this OSD:
-    /// the objects named in the log entries it misses (or, when this log does not
-    /// reach back that far, every object: backfill), then the entries.
-    async fn recover_replica(
-        &self,
-        map: &ClusterMap,
-        pg: PgId,
-        osd: u32,
-        their_last: u64,
-    ) -> Result<(), Status> {
-        let store = self.store.clone();
-        let (entries, oldest) = blocking(move || pg::log_since(&store, pg, their_last)).await?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let backfill = oldest > their_last.saturating_add(1);
-        let (entries, names) = if backfill {
-            let store = self.store.clone();
-            blocking(move || {
-                let (all, _) = pg::log_since(&store, pg, 0)?;
-                Ok((all, pg::names(&store, pg)?))
-            })
-            .await?
-        } else {
-            let names = distinct_names(&entries);
-            (entries, names)
-        };
-        tracing::info!(%pg, osd, from = their_last, backfill, objects = names.len(), "recovering replica");
+    /// Brings replica `osd` level with this OSD: the objects named in the log
+    /// entries it misses or holds diverged (or, when this log does not reach back
+    /// that far, every object: backfill), then the entries.
+    async fn recover_replica(&self, map: &ClusterMap, pg: PgId, osd: u32) -> Result<(), Status> {
         let mut client = self.peer_client(map, osd)?;
-        let reference = PgRef {
-            epoch: map.epoch,
-            pool: pg.pool,
-            pg_seed: pg.seed,
+        let reference = pg_ref(map, pg);
+        let theirs = whole_log(&mut client, reference).await?;
+        let store = self.store.clone();
+        let (mine, my_oldest) = blocking(move || pg::log_since(&store, pg, 0)).await?;
+        let (names, entries, full, rewind_from) = match pg::catch_up(&mine, my_oldest, &theirs) {
+            CatchUp::Level => return Ok(()),
+            CatchUp::Backfill => {
+                let store = self.store.clone();
+                let names = blocking(move || pg::names(&store, pg)).await?;
+                (names, mine, true, 0)
+            }
+            CatchUp::Entries {
+                from,
+                names,
+                entries,
+            } => (names, entries, false, from),
         };
+        tracing::info!(%pg, osd, backfill = full, rewind_from, objects = names.len(), "recovering replica");
+        let _recovering = self.recovering(pg, full);
+        let interval = self.interval(pg);
         for name in &names {
+            self.recovery_pause().await;
+            self.metrics.recovered_objects.inc();
             let store = self.store.clone();
             let name = name.clone();
             let object = blocking(move || pg::state(&store, pg, &name)).await?;
@@ -605,9 +760,8 @@ impl OsdService {
                 .push_objects(PushRequest {
                     pg: Some(reference),
                     objects: vec![object],
-                    entries: Vec::new(),
-                    full: false,
-                    keep: Vec::new(),
+                    interval,
+                    ..PushRequest::default()
                 })
                 .await?;
         }
@@ -616,8 +770,10 @@ impl OsdService {
                 pg: Some(reference),
                 objects: Vec::new(),
                 entries,
-                full: backfill,
-                keep: if backfill { names } else { Vec::new() },
+                full,
+                keep: if full { names } else { Vec::new() },
+                rewind_from,
+                interval,
             })
             .await?;
         Ok(())
@@ -632,28 +788,52 @@ impl OsdService {
             let Some(pool) = map.pools.get(&pg.pool) else {
                 continue;
             };
-            let state = if (up.len() as u32) < pool.min_size() {
-                "inactive"
+            let scrub = self.scrubs.lock().expect("scrub table").get(&pg).cloned();
+            let scrubbing = scrub.as_ref().and_then(|stamp| stamp.running);
+            let recovering = self
+                .recovering
+                .lock()
+                .expect("recovery table")
+                .get(&pg)
+                .copied();
+            let mut state = if (up.len() as u32) < pool.min_size() {
+                "inactive".to_owned()
             } else {
                 let lock = self.pg_lock(pg);
-                let Ok(guard) = lock.try_lock() else {
-                    continue;
-                };
-                let peered = guard
-                    .as_ref()
-                    .is_some_and(|log| log.peered.as_ref() == Some(&(interval, up.clone())));
-                if !peered {
-                    "peering"
-                } else if (up.len() as u32) < pool.size() {
-                    "active+undersized+degraded"
-                } else {
-                    "active+clean"
+                // A scrub holds the lock a chunk at a time, and only scrubs a peered
+                // PG; otherwise a busy lock means a request or peering is running.
+                let peered =
+                    match lock.try_lock() {
+                        Ok(guard) => Some(guard.as_ref().is_some_and(|log| {
+                            log.peered.as_ref() == Some(&(interval, up.clone()))
+                        })),
+                        Err(_) if scrubbing.is_some() => Some(true),
+                        Err(_) => None,
+                    };
+                match (peered, recovering) {
+                    (Some(true), _) if (up.len() as u32) < pool.size() => {
+                        "active+undersized+degraded".to_owned()
+                    }
+                    (Some(true), _) => "active+clean".to_owned(),
+                    // Client I/O on the PG waits while copies are brought level.
+                    (_, Some(true)) => "backfilling+degraded".to_owned(),
+                    (_, Some(false)) => "recovering+degraded".to_owned(),
+                    (Some(false), None) => "peering".to_owned(),
+                    (None, None) => continue,
                 }
             };
+            match scrubbing {
+                Some(true) => state.push_str("+scrubbing+deep"),
+                Some(false) => state.push_str("+scrubbing"),
+                None => {}
+            }
+            if scrub.is_some_and(|stamp| stamp.inconsistent > 0) {
+                state.push_str("+inconsistent");
+            }
             stats.push(lcpfs_proto::PgStat {
                 pool: pg.pool,
                 seed: pg.seed,
-                state: state.to_owned(),
+                state,
             });
         }
         stats
@@ -698,6 +878,350 @@ impl OsdService {
         }
     }
 
+    /// Scrubs a PG this OSD is primary for: compares every up OSD's copy of each
+    /// object (sizes and xattrs; with `deep`, content digests of every byte), a
+    /// chunk of objects at a time under the PG lock. The authoritative copy is the
+    /// one most copies agree on (the primary's on a tie); with `repair`, the others
+    /// are rewritten from it.
+    pub async fn scrub_pg(&self, pg: PgId, deep: bool, repair: bool) -> Result<ScrubReply, Status> {
+        let map = self.current();
+        let pool = self.pool(&map, pg.pool)?.clone();
+        let pg = self.pg_of(&pool, pg.seed)?;
+        if self.mapping(&map, pg)?.primary != Some(self.id) {
+            return Err(self.stale(format!(
+                "osd.{} is not the primary of PG {pg} at epoch {}",
+                self.id, map.epoch
+            )));
+        }
+        self.scrub_stamp(pg, |stamp| stamp.running = Some(deep));
+        let result = self.scrub_chunks(&pool, pg, deep, repair).await;
+        self.scrub_stamp(pg, |stamp| {
+            stamp.running = None;
+            if let Ok(report) = &result {
+                stamp.inconsistent = report
+                    .inconsistencies
+                    .iter()
+                    .filter(|bad| !bad.repaired)
+                    .count();
+                stamp.last = Instant::now();
+                if deep {
+                    stamp.last_deep = stamp.last;
+                }
+            }
+        });
+        let report = result?;
+        tracing::info!(
+            %pg,
+            deep,
+            objects = report.objects,
+            inconsistent = report.inconsistencies.len(),
+            repaired = report.inconsistencies.iter().filter(|bad| bad.repaired).count(),
+            "scrubbed"
+        );
+        Ok(report)
+    }
+
+    fn scrub_stamp(&self, pg: PgId, change: impl FnOnce(&mut ScrubStamp)) {
+        let mut scrubs = self.scrubs.lock().expect("scrub table");
+        let now = Instant::now();
+        change(scrubs.entry(pg).or_insert(ScrubStamp {
+            last: now,
+            last_deep: now,
+            inconsistent: 0,
+            running: None,
+        }));
+    }
+
+    async fn scrub_chunks(
+        &self,
+        pool: &Pool,
+        pg: PgId,
+        deep: bool,
+        repair: bool,
+    ) -> Result<ScrubReply, Status> {
+        let mut report = ScrubReply {
+            primary: self.id,
+            ..ScrubReply::default()
+        };
+        let mut start_after = Vec::new();
+        loop {
+            let lock = self.pg_lock(pg);
+            let mut guard = lock.lock().await;
+            let map = self.current();
+            let log = self.loaded(&mut guard, pg, pool).await?;
+            self.ensure_peered(&map, pool, pg, log).await?;
+            report.epoch = map.epoch;
+            let store = self.store.clone();
+            let after = start_after.clone();
+            let mine =
+                blocking(move || pg::scrub_map(&store, pg, &after, &[], SCRUB_CHUNK, deep)).await?;
+            let done = mine.len() < SCRUB_CHUNK;
+            // Every copy is compared over the same range of names.
+            let last = match mine.last() {
+                Some(object) if !done => object.name.clone(),
+                _ => Vec::new(),
+            };
+            let up: Vec<u32> = self.mapping(&map, pg)?.up.into_iter().flatten().collect();
+            let mut copies: BTreeMap<Vec<u8>, HashMap<u32, ScrubObject>> = BTreeMap::new();
+            for object in mine {
+                copies
+                    .entry(object.name.clone())
+                    .or_default()
+                    .insert(self.id, object);
+            }
+            for &osd in up.iter().filter(|&&osd| osd != self.id) {
+                let reply = self
+                    .peer_client(&map, osd)?
+                    .scrub_map(ScrubMapRequest {
+                        pg: Some(pg_ref(&map, pg)),
+                        deep,
+                        start_after: start_after.clone(),
+                        last: last.clone(),
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(|status| {
+                        Status::unavailable(format!(
+                            "scrub of PG {pg}: osd.{osd} did not answer ({})",
+                            status.message()
+                        ))
+                    })?;
+                for object in reply.into_inner().objects {
+                    copies
+                        .entry(object.name.clone())
+                        .or_default()
+                        .insert(osd, object);
+                }
+            }
+            for (name, held) in copies {
+                let (authority, bad) = scrub::judge(&up, &held, self.id, deep);
+                report.objects += 1;
+                report.bytes += authority
+                    .and_then(|osd| held.get(&osd))
+                    .map_or(0, |object| object.size);
+                let mut found: Vec<Inconsistency> = bad
+                    .into_iter()
+                    .map(|(osd, reason)| Inconsistency {
+                        name: name.clone(),
+                        osd,
+                        reason,
+                        repaired: false,
+                    })
+                    .collect();
+                if repair && let Some(authority) = authority {
+                    self.repair_copies(&map, pg, &name, authority, &mut found)
+                        .await?;
+                }
+                report.inconsistencies.extend(found);
+            }
+            if done {
+                return Ok(report);
+            }
+            start_after = last;
+        }
+    }
+
+    /// Rewrites the bad copies of one object from the authoritative one; marks
+    /// each copy it rewrote as repaired.
+    async fn repair_copies(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        name: &[u8],
+        authority: u32,
+        bad: &mut [Inconsistency],
+    ) -> Result<(), Status> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let good = self.object_state(map, pg, name, authority).await?;
+        let interval = self.interval(pg);
+        for copy in bad.iter_mut() {
+            if copy.osd == self.id {
+                let store = self.store.clone();
+                let objects = vec![good.clone()];
+                blocking(move || pg::install(&store, pg, &objects, &[], None, None)).await?;
+            } else {
+                self.peer_client(map, copy.osd)?
+                    .push_objects(PushRequest {
+                        pg: Some(pg_ref(map, pg)),
+                        objects: vec![good.clone()],
+                        interval,
+                        ..PushRequest::default()
+                    })
+                    .await?;
+            }
+            tracing::warn!(%pg, osd = copy.osd, object = %String::from_utf8_lossy(name), reason = %copy.reason, "repaired a bad copy");
+            copy.repaired = true;
+        }
+        Ok(())
+    }
+
+    /// An object's state in `osd`'s copy of the PG.
+    async fn object_state(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        name: &[u8],
+        osd: u32,
+    ) -> Result<ObjectState, Status> {
+        if osd == self.id {
+            let store = self.store.clone();
+            let name = name.to_vec();
+            return blocking(move || pg::state(&store, pg, &name)).await;
+        }
+        self.peer_client(map, osd)?
+            .pull_objects(PullRequest {
+                pg: Some(pg_ref(map, pg)),
+                names: vec![name.to_vec()],
+            })
+            .await?
+            .into_inner()
+            .objects
+            .pop()
+            .ok_or_else(|| Status::internal(format!("osd.{osd} sent no object")))
+    }
+
+    /// Replaces this OSD's unreadable copy of an object with a peer's: the engine
+    /// could not heal it from its own disks (a checksum error without redundancy).
+    async fn repair_from_peers(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        name: &[u8],
+    ) -> Result<(), Status> {
+        let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
+        let mut last_error = Status::data_loss(format!("no other OSD of PG {pg} is up"));
+        for &osd in up.iter().filter(|&&osd| osd != self.id) {
+            match self.object_state(map, pg, name, osd).await {
+                Ok(good) => {
+                    let store = self.store.clone();
+                    blocking(move || pg::install(&store, pg, &[good], &[], None, None)).await?;
+                    tracing::warn!(%pg, from = osd, object = %String::from_utf8_lossy(name), "replaced an unreadable copy");
+                    return Ok(());
+                }
+                Err(status) => last_error = status,
+            }
+        }
+        Err(Status::data_loss(format!(
+            "object '{}' is unreadable here and no peer could supply it: {}",
+            String::from_utf8_lossy(name),
+            last_error.message()
+        )))
+    }
+
+    /// Removes, every few seconds, this OSD's copies of PGs it is no longer in the
+    /// up set of (after a remap) and of pools that no longer exist.
+    pub async fn remove_strays(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = self.store.clone();
+            let Ok(held) = blocking(move || Ok(pg::held(&store))).await else {
+                continue;
+            };
+            for pg in held {
+                match self.stray_removable(pg).await {
+                    Ok(true) => {
+                        if let Err(status) = self.remove_stray(pg).await {
+                            tracing::warn!(%pg, error = %status.message(), "could not remove a stray PG copy");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(status) => {
+                        tracing::debug!(%pg, error = %status.message(), "stray PG copy kept for now");
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when this OSD's copy of `pg` can go: its pool is gone, or the OSD is
+    /// out of the PG's up set, the PG is active+clean without it, and its primary's
+    /// log holds this copy's newest write (so nothing is lost with it).
+    async fn stray_removable(&self, pg: PgId) -> Result<bool, Status> {
+        let map = self.current();
+        let Some(pool) = map.pools.get(&pg.pool) else {
+            return Ok(true);
+        };
+        if pool.is_erasure() || pg.seed >= pool.pg_num {
+            return Ok(false);
+        }
+        let mapping = self.mapping(&map, pg)?;
+        if mapping.up.contains(&Some(self.id)) {
+            return Ok(false);
+        }
+        let Some(primary) = mapping.primary else {
+            return Ok(false);
+        };
+        let (last, last_epoch) = {
+            let lock = self.pg_lock(pg);
+            let mut guard = lock.lock().await;
+            let log = self.loaded(&mut guard, pg, pool).await?;
+            (log.last, log.last_epoch)
+        };
+        let mut client = self.peer_client(&map, primary)?;
+        let info = client.pg_info(pg_ref(&map, pg)).await?.into_inner();
+        if !info.clean {
+            return Ok(false);
+        }
+        if last == 0 || info.oldest > last {
+            // Nothing written here, or the primary's history has moved on past it.
+            return Ok(true);
+        }
+        let theirs = client
+            .pg_log(PgLogRequest {
+                pg: Some(pg_ref(&map, pg)),
+                since: last - 1,
+            })
+            .await?
+            .into_inner()
+            .entries;
+        Ok(theirs
+            .first()
+            .is_some_and(|entry| entry.version == last && entry.epoch == last_epoch))
+    }
+
+    /// Removes this OSD's copy of `pg` unless the map moved it back here meanwhile.
+    async fn remove_stray(&self, pg: PgId) -> Result<(), Status> {
+        let lock = self.pg_lock(pg);
+        let mut guard = lock.lock().await;
+        let map = self.current();
+        if map.pools.contains_key(&pg.pool) && self.mapping(&map, pg)?.up.contains(&Some(self.id)) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        blocking(move || pg::remove(&store, pg)).await?;
+        *guard = None;
+        tracing::info!(%pg, "removed a stray PG copy");
+        Ok(())
+    }
+
+    /// Scrubs, one at a time, the PGs this OSD leads whose scrub or deep scrub is
+    /// due, repairing what they find when `auto_repair` is set.
+    pub async fn scrub_on_schedule(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (pg, _, _) in self.led_pgs() {
+                let mut due = None;
+                self.scrub_stamp(pg, |stamp| {
+                    if stamp.last_deep.elapsed() >= self.config.deep_scrub_interval {
+                        due = Some(true);
+                    } else if stamp.last.elapsed() >= self.config.scrub_interval {
+                        due = Some(false);
+                    }
+                });
+                let Some(deep) = due else { continue };
+                if let Err(status) = self.scrub_pg(pg, deep, self.config.auto_repair).await {
+                    tracing::warn!(%pg, deep, error = %status.message(), "scheduled scrub failed; retrying later");
+                }
+            }
+        }
+    }
+
     async fn mutate(
         &self,
         map: &ClusterMap,
@@ -731,27 +1255,31 @@ impl OsdService {
         let log = self.loaded(&mut guard, pg, pool).await?;
         self.ensure_peered(&self.current(), pool, pg, log).await?;
         // A retried request is answered with its version; if it had not reached every
-        // replica yet, it is replicated again (never applied twice).
+        // replica yet, it is replicated again (never applied twice). Peering a new
+        // interval brings every replica level, so an incomplete request always
+        // belongs to the current interval.
+        let interval = log.peered.as_ref().map_or(0, |(interval, _)| *interval);
         let (version, fresh) = match log.applied(&request.client, request.tid) {
             Some(version) if !log.incomplete(&request.client, request.tid) => return Ok(version),
             Some(version) => (version, false),
             None => (log.last.saturating_add(1), true),
         };
-        let store = self.store.clone();
-        let (name, client, tid, ops) = (
-            request.name.clone(),
-            request.client.clone(),
-            request.tid,
-            request.ops.clone(),
-        );
+        let entry = LogEntry {
+            version,
+            name: request.name.clone(),
+            client: request.client.clone(),
+            tid: request.tid,
+            epoch: interval,
+        };
         // Applied here first: an operation the engine refuses (a missing object, a bad
         // offset) is refused before any replica sees it. Until every replica has it,
         // the request stays marked incomplete, so a retry (even after this call is
         // cancelled) replicates it again instead of answering early.
         if fresh {
             log.dirty = true;
-            match blocking(move || pg::apply(&store, pg, version, &name, &client, tid, &ops)).await
-            {
+            let store = self.store.clone();
+            let (applied, ops) = (entry.clone(), request.ops.clone());
+            match blocking(move || pg::apply(&store, pg, &applied, &ops)).await {
                 Ok(()) => {}
                 Err(status) if status.code() == tonic::Code::AlreadyExists => {
                     // The store's log is ahead of this copy: it reloads on next use.
@@ -764,7 +1292,7 @@ impl OsdService {
                     return Err(status);
                 }
             }
-            log.record(version, &request.client, request.tid);
+            log.record(&entry);
         }
         log.set_incomplete(&request.client, request.tid, true);
         let replicas = self
@@ -778,6 +1306,7 @@ impl OsdService {
                     client: request.client.clone(),
                     tid: request.tid,
                     ops: request.ops.clone(),
+                    version_epoch: interval,
                 },
                 pool.id,
             )
@@ -806,6 +1335,7 @@ impl OsdService {
 #[tonic::async_trait]
 impl Osd for OsdService {
     async fn op(&self, request: Request<OpRequest>) -> Result<Response<OpReply>, Status> {
+        let began = Instant::now();
         let request = request.into_inner();
         if request.name.is_empty() {
             return Err(Status::invalid_argument("object name is empty"));
@@ -858,14 +1388,23 @@ impl Osd for OsdService {
             let mut guard = lock.lock().await;
             let log = self.loaded(&mut guard, pg, &pool).await?;
             self.ensure_peered(&self.current(), &pool, pg, log).await?;
-            let store = self.store.clone();
-            let (name, ops) = (request.name.clone(), request.ops.clone());
-            blocking(move || pg::read(&store, pg, &name, &ops))
-                .await
-                .map_err(missing)?
+            let read = || {
+                let store = self.store.clone();
+                let (name, ops) = (request.name.clone(), request.ops.clone());
+                blocking(move || pg::read(&store, pg, &name, &ops))
+            };
+            match read().await {
+                Err(status) if status.code() == tonic::Code::DataLoss => {
+                    self.repair_from_peers(&self.current(), pg, &request.name)
+                        .await?;
+                    read().await.map_err(missing)?
+                }
+                result => result.map_err(missing)?,
+            }
         } else {
             Vec::new()
         };
+        self.account(&request, &results, began);
         Ok(Response::new(OpReply {
             epoch: self.current().epoch,
             results,
@@ -884,43 +1423,39 @@ impl Osd for OsdService {
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
-        if request.version > log.last.saturating_add(1) {
-            // Entries are missing here: the primary must bring this OSD level first.
-            let mut status = Status::out_of_range(format!(
-                "osd.{} has PG {pg} only up to version {}",
-                self.id, log.last
-            ));
-            if let Ok(value) = log.last.to_string().parse() {
-                status.metadata_mut().insert(LAST_HEADER, value);
-            }
-            return Err(status);
-        }
-        if request.version <= log.last {
-            // Already here: only if it is the same request (histories agree).
+        let entry = LogEntry {
+            version: request.version,
+            name: request.name.clone(),
+            client: request.client.clone(),
+            tid: request.tid,
+            epoch: request.version_epoch,
+        };
+        if entry.version <= log.last {
+            // Already here: only if it is the same write (histories agree).
             let store = self.store.clone();
-            let version = request.version;
+            let version = entry.version;
             let held = blocking(move || pg::entry_at(&store, pg, version)).await?;
-            if held
-                .as_ref()
-                .is_none_or(|(client, tid)| client != &request.client || *tid != request.tid)
-            {
+            if !held.is_some_and(|held| pg::same_entry(&held, &entry)) {
                 return Err(Status::aborted(format!(
                     "osd.{} holds another write at version {version} of PG {pg}: the PG must peer again",
                     self.id
                 )));
             }
         } else {
+            log.check_interval(entry.epoch, pg)
+                .map_err(|message| self.stale(message))?;
+            if entry.version > log.last.saturating_add(1) {
+                // Entries are missing here: the primary must bring this OSD level.
+                return Err(Status::out_of_range(format!(
+                    "osd.{} has PG {pg} only up to version {}",
+                    self.id, log.last
+                )));
+            }
             log.dirty = true;
             let store = self.store.clone();
-            let (version, name, client, tid, ops) = (
-                request.version,
-                request.name.clone(),
-                request.client.clone(),
-                request.tid,
-                request.ops.clone(),
-            );
-            blocking(move || pg::apply(&store, pg, version, &name, &client, tid, &ops)).await?;
-            log.record(request.version, &request.client, request.tid);
+            let (applied, ops) = (entry.clone(), request.ops.clone());
+            blocking(move || pg::apply(&store, pg, &applied, &ops)).await?;
+            log.record(&entry);
         }
         Ok(Response::new(ReplicateReply {
             epoch: self.current().epoch,
@@ -934,13 +1469,22 @@ impl Osd for OsdService {
         let pg = self.pg_of(&pool, reference.pg_seed)?;
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
-        let last = self.loaded(&mut guard, pg, &pool).await?.last;
+        let log = self.loaded(&mut guard, pg, &pool).await?;
+        // A primary peering this copy: older primaries are refused from now on.
+        log.accepted_interval = log.accepted_interval.max(reference.interval);
+        let (last, last_epoch) = (log.last, log.last_epoch);
+        let up: Vec<u32> = self.mapping(&map, pg)?.up.into_iter().flatten().collect();
+        let clean = up.first() == Some(&self.id)
+            && up.len() as u32 >= pool.size()
+            && log.peered == Some((self.interval(pg), up));
         let store = self.store.clone();
         let (_, oldest) = blocking(move || pg::log_since(&store, pg, u64::MAX)).await?;
         Ok(Response::new(PgInfoReply {
             epoch: map.epoch,
             last,
             oldest,
+            last_epoch,
+            clean,
         }))
     }
 
@@ -979,21 +1523,67 @@ impl Osd for OsdService {
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
+        log.check_interval(request.interval, pg)
+            .map_err(|message| self.stale(message))?;
         let store = self.store.clone();
         let (objects, entries) = (request.objects, request.entries.clone());
         let keep = request.full.then_some(request.keep);
+        let rewind_from = (request.rewind_from > 0).then_some(request.rewind_from);
+        let reload = request.full || rewind_from.is_some();
         log.dirty = true;
-        blocking(move || pg::install(&store, pg, &objects, &entries, keep.as_deref())).await?;
-        if request.full {
+        blocking(move || pg::install(&store, pg, &objects, &entries, keep.as_deref(), rewind_from))
+            .await?;
+        if reload {
             let store = self.store.clone();
-            *log = blocking(move || pg::load(&store, pg)).await?;
+            let fresh = blocking(move || pg::load(&store, pg)).await?;
+            log.reloaded(fresh);
         } else {
             for entry in &request.entries {
-                log.record(entry.version, &entry.client, entry.tid);
+                log.record(entry);
             }
             log.dirty = false;
         }
         Ok(Response::new(PushReply { last: log.last }))
+    }
+
+    async fn scrub_map(
+        &self,
+        request: Request<ScrubMapRequest>,
+    ) -> Result<Response<ScrubMapReply>, Status> {
+        let request = request.into_inner();
+        let (pool, pg) = self.checked_pg(request.pg).await?;
+        // Under the PG lock, so the map matches the primary's (writes are ordered
+        // by the same lock on the primary, and replicas apply them in order).
+        let lock = self.pg_lock(pg);
+        let mut guard = lock.lock().await;
+        self.loaded(&mut guard, pg, &pool).await?;
+        let store = self.store.clone();
+        let objects = blocking(move || {
+            pg::scrub_map(
+                &store,
+                pg,
+                &request.start_after,
+                &request.last,
+                request.limit as usize,
+                request.deep,
+            )
+        })
+        .await?;
+        Ok(Response::new(ScrubMapReply { objects }))
+    }
+
+    async fn scrub(&self, request: Request<ScrubRequest>) -> Result<Response<ScrubReply>, Status> {
+        let request = request.into_inner();
+        let map = self.map_at_least(request.epoch).await?;
+        let pool = self.pool(&map, request.pool)?.clone();
+        let pg = self.pg_of(&pool, request.pg_seed)?;
+        self.scrub_pg(pg, request.deep, request.repair)
+            .await
+            .map(Response::new)
+    }
+
+    async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        Ok(Response::new(request.into_inner()))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListReply>, Status> {

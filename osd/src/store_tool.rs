@@ -16,7 +16,7 @@ use lcpfs_core::engine::{
     Store, Transaction, VdevKind,
 };
 
-use crate::size::{human, parse_size};
+use lcpfs_core::size::{human, parse_size};
 
 /// Arguments of `lcpfs-osd store`.
 #[derive(Args, Debug)]

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lcpfs_client::mon_client::MonClient;
+use lcpfs_core::monitor::{ClusterStatus, Query};
 
 /// Path of a workspace binary (`lcpfs-mon`, `lcpfs`) built beside the test.
 pub fn binary(name: &str) -> PathBuf {
@@ -57,6 +58,99 @@ where
     }
 }
 
+/// The body of an HTTP GET of `path` on `addr` (status line and headers included).
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("HTTP endpoint");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Deterministic contents for object `name` of `size` bytes.
+pub fn contents(name: &str, size: usize) -> Vec<u8> {
+    let mut data = vec![0u8; size];
+    blake3::Hasher::new()
+        .update(name.as_bytes())
+        .finalize_xof()
+        .fill(&mut data);
+    data
+}
+
+/// Waits until exactly `count` OSDs are up in the map.
+pub async fn osds_up(client: &MonClient, count: usize) {
+    wait_for(&format!("{count} OSDs up"), Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let map = client.map(true).await.ok()?;
+            (map.osds.values().filter(|osd| osd.up).count() == count).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Waits until the monitors' status satisfies `check` (PG states arrive from the
+/// primaries every couple of seconds).
+pub async fn status_until(
+    cluster: &MonCluster,
+    what: &str,
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let client = cluster.client();
+    let check = &check;
+    wait_for(what, Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let status: ClusterStatus = client.query(&Query::Status).await.ok()?;
+            check(&status).then_some(status)
+        }
+    })
+    .await
+}
+
+/// One monitor, `osds` OSDs (each on its own host, with `osd_flags`) and a
+/// replicated pool `data` of 16 PGs.
+pub async fn cluster_with_pool(osds: u32, osd_flags: &[&str]) -> MonCluster {
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
+    cluster.osd_flags = osd_flags.iter().map(|flag| flag.to_string()).collect();
+    start_with_pool(cluster, osds).await
+}
+
+/// Bootstraps `cluster`'s monitor `a`, starts `osds` OSDs and creates the
+/// replicated pool `data` of 16 PGs.
+pub async fn start_with_pool(mut cluster: MonCluster, osds: u32) -> MonCluster {
+    cluster.bootstrap(&["a"]);
+    cluster.ready().await;
+    for index in 0..osds {
+        cluster.start_osd(index);
+    }
+    let client = cluster.client();
+    osds_up(&client, osds as usize).await;
+    client
+        .run(&replicated_pool("data", 16))
+        .await
+        .expect("pool");
+    cluster
+}
+
+/// The PG of object `name` in `pool` and its up set (primary first).
+pub fn placement(
+    map: &lcpfs_core::map::ClusterMap,
+    pool: &str,
+    name: &[u8],
+) -> (lcpfs_core::pg::PgId, Vec<u32>) {
+    let pool = map.pool_by_name(pool).expect("pool exists");
+    let pg = lcpfs_core::pg::object_to_pg(pool, name);
+    let up = lcpfs_core::crush::pg_mapping(map, pg)
+        .expect("placement")
+        .up
+        .into_iter()
+        .flatten()
+        .collect();
+    (pg, up)
+}
+
 /// One monitor process of a test cluster.
 pub struct Mon {
     /// Name.
@@ -98,6 +192,8 @@ pub fn replicated_pool(name: &str, pg_num: u32) -> lcpfs_core::monitor::Command 
 pub struct Osd {
     /// Address, `127.0.0.1:port`.
     pub addr: String,
+    /// Address of its `/metrics`, `/health` and `/ready`.
+    pub metrics: String,
     /// Data directory (its engine store).
     pub data: PathBuf,
     child: Option<Child>,
@@ -111,6 +207,8 @@ pub struct MonCluster {
     pub osds: BTreeMap<u32, Osd>,
     /// Extra flags for every OSD.
     pub osd_flags: Vec<String>,
+    /// Size of each OSD's file disk (sparse), made on its first start.
+    pub osd_disk_size: String,
     /// Extra flags for every monitor (timers).
     pub flags: Vec<String>,
     dir: tempfile::TempDir,
@@ -124,6 +222,7 @@ impl MonCluster {
             mons: BTreeMap::new(),
             osds: BTreeMap::new(),
             osd_flags: Vec::new(),
+            osd_disk_size: "256M".to_owned(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
             dir,
         };
@@ -193,6 +292,7 @@ impl MonCluster {
         let data = self.dir.path().join(format!("osd.{index}"));
         let osd = self.osds.entry(index).or_insert_with(|| Osd {
             addr: format!("127.0.0.1:{}", free_port()),
+            metrics: format!("127.0.0.1:{}", free_port()),
             data,
             child: None,
         });
@@ -215,8 +315,15 @@ impl MonCluster {
                 &osd.addr,
                 "--host",
                 &host,
+                "--metrics-addr",
+                &osd.metrics,
             ])
-            .args(["--disk-size", "256M", "--heartbeat-interval", "0.5"])
+            .args([
+                "--disk-size",
+                &self.osd_disk_size,
+                "--heartbeat-interval",
+                "0.5",
+            ])
             .args(&self.osd_flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -297,6 +404,17 @@ impl MonCluster {
             async move { client.map(true).await.ok() }
         })
         .await
+    }
+
+    /// The harness index of the OSD the map knows as `osd.id` (matched by address).
+    pub fn osd_index(&self, map: &lcpfs_core::map::ClusterMap, id: u32) -> u32 {
+        let addr = &map.osds[&id].addr;
+        *self
+            .osds
+            .iter()
+            .find(|(_, osd)| osd.addr == *addr)
+            .unwrap_or_else(|| panic!("osd.{id} ({addr}) is not one of this cluster's OSDs"))
+            .0
     }
 
     /// The stderr of a monitor, for failure messages.

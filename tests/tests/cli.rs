@@ -1,10 +1,8 @@
 //! The `lcpfs` command against a running monitor: what an operator types and reads.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Output};
 
-use lcpfs_tests::{MonCluster, binary, free_port};
+use lcpfs_tests::{MonCluster, binary, free_port, http_get};
 
 struct Cli {
     mon: String,
@@ -37,14 +35,6 @@ impl Cli {
         assert!(!out.status.success(), "lcpfs {args:?} should fail");
         String::from_utf8(out.stderr).unwrap()
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

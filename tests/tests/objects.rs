@@ -1,137 +1,52 @@
-//! Objects in a replicated pool over real OSD processes: every acknowledged write
-//! reads back byte-exact through an OSD killed mid-stream, and once it returns and
-//! its PGs peer, every object has all its copies on the OSDs' disks; a PG without
-//! min_size OSDs refuses writes clearly.
+//! Objects in a replicated pool over real OSD processes: of 1,000 objects of mixed
+//! sizes, every acknowledged write reads back byte-exact through an OSD killed
+//! mid-stream; once it is marked out, and again once it returns, every object has
+//! all its copies on the OSDs' disks; a PG without
+//! min_size OSDs refuses writes clearly; appends through a killed primary are
+//! neither lost nor doubled; omap and xattrs travel with the data.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lcpfs_client::mon_client::MonClient;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::engine::{OpenOptions, Store};
-use lcpfs_core::monitor::{ClusterStatus, Query};
+use lcpfs_core::map::Pool;
 use lcpfs_core::pg::object_to_pg;
-use lcpfs_tests::{MonCluster, replicated_pool, wait_for};
+use lcpfs_tests::{
+    MonCluster, cluster_with_pool, contents, http_get, osds_up, placement, start_with_pool,
+    status_until, wait_for,
+};
 
-/// Deterministic contents for object `name` of `size` bytes.
-fn contents(name: &str, size: usize) -> Vec<u8> {
-    let mut data = vec![0u8; size];
-    blake3::Hasher::new()
-        .update(name.as_bytes())
-        .finalize_xof()
-        .fill(&mut data);
-    data
+/// Size of object number `n`: mostly small, every 40th 1 MiB, every 125th 8 MiB.
+fn mixed_size(n: usize) -> usize {
+    if n % 125 == 7 {
+        8 << 20
+    } else if n % 40 == 3 {
+        1 << 20
+    } else {
+        [0, 1, 100, 4095, 4096, 20_000, 65_537][n % 7]
+    }
 }
 
-async fn osds_up(client: &MonClient, count: usize) {
-    wait_for(&format!("{count} OSDs up"), Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let map = client.map(true).await.ok()?;
-            (map.osds.values().filter(|osd| osd.up).count() == count).then_some(())
-        }
-    })
-    .await;
-}
-
-/// Waits until the monitors' status satisfies `check` (PG states arrive from the
-/// primaries every couple of seconds).
-async fn status_until(
+/// Counts, through the engine of each (stopped) OSD, the intact copies of every
+/// object and asserts there are `copies` of each.
+fn assert_copies_on_disk(
     cluster: &MonCluster,
-    what: &str,
-    check: impl Fn(&ClusterStatus) -> bool,
-) -> ClusterStatus {
-    let client = cluster.client();
-    let check = &check;
-    wait_for(what, Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let status: ClusterStatus = client.query(&Query::Status).await.ok()?;
-            check(&status).then_some(status)
-        }
-    })
-    .await
-}
-
-async fn cluster_with_pool(osds: u32, osd_flags: &[&str]) -> MonCluster {
-    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
-    cluster.osd_flags = osd_flags.iter().map(|flag| flag.to_string()).collect();
-    cluster.bootstrap(&["a"]);
-    cluster.ready().await;
-    for index in 0..osds {
-        cluster.start_osd(index);
-    }
-    let client = cluster.client();
-    osds_up(&client, osds as usize).await;
-    client
-        .run(&replicated_pool("data", 16))
-        .await
-        .expect("pool");
-    cluster
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_an_osd_killed_mid_stream() {
-    let mut cluster = cluster_with_pool(4, &[]).await;
-    let objects = ObjectClient::connect(cluster.client()).await.unwrap();
-    let sizes = [0, 1, 4095, 4096, 65_537, 300_000, 1 << 20];
-    let mut written = BTreeMap::new();
-    for n in 0..90 {
-        if n == 30 {
-            cluster.kill_osd(1);
-        }
-        let name = format!("object-{n:03}");
-        let data = contents(&name, sizes[n % sizes.len()]);
-        objects
-            .put("data", name.as_bytes(), data.clone())
-            .await
-            .unwrap_or_else(|error| panic!("put {name}: {error:#}"));
-        written.insert(name, (n, data));
-    }
-    for (name, (_, data)) in &written {
-        let read = objects.get("data", name.as_bytes()).await.unwrap();
-        assert!(read == *data, "{name} reads back byte-exact");
-    }
-
-    // The killed OSD comes back: its PGs peer, it receives what it missed, and where
-    // it is primary again it first takes the newer history from its peers.
-    cluster.start_osd(1);
-    osds_up(&cluster.client(), 4).await;
-    for (name, (_, data)) in &written {
-        let read = objects.get("data", name.as_bytes()).await.unwrap();
-        assert!(
-            read == *data,
-            "{name} reads back byte-exact after the OSD returned"
-        );
-    }
-    let status = status_until(&cluster, "all PGs active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
-    })
-    .await;
-    assert!(!status.checks.contains_key("PG_DEGRADED"), "{status:?}");
-    let listed: Vec<String> = objects
-        .list("data")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|entry| entry.name)
+    indexes: &[u32],
+    pool: &Pool,
+    written: &BTreeMap<String, Vec<u8>>,
+    copies: usize,
+) {
+    let stores: Vec<Store> = indexes
+        .iter()
+        .map(|index| Store::open(&cluster.osds[index].data, &OpenOptions::default()).unwrap())
         .collect();
-    assert_eq!(listed, written.keys().cloned().collect::<Vec<_>>());
-
-    // The copies on disk, through the engine of each (stopped) OSD.
-    let map = objects.map();
-    let pool = map.pool_by_name("data").unwrap().clone();
-    drop(objects);
-    for index in 0..4 {
-        cluster.kill_osd(index);
-    }
-    let stores: Vec<Store> = (0..4)
-        .map(|index| Store::open(&cluster.osds[&index].data, &OpenOptions::default()).unwrap())
-        .collect();
-    for (name, (n, data)) in &written {
-        let pg = object_to_pg(&pool, name.as_bytes());
+    for (name, data) in written {
+        let pg = object_to_pg(pool, name.as_bytes());
         let key = [b"o/".as_slice(), name.as_bytes()].concat();
-        let copies = stores
+        let found = stores
             .iter()
             .filter(|store| {
                 store
@@ -141,10 +56,112 @@ async fn acknowledged_writes_survive_an_osd_killed_mid_stream() {
             })
             .count();
         assert_eq!(
-            copies, 3,
-            "{name} (PG {pg}, written as number {n}) has {copies} intact copies on disk"
+            found, copies,
+            "{name} (PG {pg}) has {found} intact copies on disk"
         );
     }
+}
+
+async fn all_clean(cluster: &MonCluster) {
+    let status = status_until(cluster, "all PGs active+clean", |status| {
+        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
+    })
+    .await;
+    assert!(!status.checks.contains_key("PG_DEGRADED"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_an_osd_killed_mid_stream_and_marked_out() {
+    let mut cluster = MonCluster::new(
+        &["a"],
+        &["--osd-heartbeat-grace", "2", "--osd-down-out-interval", "3"],
+    );
+    cluster.osd_disk_size = "1G".to_owned();
+    let mut cluster = start_with_pool(cluster, 4).await;
+    let objects = ObjectClient::connect(cluster.client()).await.unwrap();
+    let mut written = BTreeMap::new();
+    for n in 0..1000 {
+        if n == 300 {
+            cluster.kill_osd(1);
+        }
+        let name = format!("object-{n:04}");
+        let data = contents(&name, mixed_size(n));
+        objects
+            .put("data", name.as_bytes(), data.clone())
+            .await
+            .unwrap_or_else(|error| panic!("put {name}: {error:#}"));
+        written.insert(name, data);
+    }
+    for (name, data) in &written {
+        let read = objects.get("data", name.as_bytes()).await.unwrap();
+        assert!(read == *data, "{name} reads back byte-exact");
+    }
+
+    // The monitors mark the dead OSD out: its PGs map to the other three, which
+    // recover every object to three copies.
+    wait_for("osd marked out", Duration::from_secs(30), || {
+        let client = cluster.client();
+        async move {
+            let map = client.map(true).await.ok()?;
+            map.osds
+                .values()
+                .any(|osd| !osd.up && !osd.in_)
+                .then_some(())
+        }
+    })
+    .await;
+    all_clean(&cluster).await;
+    let pool = objects.map().pool_by_name("data").unwrap().clone();
+    for index in [0, 2, 3] {
+        cluster.kill_osd(index);
+    }
+    assert_copies_on_disk(&cluster, &[0, 2, 3], &pool, &written, 3);
+    for index in [0, 2, 3] {
+        cluster.start_osd(index);
+    }
+    osds_up(&cluster.client(), 3).await;
+
+    // The killed OSD comes back (and in): where it is primary again it first takes
+    // the newer history from its peers, and it receives what it missed.
+    cluster.start_osd(1);
+    osds_up(&cluster.client(), 4).await;
+    for (name, data) in &written {
+        let read = objects.get("data", name.as_bytes()).await.unwrap();
+        assert!(
+            read == *data,
+            "{name} reads back byte-exact after the OSD returned"
+        );
+    }
+    all_clean(&cluster).await;
+    let listed: Vec<String> = objects
+        .list("data")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name)
+        .collect();
+    assert_eq!(listed, written.keys().cloned().collect::<Vec<_>>());
+    // The OSD that held copies while the returned one was out removes them.
+    wait_for("stray PG copies removed", Duration::from_secs(60), || {
+        let held: u64 = cluster
+            .osds
+            .values()
+            .filter_map(|osd| {
+                http_get(&osd.metrics, "/metrics").lines().find_map(|line| {
+                    line.strip_prefix("lcpfs_osd_pg_copies ")?
+                        .parse::<u64>()
+                        .ok()
+                })
+            })
+            .sum();
+        async move { (held == 16 * 3).then_some(()) }
+    })
+    .await;
+    drop(objects);
+    for index in 0..4 {
+        cluster.kill_osd(index);
+    }
+    assert_copies_on_disk(&cluster, &[0, 1, 2, 3], &pool, &written, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,4 +265,285 @@ async fn bad_requests_get_errors_and_the_osds_keep_serving() {
         b"still serving!"
     );
     assert_eq!(objects.stat("data", b"fine").await.unwrap().size, 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_through_a_killed_primary_are_neither_lost_nor_doubled() {
+    let mut cluster = cluster_with_pool(4, &[]).await;
+    let objects = Arc::new(
+        ObjectClient::connect(cluster.client())
+            .await
+            .unwrap()
+            .with_timeout(Duration::from_secs(60)),
+    );
+    let map = objects.map();
+    let (pg, up) = placement(&map, "data", b"journal");
+    let primary = cluster.osd_index(&map, up[0]);
+    let line = |n: usize| format!("{n:04}\n").into_bytes();
+    let appended = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (objects, appended) = (objects.clone(), appended.clone());
+        tokio::spawn(async move {
+            for n in 0..150 {
+                objects.append("data", b"journal", line(n)).await?;
+                appended.store(n + 1, Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        })
+    };
+    wait_for("40 appends", Duration::from_secs(30), || {
+        let appended = appended.clone();
+        let stopped = writer.is_finished();
+        async move { (stopped || appended.load(Ordering::SeqCst) >= 40).then_some(()) }
+    })
+    .await;
+    assert!(
+        !writer.is_finished(),
+        "the writer stopped early: {:?}",
+        writer.await
+    );
+    // Killed while appends are in flight: the client retries the one it was
+    // sending, with the same request id, at the next primary.
+    cluster.kill_osd(primary);
+    writer.await.unwrap().expect("every append is acknowledged");
+    let expected: Vec<u8> = (0..150).flat_map(line).collect();
+    assert!(
+        objects.get("data", b"journal").await.unwrap() == expected,
+        "each append is there exactly once, in order"
+    );
+
+    // The old primary returns with whatever it had applied alone; its history
+    // is reconciled with the newer one, and every copy agrees.
+    cluster.start_osd(primary);
+    osds_up(&cluster.client(), 4).await;
+    status_until(&cluster, "all PGs active+clean", |status| {
+        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
+    })
+    .await;
+    assert!(objects.get("data", b"journal").await.unwrap() == expected);
+    let report = objects.scrub(pg, true, false).await.unwrap();
+    assert!(
+        report.inconsistencies.is_empty(),
+        "{:?}",
+        report.inconsistencies
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omap_and_xattrs_are_replicated_with_the_data() {
+    let mut cluster = cluster_with_pool(3, &[]).await;
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let pairs = |list: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+        list.iter()
+            .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
+            .collect()
+    };
+    objects
+        .omap_set(
+            "data",
+            b"dir",
+            pairs(&[("a/1", "x"), ("a/2", "y"), ("b/1", "z"), ("a", "p")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        objects
+            .omap_range("data", b"dir", b"", b"a", 0)
+            .await
+            .unwrap(),
+        pairs(&[("a", "p"), ("a/1", "x"), ("a/2", "y")])
+    );
+    assert_eq!(
+        objects
+            .omap_range("data", b"dir", b"a/1", b"a", 0)
+            .await
+            .unwrap(),
+        pairs(&[("a/2", "y")])
+    );
+    assert_eq!(
+        objects
+            .omap_range("data", b"dir", b"", b"", 2)
+            .await
+            .unwrap(),
+        pairs(&[("a", "p"), ("a/1", "x")])
+    );
+    assert_eq!(
+        objects
+            .omap_get("data", b"dir", vec![b"a/2".to_vec(), b"nope".to_vec()])
+            .await
+            .unwrap(),
+        pairs(&[("a/2", "y")])
+    );
+    objects
+        .omap_rm("data", b"dir", vec![b"a/1".to_vec()])
+        .await
+        .unwrap();
+    objects
+        .set_xattr("data", b"dir", "owner", b"alice".to_vec())
+        .await
+        .unwrap();
+
+    // The primary dies: the next one serves the same omap and xattrs.
+    let map = objects.map();
+    let (_, up) = placement(&map, "data", b"dir");
+    cluster.kill_osd(cluster.osd_index(&map, up[0]));
+    osds_up(&cluster.client(), 2).await;
+    assert_eq!(
+        objects
+            .omap_range("data", b"dir", b"", b"", 0)
+            .await
+            .unwrap(),
+        pairs(&[("a", "p"), ("a/2", "y"), ("b/1", "z")])
+    );
+    assert_eq!(
+        objects.get_xattr("data", b"dir", "owner").await.unwrap(),
+        b"alice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_out_of_date_peer_requests_get_errors() {
+    use lcpfs_proto::osd_client::OsdClient;
+    use lcpfs_proto::{
+        EchoMessage, ObjectOp, OpRequest, PgRef, PushRequest, ReplicateRequest, object_op,
+    };
+    use tokio::io::AsyncWriteExt;
+
+    let cluster = cluster_with_pool(3, &[]).await;
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
+    objects
+        .put("data", b"keep", b"kept".to_vec())
+        .await
+        .unwrap();
+    let map = objects.map();
+    let pool = map.pool_by_name("data").unwrap().id;
+    let (pg, up) = placement(&map, "data", b"keep");
+    let addr = |id: u32| format!("http://{}", map.osds[&id].addr);
+    let mut primary = OsdClient::connect(addr(up[0])).await.unwrap();
+    let mut replica = OsdClient::connect(addr(up[1])).await.unwrap();
+    fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
+        match result {
+            Ok(_) => panic!("a bad request was accepted"),
+            Err(status) => status.code(),
+        }
+    }
+
+    // Not a protobuf of the expected type: the bytes of an Echo sent as an Op.
+    let mut grpc = tonic::client::Grpc::new(
+        tonic::transport::Endpoint::from_shared(addr(up[0]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    grpc.ready().await.unwrap();
+    let garbage = EchoMessage {
+        payload: vec![0xff; 64],
+    };
+    let status = grpc
+        .unary::<_, EchoMessage, _>(
+            tonic::Request::new(garbage),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/lcpfs.v1.Osd/Op"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok);
+    // Not even HTTP/2.
+    let mut raw = tokio::net::TcpStream::connect(&map.osds[&up[0]].addr)
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\x01garbage")
+        .await
+        .ok();
+    drop(raw);
+
+    let op = |ops: Vec<object_op::Op>, epoch: u64| OpRequest {
+        epoch,
+        pool,
+        name: b"keep".to_vec(),
+        client: "tester".into(),
+        tid: 1,
+        ops: ops
+            .into_iter()
+            .map(|op| ObjectOp { op: Some(op) })
+            .collect(),
+    };
+    // An operation without a kind; an offset at the end of the address space.
+    let request = OpRequest {
+        ops: vec![ObjectOp { op: None }],
+        ..op(Vec::new(), map.epoch)
+    };
+    assert_eq!(
+        code(primary.op(request).await),
+        tonic::Code::InvalidArgument
+    );
+    let huge = object_op::Op::Write(lcpfs_proto::WriteAt {
+        offset: u64::MAX - 1,
+        data: b"xx".to_vec(),
+    });
+    assert_eq!(
+        code(primary.op(op(vec![huge], map.epoch)).await),
+        tonic::Code::InvalidArgument
+    );
+    // The wrong OSD, at an old epoch: told to refresh, with its epoch.
+    let status = replica
+        .op(op(vec![object_op::Op::Stat(true)], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.metadata().get("lcpfs-epoch").is_some());
+    // Peer requests naming PGs that do not exist, and a write far ahead of the log.
+    let missing_pg = PgRef {
+        epoch: map.epoch,
+        pool,
+        pg_seed: 9999,
+        interval: 0,
+    };
+    assert_eq!(
+        code(replica.pg_info(missing_pg).await),
+        tonic::Code::InvalidArgument
+    );
+    let push = PushRequest {
+        pg: Some(PgRef {
+            pool: 4242,
+            ..missing_pg
+        }),
+        ..PushRequest::default()
+    };
+    assert_eq!(
+        code(replica.push_objects(push).await),
+        tonic::Code::NotFound
+    );
+    let ahead = ReplicateRequest {
+        epoch: map.epoch,
+        pool,
+        pg_seed: pg.seed,
+        version: 1 << 40,
+        name: b"keep".to_vec(),
+        client: "tester".into(),
+        tid: 7,
+        ops: vec![ObjectOp {
+            op: Some(object_op::Op::WriteFull(b"forged".to_vec())),
+        }],
+        version_epoch: u64::MAX,
+    };
+    assert_eq!(
+        code(replica.replicate(ahead).await),
+        tonic::Code::OutOfRange
+    );
+
+    // Everyone still serves, and nothing changed.
+    assert_eq!(objects.get("data", b"keep").await.unwrap(), b"kept");
+    let status = status_until(&cluster, "all PGs active+clean", |status| {
+        status.pg_states.get("active+clean") == Some(&16)
+    })
+    .await;
+    assert_eq!(status.osds_up, 3, "{status:?}");
 }

@@ -1,0 +1,201 @@
+//! Scrub and repair over real OSD processes: bytes rotted on one OSD's disk (while
+//! it is stopped) are found by a deep scrub, reported as PG_DAMAGED, rewritten by
+//! `lcpfs pg repair`, and a second deep scrub is clean; a primary whose copy is
+//! unreadable serves a read from a replica's copy and heals its own.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lcpfs_client::objects::ObjectClient;
+use lcpfs_core::map::ClusterMap;
+use lcpfs_tests::{
+    MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, status_until,
+};
+
+/// Overwrites, in the files under `dir`, the first place where `data` is stored
+/// with garbage (4 KiB from its middle). Returns false if `data` is not found.
+fn rot(dir: &Path, data: &[u8]) -> bool {
+    let needle = &data[data.len() / 2..data.len() / 2 + 4096];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let length = file.metadata().unwrap().len();
+        let mut chunk = vec![0u8; 8 << 20];
+        let mut offset = 0u64;
+        while offset < length {
+            let read = file.read_at(&mut chunk, offset).unwrap();
+            if read == 0 {
+                break;
+            }
+            if let Some(at) = chunk[..read]
+                .windows(needle.len())
+                .position(|window| window == needle)
+            {
+                file.write_all_at(&[0x5a; 4096], offset + at as u64)
+                    .unwrap();
+                file.sync_all().unwrap();
+                return true;
+            }
+            // Overlap chunks so a match across a boundary is not missed.
+            offset += (read - needle.len().min(read)) as u64 + 1;
+        }
+    }
+    false
+}
+
+/// Stops OSD `id`, rots `data` on its disks, and starts it again.
+async fn rot_on(cluster: &mut MonCluster, map: &ClusterMap, id: u32, data: &[u8]) {
+    let index = cluster.osd_index(map, id);
+    cluster.kill_osd(index);
+    let dir = cluster.osds[&index].data.clone();
+    assert!(
+        rot(&dir, data),
+        "the object's bytes are on osd.{id}'s disks"
+    );
+    cluster.start_osd(index);
+    osds_up(&cluster.client(), cluster.osds.len()).await;
+}
+
+fn lcpfs(cluster: &MonCluster, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(binary("lcpfs"))
+        .args([
+            "--mon",
+            &cluster.addrs().join(","),
+            "--json",
+            "--timeout",
+            "60",
+        ])
+        .args(args)
+        .output()
+        .expect("run lcpfs");
+    assert!(
+        out.status.success(),
+        "lcpfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_scrub_finds_a_rotted_copy_and_repair_fixes_it() {
+    let mut cluster = cluster_with_pool(3, &[]).await;
+    let objects = ObjectClient::connect(cluster.client()).await.unwrap();
+    let victim = contents("victim", 256 << 10);
+    objects
+        .put("data", b"victim", victim.clone())
+        .await
+        .unwrap();
+    for n in 0..10 {
+        let name = format!("bystander-{n}");
+        objects
+            .put("data", name.as_bytes(), contents(&name, 5000))
+            .await
+            .unwrap();
+    }
+    let map = objects.map();
+    let (pg, up) = placement(&map, "data", b"victim");
+    let replica = up[1];
+    rot_on(&mut cluster, &map, replica, &victim).await;
+
+    // A shallow scrub compares sizes and xattrs only: the rot is not seen.
+    let report = lcpfs(&cluster, &["pg", "scrub", &pg.to_string()]);
+    assert_eq!(report[0]["inconsistent"], serde_json::json!([]), "{report}");
+
+    let report = lcpfs(&cluster, &["pg", "deep-scrub", &pg.to_string()]);
+    let bad = report[0]["inconsistent"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{report}");
+    assert_eq!(bad[0]["object"], "victim");
+    assert_eq!(bad[0]["osd"], replica);
+    assert!(
+        bad[0]["reason"].as_str().unwrap().contains("read error"),
+        "{report}"
+    );
+    assert_eq!(bad[0]["repaired"], false);
+    let status = status_until(&cluster, "PG_DAMAGED reported", |status| {
+        status.checks.contains_key("PG_DAMAGED")
+    })
+    .await;
+    assert_eq!(status.pg_states.get("active+clean+inconsistent"), Some(&1));
+
+    let report = lcpfs(&cluster, &["pg", "repair", &pg.to_string()]);
+    let bad = report[0]["inconsistent"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{report}");
+    assert_eq!(bad[0]["repaired"], true, "{report}");
+
+    let report = lcpfs(&cluster, &["pg", "deep-scrub", &pg.to_string()]);
+    assert_eq!(report[0]["inconsistent"], serde_json::json!([]), "{report}");
+    assert!(report[0]["objects"].as_u64().unwrap() >= 1);
+    status_until(&cluster, "PG_DAMAGED cleared", |status| {
+        !status.checks.contains_key("PG_DAMAGED")
+            && status.pg_states.get("active+clean") == Some(&16)
+    })
+    .await;
+    assert_eq!(objects.get("data", b"victim").await.unwrap(), victim);
+
+    // The rotted OSD's metrics show the checksum error its engine met, and the
+    // primary's show the writes it served.
+    let index = cluster.osd_index(&map, replica);
+    let metrics = http_get(&cluster.osds[&index].metrics, "/metrics");
+    let checksum_errors: u64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("lcpfs_osd_disk_errors") && line.contains("kind=\"checksum\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(checksum_errors >= 1, "{metrics}");
+    let primary = cluster.osd_index(&map, up[0]);
+    let metrics = http_get(&cluster.osds[&primary].metrics, "/metrics");
+    assert!(
+        metrics.contains("lcpfs_osd_ops_total{kind=\"write_full\"}"),
+        "{metrics}"
+    );
+    assert!(http_get(&cluster.osds[&primary].metrics, "/ready").contains("200 OK"));
+
+    // `lcpfs osd scrub` covers every PG the OSD leads; all are clean now.
+    let reports = lcpfs(&cluster, &["osd", "scrub", &replica.to_string(), "--deep"]);
+    let reports = reports.as_array().unwrap();
+    assert!(!reports.is_empty());
+    for report in reports {
+        assert_eq!(report["primary"], replica);
+        assert_eq!(report["inconsistent"], serde_json::json!([]), "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_with_an_unreadable_copy_reads_a_replica_and_heals() {
+    let mut cluster = cluster_with_pool(3, &[]).await;
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let data = contents("precious", 300 << 10);
+    objects
+        .put("data", b"precious", data.clone())
+        .await
+        .unwrap();
+    let map = objects.map();
+    let (pg, up) = placement(&map, "data", b"precious");
+    rot_on(&mut cluster, &map, up[0], &data).await;
+
+    assert_eq!(objects.get("data", b"precious").await.unwrap(), data);
+    let report = objects.scrub(pg, true, false).await.unwrap();
+    assert_eq!(report.primary, up[0]);
+    assert!(
+        report.inconsistencies.is_empty(),
+        "{:?}",
+        report.inconsistencies
+    );
+}
