@@ -306,7 +306,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small requests and replies go out at once (no Nagle delay).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             lcpfs_core::shutdown::requested(),
         )
         .await
