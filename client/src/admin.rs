@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use lcpfs_core::map::{ClusterMap, CrushItem, PoolKind, PoolSpec, WEIGHT_ONE};
 use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, Query};
@@ -628,112 +628,6 @@ pub async fn map(client: &MonClient, command: MapCommand) -> anyhow::Result<Stri
                 println!("{} {}", map.epoch, digest.to_hex());
                 seen += 1;
             }
-            Ok(String::new())
-        }
-    }
-}
-
-/// `lcpfs put|get|ls|stat|rm`: objects in a pool.
-#[derive(Subcommand, Debug)]
-pub enum ObjectCommand {
-    /// Store FILE (or standard input with `-`) as object NAME.
-    Put {
-        /// Pool.
-        pool: String,
-        /// Object name.
-        name: String,
-        /// File to read, `-` for standard input.
-        file: String,
-    },
-    /// Write object NAME to FILE (or standard output with `-`).
-    Get {
-        /// Pool.
-        pool: String,
-        /// Object name.
-        name: String,
-        /// File to write, `-` for standard output.
-        file: String,
-    },
-    /// List a pool's objects.
-    Ls {
-        /// Pool.
-        pool: String,
-    },
-    /// Size and modification time of an object.
-    Stat {
-        /// Pool.
-        pool: String,
-        /// Object name.
-        name: String,
-    },
-    /// Remove an object.
-    Rm {
-        /// Pool.
-        pool: String,
-        /// Object name.
-        name: String,
-    },
-}
-
-/// Runs an object command.
-pub async fn object(
-    client: MonClient,
-    command: ObjectCommand,
-    json_output: bool,
-) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let objects = ObjectClient::connect(client).await?;
-    match command {
-        ObjectCommand::Put { pool, name, file } => {
-            let data = if file == "-" {
-                let mut data = Vec::new();
-                std::io::stdin().read_to_end(&mut data)?;
-                data
-            } else {
-                std::fs::read(&file).with_context(|| format!("cannot read {file}"))?
-            };
-            let size = data.len();
-            objects.put(&pool, name.as_bytes(), data).await?;
-            Ok(if json_output {
-                json!({ "pool": pool, "name": name, "size": size }).to_string()
-            } else {
-                String::new()
-            })
-        }
-        ObjectCommand::Get { pool, name, file } => {
-            let data = objects.get(&pool, name.as_bytes()).await?;
-            if file == "-" {
-                std::io::stdout().write_all(&data)?;
-            } else {
-                std::fs::write(&file, &data).with_context(|| format!("cannot write {file}"))?;
-            }
-            Ok(String::new())
-        }
-        ObjectCommand::Ls { pool } => {
-            let entries = objects.list(&pool).await?;
-            if json_output {
-                return Ok(serde_json::to_string_pretty(&entries)?);
-            }
-            Ok(entries
-                .iter()
-                .map(|entry| entry.name.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"))
-        }
-        ObjectCommand::Stat { pool, name } => {
-            let stat = objects.stat(&pool, name.as_bytes()).await?;
-            Ok(if json_output {
-                json!({ "pool": pool, "name": name, "size": stat.size, "mtime_ns": stat.mtime_ns })
-                    .to_string()
-            } else {
-                format!(
-                    "{pool}/{name} size {} mtime_ns {}",
-                    stat.size, stat.mtime_ns
-                )
-            })
-        }
-        ObjectCommand::Rm { pool, name } => {
-            objects.remove(&pool, name.as_bytes()).await?;
             Ok(String::new())
         }
     }

@@ -3,9 +3,11 @@
 //!
 //! - [`mon_client`]: reach the monitors, send commands, follow the cluster map;
 //! - [`objects`]: objects in pools, straight to each PG's primary OSD;
+//! - [`striper`]: data larger than one object, in pieces, like libradosstriper;
 //! - [`admin`]: `lcpfs status`, `osd`, `pool`, `pg`, `auth`, `mon`, `map`;
 //! - [`bench`]: `lcpfs bench`, like `rados bench`, with same-run baselines;
 //! - [`dev`]: `lcpfs dev`, a local cluster with one command;
+//! - [`object_cmd`]: `lcpfs put|get|ls|stat|rm`, whole or striped;
 //! - [`crush_tool`]: `lcpfs crush test`, like `crushtool --test --show-utilization`.
 
 pub mod admin;
@@ -13,4 +15,6 @@ pub mod bench;
 pub mod crush_tool;
 pub mod dev;
 pub mod mon_client;
+pub mod object_cmd;
 pub mod objects;
+pub mod striper;

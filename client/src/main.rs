@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lcpfs_client::admin::{
-    self, AuthCommand, MapCommand, MonCommand, ObjectCommand, OsdCommand, PgCommand, PoolCommand,
+    self, AuthCommand, MapCommand, MonCommand, OsdCommand, PgCommand, PoolCommand,
 };
 use lcpfs_client::bench::{self, BenchArgs};
 use lcpfs_client::crush_tool::{self, CrushTestArgs};
 use lcpfs_client::dev::{self, DevArgs};
 use lcpfs_client::mon_client::{MonClient, keyring_path};
+use lcpfs_client::object_cmd::{self, ObjectCommand};
 
 #[derive(Parser)]
 #[command(name = "lcpfs", version, about = "LCPFS command line")]
@@ -110,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Mon(command) => admin::mon(&connect(&global)?, command, json).await,
         Command::Map(command) => admin::map(&connect(&global)?, command).await,
         Command::Crush(CrushCommand::Test(args)) => crush_tool::run(&args, json),
-        Command::Object(command) => admin::object(connect(&global)?, command, json).await,
+        Command::Object(command) => object_cmd::run(connect(&global)?, command, json).await,
         Command::Bench(args) => bench::run(connect(&global)?, args, json).await,
     }
 }

@@ -432,7 +432,7 @@ impl OsdService {
         let limit = self.config.max_object_size;
         let too_big = |size: u64| {
             Status::invalid_argument(format!(
-                "the object would be {size} bytes, above the {limit}-byte object size limit; split it (the client's striper does)"
+                "the object would be {size} bytes, above the {limit}-byte object size limit; store it in pieces (lcpfs put --striper)"
             ))
         };
         let mut current = None;

@@ -15,7 +15,7 @@ use lcpfs_core::engine::{OpenOptions, Store};
 use lcpfs_core::map::Pool;
 use lcpfs_core::pg::object_to_pg;
 use lcpfs_tests::{
-    MonCluster, cluster_with_pool, contents, http_get, osds_up, placement, start_with_pool,
+    MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, start_with_pool,
     status_until, wait_for,
 };
 
@@ -265,6 +265,64 @@ async fn bad_requests_get_errors_and_the_osds_keep_serving() {
         b"still serving!"
     );
     assert_eq!(objects.stat("data", b"fine").await.unwrap().size, 14);
+
+    // Data above the object size limit goes in pieces, through the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let big = contents("big", (5 << 20) + 12_345);
+    std::fs::write(dir.path().join("big"), &big).unwrap();
+    let lcpfs = |args: &[&str]| {
+        let out = std::process::Command::new(binary("lcpfs"))
+            .args(["--mon", &cluster.addrs().join(","), "--timeout", "30"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lcpfs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let error = objects.put("data", b"big", big.clone()).await.unwrap_err();
+    assert!(format!("{error:#}").contains("--striper"), "{error:#}");
+    lcpfs(&[
+        "put",
+        "--striper",
+        "--piece-size",
+        "1M",
+        "data",
+        "big",
+        "big",
+    ]);
+    lcpfs(&["get", "--striper", "data", "big", "copy"]);
+    assert!(std::fs::read(dir.path().join("copy")).unwrap() == big);
+    assert!(lcpfs(&["stat", "--striper", "data", "big"]).contains(&format!("size {}", big.len())));
+    let pieces = |listing: String| {
+        listing
+            .lines()
+            .filter(|name| name.starts_with("big."))
+            .count()
+    };
+    assert_eq!(pieces(lcpfs(&["ls", "data"])), 6);
+    // A shorter version leaves no stale pieces behind.
+    std::fs::write(dir.path().join("small"), b"short now").unwrap();
+    lcpfs(&[
+        "put",
+        "--striper",
+        "--piece-size",
+        "1M",
+        "data",
+        "big",
+        "small",
+    ]);
+    assert_eq!(
+        lcpfs(&["get", "--striper", "data", "big", "-"]),
+        "short now"
+    );
+    assert_eq!(pieces(lcpfs(&["ls", "data"])), 1);
+    lcpfs(&["rm", "--striper", "data", "big"]);
+    assert_eq!(pieces(lcpfs(&["ls", "data"])), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
