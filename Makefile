@@ -1,6 +1,11 @@
 # LCPFS: the README's two commands.
 #   make dev    install what the build needs, build, run a local cluster (Ctrl-C stops it)
 #   make test   install what the build needs, build, run every check and test
+# and, for containers (Docker Engine with Compose):
+#   make image         the lcpfs:dev image, FROM scratch, from the release binaries
+#   make cluster-up    3 monitors and 6 OSDs on a private network (deploy/compose)
+#   make cluster-test  a smoke test against that cluster (an OSD stopped and back)
+#   make cluster-down  stop it and remove its volumes
 #
 # CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
 
@@ -13,7 +18,7 @@ DATA ?= $(CURDIR)/lcpfs-data
 # RocksDB itself.
 PACKAGES := libclang-dev g++
 
-.PHONY: dev test deps build fmt lint unit
+.PHONY: dev test deps build fmt lint unit image cluster-up cluster-down cluster-test
 
 deps:
 	@missing=""; \
@@ -47,3 +52,19 @@ unit: deps
 	$(CARGO) test --release --workspace
 
 test: deps fmt lint unit
+
+# Compose v2 (`docker compose`) or v1 (`docker-compose`), whichever is installed.
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
+	-p lcpfs -f deploy/compose/docker-compose.yml
+
+image: build
+	deploy/image/build.sh $(BIN) lcpfs:dev
+
+cluster-up: image
+	$(COMPOSE) up -d
+
+cluster-test: cluster-up
+	deploy/compose/smoke.sh $(BIN)/lcpfs
+
+cluster-down:
+	$(COMPOSE) down --volumes --timeout 20

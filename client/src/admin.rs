@@ -113,6 +113,10 @@ pub struct PoolCreateArgs {
     /// Compression: lz4 or zstd.
     #[arg(long)]
     pub compression: Option<String>,
+    /// Succeed without change when a pool of this name exists (for scripts and
+    /// deployments that run the same setup on every start).
+    #[arg(long)]
+    pub exist_ok: bool,
 }
 
 /// `lcpfs pool ...`
@@ -403,9 +407,18 @@ pub async fn pool(
     json_output: bool,
 ) -> anyhow::Result<String> {
     let command = match command {
-        PoolCommand::Create(args) => Command::PoolCreate {
-            spec: pool_spec(args)?,
-        },
+        PoolCommand::Create(args) => {
+            if args.exist_ok {
+                let map = client.map(true).await?;
+                if map.pool_by_name(&args.name).is_some() {
+                    let message = format!("pool '{}' already exists", args.name);
+                    return Ok(done(json_output, map.epoch, &message, None));
+                }
+            }
+            Command::PoolCreate {
+                spec: pool_spec(args)?,
+            }
+        }
         PoolCommand::Ls => {
             let map = client.map(false).await?;
             return pool_list(&map, json_output);
