@@ -58,19 +58,25 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
+        // Its own process group: Ctrl-C reaches only `lcpfs dev`, which stops the
+        // daemons in order.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))
 }
 
-fn terminate(children: &mut [Child]) {
-    for child in children.iter() {
+/// Stops the daemons, the last started first: the OSDs mark themselves down with
+/// the monitors before the monitors go.
+async fn terminate(children: &mut [Child]) {
+    for child in children.iter_mut().rev() {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) on a child process id we own; no memory is involved.
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
 }
 
@@ -171,7 +177,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
             break;
         }
         if Instant::now() >= deadline {
-            terminate(&mut children);
+            terminate(&mut children).await;
             bail!(
                 "the OSDs did not come up (see the logs under {})",
                 data.display()
@@ -214,9 +220,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
         )),
     };
     drop(monitor_exit);
-    terminate(&mut children);
-    for child in &mut children {
-        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    }
+    terminate(&mut children).await;
     outcome
 }

@@ -1,10 +1,12 @@
 //! The OSD daemon: opens (on first start, creates) its engine store, boots with the
 //! monitors, follows the cluster map, heartbeats, and serves the OSD protocol.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -79,6 +81,11 @@ pub struct DaemonArgs {
     /// the disks and the network to client I/O.
     #[arg(long, default_value_t = 0.0)]
     pub recovery_sleep: f64,
+    /// Seconds a peer OSD (one sharing a PG) may go unanswered before this OSD
+    /// reports it failed to the monitors (which mark it down once OSDs on two hosts
+    /// report it).
+    #[arg(long, default_value_t = 20.0)]
+    pub osd_heartbeat_grace: f64,
     /// Serve Prometheus /metrics, /health and /ready on this address.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -170,15 +177,90 @@ async fn boot(mon: &MonClient, boot: &OsdBoot) -> anyhow::Result<u32> {
     Err(last.expect("at least one attempt")).context("cannot boot with the monitors")
 }
 
+/// Waits for a stop request (Ctrl-C or SIGTERM), then asks the monitors to mark
+/// this OSD down before it stops serving, so clients and peers move to other OSDs at
+/// once instead of waiting out the heartbeat grace.
+async fn mark_down_on_shutdown(mon: MonClient, id: u32, stopping: Arc<AtomicBool>) {
+    lcpfs_core::shutdown::requested().await;
+    stopping.store(true, Ordering::SeqCst);
+    let command = lcpfs_core::monitor::Command::OsdDown { ids: vec![id] };
+    match tokio::time::timeout(Duration::from_secs(5), mon.run(&command)).await {
+        Ok(Ok(_)) => tracing::info!(osd = id, "marked down for shutdown"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not mark this OSD down; the monitors will notice")
+        }
+        Err(_) => tracing::warn!("the monitors did not answer the mark-down; they will notice"),
+    }
+}
+
+/// Pings, every `interval`, the OSDs this one shares PGs with, and reports to the
+/// monitors each one that has not answered for `grace` (again every `grace` while
+/// it stays silent and up in the map). Peers see a network failure between OSDs
+/// that the monitors, reachable from both, cannot.
+async fn heartbeat_peers(
+    service: Arc<OsdService>,
+    mon: MonClient,
+    id: u32,
+    interval: Duration,
+    grace: Duration,
+) {
+    let mut last_answer: HashMap<u32, Instant> = HashMap::new();
+    let mut reported: HashMap<u32, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(interval).await;
+        let peers = service.heartbeat_peers();
+        last_answer.retain(|osd, _| peers.contains(osd));
+        reported.retain(|osd, _| peers.contains(osd));
+        let mut pings = tokio::task::JoinSet::new();
+        for &osd in &peers {
+            let service = service.clone();
+            pings.spawn(async move {
+                let answered =
+                    tokio::time::timeout(interval.max(Duration::from_secs(1)), service.ping(osd))
+                        .await
+                        .is_ok_and(|result| result.is_ok());
+                (osd, answered)
+            });
+        }
+        let now = Instant::now();
+        while let Some(Ok((osd, answered))) = pings.join_next().await {
+            let last = last_answer.entry(osd).or_insert(now);
+            if answered {
+                *last = Instant::now();
+                reported.remove(&osd);
+                continue;
+            }
+            let silent = last.elapsed();
+            let due = reported.get(&osd).is_none_or(|at| at.elapsed() >= grace);
+            if silent >= grace && due {
+                tracing::warn!(
+                    peer = osd,
+                    silent_s = silent.as_secs_f64(),
+                    "peer OSD does not answer; reporting it"
+                );
+                match mon.report_failure(id, osd).await {
+                    Ok(()) => {
+                        reported.insert(osd, Instant::now());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, peer = osd, "failure report not delivered")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Follows the map from the monitors into `sender`; re-boots when the map says this
 /// OSD is down while it runs (it was marked down by mistake, or its heartbeats were
-/// late).
+/// late), unless it is stopping.
 async fn follow_map(
     mon: MonClient,
     sender: watch::Sender<Arc<ClusterMap>>,
     service: Arc<OsdService>,
     id: u32,
     boot_info: OsdBoot,
+    stopping: Arc<AtomicBool>,
 ) {
     let mut last: Option<ClusterMap> = Some((**sender.borrow()).clone());
     loop {
@@ -196,7 +278,7 @@ async fn follow_map(
             last = Some(map.clone());
             service.observe(&map);
             sender.send_replace(Arc::new(map));
-            if down {
+            if down && !stopping.load(Ordering::SeqCst) {
                 tracing::warn!("the map marks osd.{id} down; booting again");
                 if let Err(error) = mon.osd_boot(&boot_info).await {
                     tracing::warn!(%error, "boot failed");
@@ -255,6 +337,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .context("--recovery-sleep must be a number of seconds")?,
         ..OsdConfig::default()
     };
+    let stopping = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = watch::channel(Arc::new(map.clone()));
     let service = Arc::new(OsdService::new(id, Arc::new(store), receiver, config));
     service.observe(&map);
@@ -264,10 +347,20 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         service.clone(),
         id,
         boot_info,
+        stopping.clone(),
     ));
     tokio::spawn(service.clone().peer_on_map_changes());
     tokio::spawn(service.clone().scrub_on_schedule());
     tokio::spawn(service.clone().remove_strays());
+    let grace = Duration::try_from_secs_f64(args.osd_heartbeat_grace)
+        .context("--osd-heartbeat-grace must be a number of seconds")?;
+    tokio::spawn(heartbeat_peers(
+        service.clone(),
+        mon.clone(),
+        id,
+        heartbeat,
+        grace,
+    ));
     if let Some(addr) = args.metrics_addr {
         let service = service.clone();
         tokio::spawn(async move {
@@ -308,7 +401,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(
             // Small requests and replies go out at once (no Nagle delay).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            lcpfs_core::shutdown::requested(),
+            mark_down_on_shutdown(mon, id, stopping),
         )
         .await
         .context("serving stopped")

@@ -237,6 +237,28 @@ impl OsdService {
         self.store.status()
     }
 
+    /// The up OSDs this one shares a PG with in the map it follows.
+    pub fn heartbeat_peers(&self) -> Vec<u32> {
+        let map = self.current();
+        let intervals = self.intervals.lock().expect("intervals");
+        let mut peers: Vec<u32> = intervals
+            .values()
+            .filter(|(up, _)| up.contains(&self.id))
+            .flat_map(|(up, _)| up.iter().copied())
+            .filter(|&osd| osd != self.id && map.osds.get(&osd).is_some_and(|info| info.up))
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+
+    /// Pings OSD `osd` (an empty echo).
+    pub async fn ping(&self, osd: u32) -> Result<(), Status> {
+        let mut client = self.peer_client(&self.current(), osd)?;
+        client.echo(EchoMessage::default()).await?;
+        Ok(())
+    }
+
     /// How many PG copies this OSD's store holds.
     pub fn pg_copies(&self) -> usize {
         pg::held(&self.store).len()

@@ -333,6 +333,21 @@ impl MonCluster {
         osd.child = Some(child);
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to OSD `index`'s process.
+    pub fn signal_osd(&self, index: u32, signal: &str) {
+        let pid = self.osds[&index]
+            .child
+            .as_ref()
+            .expect("the OSD runs")
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Kills OSD `index` with SIGKILL.
     pub fn kill_osd(&mut self, index: u32) {
         if let Some(mut child) = self.osds.get_mut(&index).and_then(|osd| osd.child.take()) {
