@@ -18,7 +18,7 @@ DATA ?= $(CURDIR)/lcpfs-data
 # RocksDB itself.
 PACKAGES := libclang-dev g++
 
-.PHONY: dev test deps build fmt lint unit image cluster-up cluster-down cluster-test
+.PHONY: dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
 
 deps:
 	@missing=""; \
@@ -51,7 +51,19 @@ lint: deps
 unit: deps
 	$(CARGO) test --release --workspace
 
-test: deps fmt lint unit
+# The Kubernetes manifests, validated against the Kubernetes schemas by
+# kubernetes-validate, installed into a virtualenv beside the build cache.
+VENV := $(TARGET_DIR)/k8s-venv
+KUBERNETES_VALIDATE := kubernetes-validate==1.37.0
+
+$(VENV)/bin/kubernetes-validate:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(KUBERNETES_VALIDATE)
+
+k8s: $(VENV)/bin/kubernetes-validate
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python deploy/k8s/validate.py
+
+test: deps fmt lint k8s unit
 
 # Compose v2 (`docker compose`) or v1 (`docker-compose`), whichever is installed.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \

@@ -4,6 +4,7 @@
 //!   checksummed, self-healing, with RAID-Z, compression, dedup, snapshots and clones;
 //! - [`map`]: the cluster map (monitors, OSDs, pools) and its epochs and incrementals;
 //! - [`monitor`]: the requests the monitors accept and their replies;
+//! - [`net`]: advertised addresses (IP or DNS name) and where a daemon listens;
 //! - [`pg`]: objects to placement groups, with a hash fixed forever;
 //! - [`shutdown`]: a daemon's stop request (Ctrl-C or SIGTERM);
 //! - [`size`]: human sizes (`64K`, `4G`) on command lines and in reports;
@@ -13,6 +14,7 @@ pub mod crush;
 pub mod engine;
 pub mod map;
 pub mod monitor;
+pub mod net;
 pub mod pg;
 pub mod shutdown;
 pub mod size;

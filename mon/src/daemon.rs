@@ -33,6 +33,8 @@ pub struct MonOptions {
     pub addr: Option<String>,
     /// For bootstrapping a new cluster: every initial monitor, name → address.
     pub initial_members: BTreeMap<String, String>,
+    /// Where to listen, when not on the address the cluster knows this monitor by.
+    pub bind: Option<SocketAddr>,
     /// Where to serve `/metrics` and `/health`.
     pub metrics_addr: Option<SocketAddr>,
     /// Take a snapshot (and compact the log) after this many entries.
@@ -111,9 +113,7 @@ pub async fn run(options: MonOptions) -> anyhow::Result<()> {
             options.initial_members
         );
     }
-    let listen: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--addr {addr:?} is not an IP:port"))?;
+    let listen = lcpfs_core::net::listen_addr(&addr, options.bind).map_err(anyhow::Error::msg)?;
     let db = open_db(&options.data.join("db"))?;
     let log_store = LogStore::new(db.clone());
     let state_machine = StateMachine::open(db)?;

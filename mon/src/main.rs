@@ -26,12 +26,17 @@ struct Args {
     /// Data directory.
     #[arg(long)]
     data: PathBuf,
-    /// Address to listen on, IP:port (first start only).
+    /// Address the cluster reaches this monitor at, IP:PORT or NAME:PORT (first
+    /// start only).
     #[arg(long)]
     addr: Option<String>,
     /// Bootstrap a new cluster with these monitors: NAME=IP:PORT,...
     #[arg(long, value_delimiter = ',', value_parser = member)]
     initial_members: Vec<(String, String)>,
+    /// Listen here (e.g. 0.0.0.0:6789) instead of on --addr, which may then be a
+    /// DNS name (a Kubernetes pod's stable name).
+    #[arg(long)]
+    bind: Option<SocketAddr>,
     /// Serve Prometheus /metrics and /health on this address.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         addr: args.addr,
         initial_members,
         metrics_addr: args.metrics_addr,
+        bind: args.bind,
         snapshot_every: args.snapshot_every,
         config,
     };

@@ -30,7 +30,8 @@ pub struct DaemonArgs {
     /// Monitor addresses, HOST:PORT[,...] (default: $LCPFS_MON).
     #[arg(long)]
     pub mon: Option<String>,
-    /// Address to serve on, IP:port (first start; recorded in the data directory).
+    /// Address the cluster reaches this OSD at, IP:PORT or NAME:PORT (first start;
+    /// recorded in the data directory).
     #[arg(long)]
     pub addr: Option<String>,
     /// CRUSH host of this OSD (first start; default: the machine's host name).
@@ -86,6 +87,10 @@ pub struct DaemonArgs {
     /// report it).
     #[arg(long, default_value_t = 20.0)]
     pub osd_heartbeat_grace: f64,
+    /// Listen here (e.g. 0.0.0.0:6800) instead of on the address the map knows
+    /// this OSD by, which may then be a DNS name (a Kubernetes pod's stable name).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
     /// Serve Prometheus /metrics, /health and /ready on this address.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -303,10 +308,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let data = data.clone();
         tokio::task::block_in_place(|| open_or_create(&data, &args))?
     };
-    let listen: SocketAddr = identity
-        .addr
-        .parse()
-        .with_context(|| format!("address {:?} is not IP:port", identity.addr))?;
+    let listen =
+        lcpfs_core::net::listen_addr(&identity.addr, args.bind).map_err(anyhow::Error::msg)?;
     let boot_info = OsdBoot {
         uuid: identity.uuid.clone(),
         addr: identity.addr.clone(),
