@@ -249,8 +249,7 @@ async fn osd_scrub(
         bail!("osd.{id} does not exist (epoch {})", map.epoch);
     }
     let mut led = Vec::new();
-    // Erasure-coded pools are not served by the OSDs yet.
-    for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
+    for pool in map.pools.values() {
         for seed in 0..pool.pg_num {
             let pg = PgId::new(pool.id, seed);
             if pg_mapping(&map, pg).is_ok_and(|mapping| mapping.primary == Some(id)) {

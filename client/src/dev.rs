@@ -156,13 +156,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     loop {
         let map = mon.map(true).await?;
         if map.osds.values().filter(|osd| osd.up).count() >= args.osds as usize {
-            if map.pool_by_name("data").is_none() {
-                let spec = PoolSpec {
-                    name: "data".into(),
-                    kind: PoolKind::Replicated {
+            let pools = [
+                (
+                    "data",
+                    PoolKind::Replicated {
                         size: 3,
                         min_size: 2,
                     },
+                ),
+                ("ec", PoolKind::Erasure { k: 2, m: 1 }),
+            ];
+            for (name, kind) in pools {
+                if map.pool_by_name(name).is_some() {
+                    continue;
+                }
+                let spec = PoolSpec {
+                    name: name.into(),
+                    kind,
                     pg_num: 32,
                     failure_domain: BucketType::Osd,
                     device_class: None,
@@ -171,7 +181,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
                 if let CommandOutcome::Refused { reason } =
                     mon.command(&Command::PoolCreate { spec }).await?
                 {
-                    bail!("cannot create pool data: {reason}");
+                    bail!("cannot create pool {name}: {reason}");
                 }
             }
             break;
@@ -195,7 +205,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
         ),
     )?;
     println!(
-        "LCPFS is running: {} monitor(s) on {mon_list}, {} OSDs, pool 'data' (3 copies).\n\
+        "LCPFS is running: {} monitor(s) on {mon_list}, {} OSDs, pools 'data' (3 copies) and 'ec' (erasure coded 2+1).\n\
          In another shell:\n  . {}\n  lcpfs status\n  lcpfs put data hello ./README.md\n  lcpfs get data hello -\n  lcpfs ls data\n\
          Logs are under {}. Press Ctrl-C to stop.",
         args.mons,

@@ -4,6 +4,7 @@
 //! - [`service`]: the OSD protocol — client operations at a PG's primary, replication;
 //! - [`metrics`]: `/metrics`, `/health` and `/ready` for Prometheus and probes;
 //! - [`pg`]: a PG's objects and log in the engine store;
+//! - [`ec`]: erasure coding of objects into shards, stripe by stripe;
 //! - [`scrub`]: which copy of an object is authoritative when copies disagree;
 //! - [`store_tool`]: `lcpfs-osd store <dir> ...`, the operator's and the tests' way to
 //!   create, inspect, scrub and repair an OSD's engine store while the daemon is not
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod ec;
 pub mod metrics;
 pub mod pg;
 pub mod scrub;

@@ -15,12 +15,20 @@ use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{
     KeyValue, ListEntry, LogEntry as WireEntry, ObjectOp, ObjectStat, ObjectState, OmapEntries,
-    OmapEntry, OpResult, ScrubObject, op_result,
+    OmapEntry, OpResult, PendingWrite, ReadShardReply, ScrubObject, op_result,
 };
+use prost::Message;
 use serde::{Deserialize, Serialize};
+
+use crate::ec;
 
 /// The object holding a PG's log in its collection.
 const LOG_OBJECT: &[u8] = b"m/pglog";
+/// Xattr of the log object naming the shard position an erasure-coded PG's copy
+/// holds (4 bytes, little endian).
+const SHARD_XATTR: &[u8] = b"shard";
+/// The object holding an erasure-coded PG's prepared, uncommitted shard write.
+const PENDING_OBJECT: &[u8] = b"m/pending";
 /// Prefix of client objects in a PG's collection (keeps them apart from the log).
 const OBJECT_PREFIX: &[u8] = b"o/";
 /// Log entries kept per PG (older ones are trimmed).
@@ -51,6 +59,10 @@ pub fn remove(store: &Store, pg: PgId) -> engine::Result<()> {
 fn object_key(name: &[u8]) -> Vec<u8> {
     [OBJECT_PREFIX, name].concat()
 }
+
+/// A PG's up set, one entry per position (erasure-coded pools leave a position
+/// `None` while no up OSD holds that shard).
+pub type UpSet = Vec<Option<u32>>;
 
 /// One PG log entry as stored (the version is its omap key).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,7 +117,7 @@ pub struct PgLog {
     incomplete: HashSet<(String, u64)>,
     /// The interval (first epoch of an unchanged up set) and up set this PG was last
     /// peered in; `None` until then.
-    pub peered: Option<(u64, Vec<u32>)>,
+    pub peered: Option<(u64, UpSet)>,
     /// The newest interval whose primary peered this copy: writes and pushes from
     /// older intervals are refused.
     pub accepted_interval: u64,
@@ -246,6 +258,12 @@ pub fn apply(store: &Store, pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> en
             "PG {pg} log version {version} holds another request"
         )));
     }
+    store.commit(mutation(pg, entry, ops)).map(|_| ())
+}
+
+/// The engine transaction of a mutation and its log entry.
+fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> Transaction {
+    let version = entry.version;
     let key = object_key(&entry.name);
     let mut txn = Transaction::new(collection(pg));
     for op in ops.iter().filter_map(|op| op.op.as_ref()) {
@@ -284,7 +302,125 @@ pub fn apply(store: &Store, pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> en
             &(version - LOG_KEEP).to_be_bytes(),
         );
     }
+    txn
+}
+
+/// Erasure-coded pools, phase one of a write: keeps this shard's part of a
+/// mutation pending (durably, but not applied), and records which shard position
+/// this copy holds.
+pub fn prepare(
+    store: &Store,
+    pg: PgId,
+    entry: &WireEntry,
+    ops: &[ObjectOp],
+    shard: u32,
+) -> engine::Result<()> {
+    if entry_at(store, pg, entry.version)?.is_some_and(|held| same_entry(&held, entry)) {
+        return Ok(());
+    }
+    let pending = PendingWrite {
+        entry: Some(entry.clone()),
+        ops: ops.to_vec(),
+    };
+    let mut txn = Transaction::new(collection(pg));
+    txn.write_full(PENDING_OBJECT, pending.encode_to_vec())
+        .create(LOG_OBJECT, false)
+        .set_xattr(LOG_OBJECT, SHARD_XATTR, &shard.to_le_bytes());
     store.commit(txn).map(|_| ())
+}
+
+/// The shard write this copy holds prepared, if any.
+pub fn pending(store: &Store, pg: PgId) -> engine::Result<Option<PendingWrite>> {
+    let view = store.head(&collection(pg))?;
+    if !view.exists(PENDING_OBJECT)? {
+        return Ok(None);
+    }
+    let bytes = view.read(PENDING_OBJECT, 0, u64::MAX)?;
+    PendingWrite::decode(bytes.as_slice())
+        .map(Some)
+        .map_err(|e| engine::Error::Corrupt(format!("PG {pg} pending write: {e}")))
+}
+
+/// Erasure-coded pools, phase two: applies the pending write of `entry` with its
+/// log entry (`commit`), or drops it. Committing a write already applied succeeds;
+/// committing one this copy does not hold fails with `NotFound`.
+pub fn resolve(store: &Store, pg: PgId, entry: &WireEntry, commit: bool) -> engine::Result<()> {
+    let held = pending(store, pg)?.filter(|pending| {
+        pending
+            .entry
+            .as_ref()
+            .is_some_and(|held| same_entry(held, entry))
+    });
+    if commit && entry_at(store, pg, entry.version)?.is_some_and(|held| same_entry(&held, entry)) {
+        return Ok(());
+    }
+    let Some(pending) = held else {
+        if commit {
+            return Err(engine::Error::NotFound(format!(
+                "PG {pg} holds no prepared write at version {}",
+                entry.version
+            )));
+        }
+        return Ok(());
+    };
+    let mut txn = if commit {
+        mutation(pg, entry, &pending.ops)
+    } else {
+        Transaction::new(collection(pg))
+    };
+    txn.remove(PENDING_OBJECT);
+    store.commit(txn).map(|_| ())
+}
+
+/// The shard position this copy of an erasure-coded PG holds (`None` for a copy
+/// of a replicated PG, or one that holds nothing yet).
+pub fn shard(store: &Store, pg: PgId) -> engine::Result<Option<u32>> {
+    let view = store.head(&collection(pg))?;
+    if !view.exists(LOG_OBJECT)? {
+        return Ok(None);
+    }
+    Ok(view
+        .xattr(LOG_OBJECT, SHARD_XATTR)?
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u32::from_le_bytes))
+}
+
+/// A range of this copy's shard of an object, zero padded to `length`, with the
+/// object's size and the version that last changed it.
+pub fn read_shard(
+    store: &Store,
+    pg: PgId,
+    name: &[u8],
+    offset: u64,
+    length: u64,
+) -> engine::Result<ReadShardReply> {
+    let key = object_key(name);
+    let view = store.head(&collection(pg))?;
+    if !view.exists(&key)? {
+        return Ok(ReadShardReply::default());
+    }
+    let mut data = view.read(&key, offset, length)?;
+    data.resize(length as usize, 0);
+    let number = |bytes: Option<Vec<u8>>| {
+        bytes
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    Ok(ReadShardReply {
+        exists: true,
+        data,
+        size: number(view.xattr(&key, ec::SIZE_XATTR.as_bytes())?),
+        version: number(view.xattr(&key, ec::VERSION_XATTR.as_bytes())?),
+    })
+}
+
+/// An object's size: its engine size, or for a shard of an erasure-coded object,
+/// the object's size kept beside the shard.
+fn logical_size(view: &engine::View<'_>, key: &[u8], stored: u64) -> engine::Result<u64> {
+    Ok(view
+        .xattr(key, ec::SIZE_XATTR.as_bytes())?
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(stored, u64::from_le_bytes))
 }
 
 /// Runs the reads of a request (after its writes); one result per read.
@@ -310,7 +446,7 @@ pub fn read(
             Op::Stat(_) => {
                 let stat = view.stat(&key)?;
                 op_result::Result::Stat(ObjectStat {
-                    size: stat.size,
+                    size: logical_size(&view, &key, stat.size)?,
                     mtime_ns: stat.mtime_ns,
                 })
             }
@@ -396,8 +532,9 @@ pub fn size(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<u64> {
         Err(engine::Error::NotFound(_)) => return Ok(0),
         Err(error) => return Err(error),
     };
-    match view.stat(&object_key(name)) {
-        Ok(stat) => Ok(stat.size),
+    let key = object_key(name);
+    match view.stat(&key) {
+        Ok(stat) => logical_size(&view, &key, stat.size),
         Err(engine::Error::NotFound(_)) => Ok(0),
         Err(error) => Err(error),
     }
@@ -420,15 +557,16 @@ pub fn list(
         start_after: (!start_after.is_empty()).then(|| object_key(start_after)),
         limit,
     };
-    Ok(view
-        .list(&options)?
+    view.list(&options)?
         .into_iter()
-        .map(|entry| ListEntry {
-            name: entry.name_bytes[OBJECT_PREFIX.len()..].to_vec(),
-            size: entry.size,
-            mtime_ns: entry.mtime_ns,
+        .map(|entry| {
+            Ok(ListEntry {
+                size: logical_size(&view, &entry.name_bytes, entry.size)?,
+                name: entry.name_bytes[OBJECT_PREFIX.len()..].to_vec(),
+                mtime_ns: entry.mtime_ns,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The PG's log entries after `since`, oldest first, and the oldest version kept (0
@@ -503,7 +641,10 @@ pub fn names(store: &Store, pg: PgId) -> engine::Result<Vec<Vec<u8>>> {
 /// This OSD's scrub view of the PG's objects after `start_after` up to and
 /// including `last` (empty: no end), at most `limit` (0: all). A copy that cannot
 /// be read (a checksum error the engine could not heal) is reported with its error,
-/// not as a failure of the whole scrub.
+/// not as a failure of the whole scrub. The shards of an erasure-coded object hold
+/// different bytes: their digests cover what they share (sizes and xattrs, which
+/// include the object's version), and a deep scrub reads every byte of them (the
+/// engine verifies each block's checksum) without hashing it.
 pub fn scrub_map(
     store: &Store,
     pg: PgId,
@@ -512,12 +653,13 @@ pub fn scrub_map(
     limit: usize,
     deep: bool,
 ) -> engine::Result<Vec<ScrubObject>> {
+    let sharded = shard(store, pg)?.is_some();
     let mut objects = Vec::new();
     for entry in list(store, pg, start_after, limit)? {
         if !last.is_empty() && entry.name.as_slice() > last {
             break;
         }
-        let (digest, error) = match digest(store, pg, &entry.name, deep) {
+        let (digest, error) = match digest(store, pg, &entry.name, deep, !sharded) {
             Ok(digest) => (digest, String::new()),
             Err(engine::Error::DataLoss(what)) => (Vec::new(), format!("read error: {what}")),
             Err(error) => return Err(error),
@@ -532,8 +674,9 @@ pub fn scrub_map(
     Ok(objects)
 }
 
-/// BLAKE3 over an object's xattrs and, when `deep`, its data and omap.
-fn digest(store: &Store, pg: PgId, name: &[u8], deep: bool) -> engine::Result<Vec<u8>> {
+/// BLAKE3 over an object's xattrs and, when `deep`, its omap and (with `data`) its
+/// data, which a deep scrub reads in any case.
+fn digest(store: &Store, pg: PgId, name: &[u8], deep: bool, data: bool) -> engine::Result<Vec<u8>> {
     const CHUNK: u64 = 4 << 20;
     let key = object_key(name);
     let view = store.head(&collection(pg))?;
@@ -550,7 +693,10 @@ fn digest(store: &Store, pg: PgId, name: &[u8], deep: bool) -> engine::Result<Ve
         let size = view.stat(&key)?.size;
         let mut offset = 0;
         while offset < size {
-            hasher.update(&view.read(&key, offset, CHUNK)?);
+            let bytes = view.read(&key, offset, CHUNK)?;
+            if data {
+                hasher.update(&bytes);
+            }
             offset += CHUNK;
         }
         let mut after: Option<Vec<u8>> = None;
@@ -580,9 +726,17 @@ pub fn install(
     entries: &[WireEntry],
     keep: Option<&[Vec<u8>]>,
     rewind_from: Option<u64>,
+    shard: Option<u32>,
 ) -> engine::Result<()> {
     let view = store.head(&collection(pg))?;
     let mut txn = Transaction::new(collection(pg));
+    if let Some(shard) = shard {
+        txn.create(LOG_OBJECT, false)
+            .set_xattr(LOG_OBJECT, SHARD_XATTR, &shard.to_le_bytes());
+        if keep.is_some() && view.exists(PENDING_OBJECT)? {
+            txn.remove(PENDING_OBJECT);
+        }
+    }
     for object in objects {
         let key = object_key(&object.name);
         let present = view.exists(&key)?;
@@ -722,6 +876,65 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<Vec<u8>> {
         list.iter().map(|name| name.as_bytes().to_vec()).collect()
+    }
+
+    fn open(dir: &std::path::Path, create: bool) -> Store {
+        use lcpfs_core::engine::{CreateSpec, DiskSource, OpenOptions, VdevKind};
+        if !create {
+            return Store::open(&dir.join("store"), &OpenOptions::default()).unwrap();
+        }
+        let disk = DiskSource::NewFile(dir.join("disk"), 64 << 20);
+        Store::create(
+            &dir.join("store"),
+            &CreateSpec {
+                vdevs: vec![(VdevKind::Single, vec![disk])],
+                cache_device: None,
+            },
+        )
+        .unwrap()
+    }
+
+    fn write_full(data: &[u8]) -> Vec<ObjectOp> {
+        vec![ObjectOp {
+            op: Some(Op::WriteFull(data.to_vec())),
+        }]
+    }
+
+    #[test]
+    fn a_prepared_write_waits_for_its_commit_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgId::new(1, 0);
+        let store = open(dir.path(), true);
+        ensure(&store, pg, None).unwrap();
+        let first = entry(1, 5, "a");
+        prepare(&store, pg, &first, &write_full(b"one"), 2).unwrap();
+        drop(store);
+
+        // Prepared: durable, but not applied.
+        let store = open(dir.path(), false);
+        assert_eq!(shard(&store, pg).unwrap(), Some(2));
+        let held = pending(&store, pg).unwrap().unwrap();
+        assert!(same_entry(held.entry.as_ref().unwrap(), &first));
+        assert_eq!(size(&store, pg, b"a").unwrap(), 0);
+        assert_eq!(load(&store, pg).unwrap().last, 0);
+
+        resolve(&store, pg, &first, true).unwrap();
+        assert_eq!(state(&store, pg, b"a").unwrap().data, b"one");
+        assert_eq!(load(&store, pg).unwrap().last, 1);
+        assert!(pending(&store, pg).unwrap().is_none());
+        // A commit asked again (a retried phase two) finds it done.
+        resolve(&store, pg, &first, true).unwrap();
+
+        // A write dropped leaves nothing; committing it then is refused.
+        let second = entry(2, 5, "a");
+        prepare(&store, pg, &second, &write_full(b"two"), 2).unwrap();
+        resolve(&store, pg, &second, false).unwrap();
+        assert!(pending(&store, pg).unwrap().is_none());
+        assert_eq!(state(&store, pg, b"a").unwrap().data, b"one");
+        assert!(matches!(
+            resolve(&store, pg, &second, true),
+            Err(engine::Error::NotFound(_))
+        ));
     }
 
     #[test]

@@ -10,27 +10,31 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lcpfs_core::crush::{PgMapping, pg_mapping};
+use lcpfs_core::crush::{PgMapping, pg_mapping, primary};
 use lcpfs_core::engine::{self, Store};
-use lcpfs_core::map::{ClusterMap, Pool};
+use lcpfs_core::map::{ClusterMap, Pool, PoolKind};
 use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::op_result;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::osd_server::Osd;
 use lcpfs_proto::{
-    EchoMessage, Inconsistency, ListReply, ListRequest, LogEntry, ObjectOp, ObjectState, OpReply,
-    OpRequest, PgInfoReply, PgLogReply, PgLogRequest, PgRef, PullReply, PullRequest, PushReply,
-    PushRequest, ReplicateReply, ReplicateRequest, ScrubMapReply, ScrubMapRequest, ScrubObject,
-    ScrubReply, ScrubRequest,
+    EcCommitReply, EcCommitRequest, EchoMessage, Inconsistency, KeyValue, ListReply, ListRequest,
+    LogEntry, ObjectOp, ObjectState, OpReply, OpRequest, PgInfoReply, PgLogReply, PgLogRequest,
+    PgRef, PullReply, PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest,
+    ReplicateReply, ReplicateRequest, ScrubMapReply, ScrubMapRequest, ScrubObject, ScrubReply,
+    ScrubRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::ec;
 use crate::metrics::OsdMetrics;
-use crate::pg::{self, CatchUp, PgLog};
+use crate::pg::{self, CatchUp, PgLog, UpSet};
 use crate::scrub;
+
+mod erasure;
 
 /// Metadata key carrying the replying OSD's map epoch on errors.
 pub const EPOCH_HEADER: &str = "lcpfs-epoch";
@@ -79,7 +83,7 @@ pub struct OsdService {
     map: watch::Receiver<Arc<ClusterMap>>,
     pgs: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<Option<PgLog>>>>>,
     /// Per PG: its up set in the last map observed, and the epoch that up set began.
-    intervals: Mutex<HashMap<PgId, (Vec<u32>, u64)>>,
+    intervals: Mutex<HashMap<PgId, (UpSet, u64)>>,
     /// Epoch of the last map observed.
     observed_epoch: Mutex<u64>,
     peers: Mutex<HashMap<String, OsdClient<Channel>>>,
@@ -101,6 +105,17 @@ struct ScrubStamp {
     inconsistent: usize,
     /// Set while a scrub runs (true for a deep one).
     running: Option<bool>,
+}
+
+/// What a copy of a PG receives to catch up: objects, then log entries; a
+/// backfill keeps only the objects named in `keep`, and `rewind_from` drops the
+/// copy's own log entries from that version on first.
+#[derive(Default)]
+struct Delivery {
+    objects: Vec<ObjectState>,
+    entries: Vec<LogEntry>,
+    keep: Option<Vec<Vec<u8>>>,
+    rewind_from: Option<u64>,
 }
 
 /// Clears a PG's recovering mark when recovery ends, however it ends.
@@ -212,14 +227,14 @@ impl OsdService {
         intervals.retain(|pg, _| {
             map.pools
                 .get(&pg.pool)
-                .is_some_and(|pool| !pool.is_erasure() && pg.seed < pool.pg_num)
+                .is_some_and(|pool| pg.seed < pool.pg_num)
         });
-        for pool in map.pools.values().filter(|pool| !pool.is_erasure()) {
+        for pool in map.pools.values() {
             let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(map, pool.id) else {
                 continue;
             };
             for seed in 0..pool.pg_num {
-                let up: Vec<u32> = placement.map_pg(seed).up.into_iter().flatten().collect();
+                let up = placement.map_pg(seed).up;
                 let pg = PgId::new(pool.id, seed);
                 let entry = intervals
                     .entry(pg)
@@ -243,8 +258,8 @@ impl OsdService {
         let intervals = self.intervals.lock().expect("intervals");
         let mut peers: Vec<u32> = intervals
             .values()
-            .filter(|(up, _)| up.contains(&self.id))
-            .flat_map(|(up, _)| up.iter().copied())
+            .filter(|(up, _)| up.contains(&Some(self.id)))
+            .flat_map(|(up, _)| up.iter().flatten().copied())
             .filter(|&osd| osd != self.id && map.osds.get(&osd).is_some_and(|info| info.up))
             .collect();
         peers.sort_unstable();
@@ -365,12 +380,6 @@ impl OsdService {
         let pool = map.pools.get(&pool).ok_or_else(|| {
             Status::not_found(format!("pool {pool} does not exist at epoch {}", map.epoch))
         })?;
-        if pool.is_erasure() {
-            return Err(Status::unimplemented(format!(
-                "pool '{}' is erasure-coded; this OSD serves replicated pools only",
-                pool.name
-            )));
-        }
         Ok(pool)
     }
 
@@ -601,7 +610,7 @@ impl OsdService {
         pg: PgId,
         log: &mut PgLog,
     ) -> Result<(), Status> {
-        let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
+        let up = self.mapping(map, pg)?.up;
         let interval = self.interval(pg);
         if log.peered.as_ref() == Some(&(interval, up.clone())) {
             return Ok(());
@@ -613,8 +622,11 @@ impl OsdService {
             interval,
         };
         log.accepted_interval = log.accepted_interval.max(interval);
+        if pool.is_erasure() {
+            return self.peer_erasure(map, pool, pg, log, up, reference).await;
+        }
         let mut infos = Vec::new();
-        for &osd in up.iter().filter(|&&osd| osd != self.id) {
+        for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
             let mut client = self.peer_client(map, osd)?;
             match client.pg_info(reference).await {
                 Ok(reply) => infos.push((osd, reply.into_inner())),
@@ -735,16 +747,63 @@ impl OsdService {
                 .into_inner()
                 .objects;
             let store = self.store.clone();
-            blocking(move || pg::install(&store, pg, &objects, &[], None, None)).await?;
+            blocking(move || pg::install(&store, pg, &objects, &[], None, None, None)).await?;
         }
+        let delivery = Delivery {
+            entries,
+            keep,
+            rewind_from,
+            ..Delivery::default()
+        };
+        self.install_here(pg, delivery, None, log).await
+    }
+
+    /// Installs a delivery in this OSD's copy of the PG (for an erasure-coded PG,
+    /// as shard `shard`) and reloads its log.
+    async fn install_here(
+        &self,
+        pg: PgId,
+        delivery: Delivery,
+        shard: Option<u32>,
+        log: &mut PgLog,
+    ) -> Result<(), Status> {
+        let Delivery {
+            objects,
+            entries,
+            keep,
+            rewind_from,
+        } = delivery;
+        log.dirty = true;
         let store = self.store.clone();
         let fresh = blocking(move || {
-            pg::install(&store, pg, &[], &entries, keep.as_deref(), rewind_from)?;
+            pg::install(
+                &store,
+                pg,
+                &objects,
+                &entries,
+                keep.as_deref(),
+                rewind_from,
+                shard,
+            )?;
             pg::load(&store, pg)
         })
         .await?;
         log.reloaded(fresh);
         Ok(())
+    }
+
+    /// How far this OSD's copy of a PG reaches back (the oldest log version kept),
+    /// and for an erasure-coded PG, the shard it holds and its pending write.
+    async fn stored_info(&self, pg: PgId) -> Result<(u64, Option<u32>, Option<LogEntry>), Status> {
+        let store = self.store.clone();
+        blocking(move || {
+            Ok((
+                pg::log_since(&store, pg, u64::MAX)?.1,
+                pg::shard(&store, pg)?,
+                pg::pending(&store, pg)?.and_then(|pending| pending.entry),
+            ))
+        })
+        .await
     }
 
     /// Brings replica `osd` level with this OSD: the objects named in the log
@@ -796,6 +855,7 @@ impl OsdService {
                 keep: if full { names } else { Vec::new() },
                 rewind_from,
                 interval,
+                shard: None,
             })
             .await?;
         Ok(())
@@ -818,7 +878,8 @@ impl OsdService {
                 .expect("recovery table")
                 .get(&pg)
                 .copied();
-            let mut state = if (up.len() as u32) < pool.min_size() {
+            let members = up.iter().flatten().count() as u32;
+            let mut state = if members < pool.min_size() {
                 "inactive".to_owned()
             } else {
                 let lock = self.pg_lock(pg);
@@ -833,7 +894,7 @@ impl OsdService {
                         Err(_) => None,
                     };
                 match (peered, recovering) {
-                    (Some(true), _) if (up.len() as u32) < pool.size() => {
+                    (Some(true), _) if members < pool.size() => {
                         "active+undersized+degraded".to_owned()
                     }
                     (Some(true), _) => "active+clean".to_owned(),
@@ -863,11 +924,11 @@ impl OsdService {
 
     /// The PGs this OSD is primary for in the last observed map, with their up sets
     /// and the epochs their intervals began, in PG order.
-    fn led_pgs(&self) -> Vec<(PgId, Vec<u32>, u64)> {
+    fn led_pgs(&self) -> Vec<(PgId, UpSet, u64)> {
         let intervals = self.intervals.lock().expect("intervals");
-        let mut led: Vec<(PgId, Vec<u32>, u64)> = intervals
+        let mut led: Vec<(PgId, UpSet, u64)> = intervals
             .iter()
-            .filter(|(_, (up, _))| up.first() == Some(&self.id))
+            .filter(|(_, (up, _))| primary(up) == Some(self.id))
             .map(|(pg, (up, epoch))| (*pg, up.clone(), *epoch))
             .collect();
         led.sort_unstable_by_key(|(pg, _, _)| *pg);
@@ -1030,7 +1091,10 @@ impl OsdService {
                         repaired: false,
                     })
                     .collect();
-                if repair && let Some(authority) = authority {
+                if repair && pool.is_erasure() {
+                    self.repair_shards(&map, pool, pg, &name, &mut found, log)
+                        .await?;
+                } else if repair && let Some(authority) = authority {
                     self.repair_copies(&map, pg, &name, authority, &mut found)
                         .await?;
                 }
@@ -1062,7 +1126,7 @@ impl OsdService {
             if copy.osd == self.id {
                 let store = self.store.clone();
                 let objects = vec![good.clone()];
-                blocking(move || pg::install(&store, pg, &objects, &[], None, None)).await?;
+                blocking(move || pg::install(&store, pg, &objects, &[], None, None, None)).await?;
             } else {
                 self.peer_client(map, copy.osd)?
                     .push_objects(PushRequest {
@@ -1118,7 +1182,8 @@ impl OsdService {
             match self.object_state(map, pg, name, osd).await {
                 Ok(good) => {
                     let store = self.store.clone();
-                    blocking(move || pg::install(&store, pg, &[good], &[], None, None)).await?;
+                    blocking(move || pg::install(&store, pg, &[good], &[], None, None, None))
+                        .await?;
                     tracing::warn!(%pg, from = osd, object = %String::from_utf8_lossy(name), "replaced an unreadable copy");
                     return Ok(());
                 }
@@ -1293,6 +1358,9 @@ impl OsdService {
             tid: request.tid,
             epoch: interval,
         };
+        if pool.is_erasure() {
+            return self.write_erasure(pool, pg, request, log, entry).await;
+        }
         // Applied here first: an operation the engine refuses (a missing object, a bad
         // offset) is refused before any replica sees it. Until every replica has it,
         // the request stays marked incomplete, so a retry (even after this call is
@@ -1329,6 +1397,7 @@ impl OsdService {
                     tid: request.tid,
                     ops: request.ops.clone(),
                     version_epoch: interval,
+                    ..ReplicateRequest::default()
                 },
                 pool.id,
             )
@@ -1365,8 +1434,40 @@ impl Osd for OsdService {
         if request.ops.iter().any(|op| op.op.is_none()) {
             return Err(Status::invalid_argument("an operation has no kind"));
         }
+        let reserved = request.ops.iter().find_map(|op| match &op.op {
+            Some(Op::SetXattr(KeyValue { key, .. }) | Op::RmXattr(key))
+                if key.starts_with(ec::RESERVED_XATTR_PREFIX) =>
+            {
+                Some(key)
+            }
+            _ => None,
+        });
+        if let Some(key) = reserved {
+            return Err(Status::invalid_argument(format!(
+                "xattr names starting with '{}' are reserved for LCPFS ({key:?})",
+                ec::RESERVED_XATTR_PREFIX
+            )));
+        }
         let map = self.map_at_least(request.epoch).await?;
         let pool = self.pool(&map, request.pool)?.clone();
+        let omap = request.ops.iter().any(|op| {
+            matches!(
+                op.op,
+                Some(
+                    Op::OmapSet(_)
+                        | Op::OmapRm(_)
+                        | Op::OmapClear(_)
+                        | Op::OmapGet(_)
+                        | Op::OmapRange(_)
+                )
+            )
+        });
+        if pool.is_erasure() && omap {
+            return Err(Status::invalid_argument(format!(
+                "pool '{}' is erasure-coded: omap operations need a replicated pool",
+                pool.name
+            )));
+        }
         let pg = object_to_pg(&pool, &request.name);
         let mapping = self.mapping(&map, pg)?;
         if mapping.primary != Some(self.id) {
@@ -1410,6 +1511,20 @@ impl Osd for OsdService {
             let mut guard = lock.lock().await;
             let log = self.loaded(&mut guard, pg, &pool).await?;
             self.ensure_peered(&self.current(), &pool, pg, log).await?;
+            if pool.is_erasure() {
+                return self
+                    .read_erasure(&pool, pg, &request, log)
+                    .await
+                    .map_err(missing)
+                    .map(|results| {
+                        self.account(&request, &results, began);
+                        Response::new(OpReply {
+                            epoch: self.current().epoch,
+                            results,
+                            version,
+                        })
+                    });
+            }
             let read = || {
                 let store = self.store.clone();
                 let (name, ops) = (request.name.clone(), request.ops.clone());
@@ -1473,11 +1588,19 @@ impl Osd for OsdService {
                     self.id, log.last
                 )));
             }
-            log.dirty = true;
             let store = self.store.clone();
             let (applied, ops) = (entry.clone(), request.ops.clone());
-            blocking(move || pg::apply(&store, pg, &applied, &ops)).await?;
-            log.record(&entry);
+            if request.prepare {
+                // Erasure-coded pools: applied only on EcCommit.
+                let shard = request
+                    .shard
+                    .ok_or_else(|| Status::invalid_argument("a prepared write names no shard"))?;
+                blocking(move || pg::prepare(&store, pg, &applied, &ops, shard)).await?;
+            } else {
+                log.dirty = true;
+                blocking(move || pg::apply(&store, pg, &applied, &ops)).await?;
+                log.record(&entry);
+            }
         }
         Ok(Response::new(ReplicateReply {
             epoch: self.current().epoch,
@@ -1495,18 +1618,19 @@ impl Osd for OsdService {
         // A primary peering this copy: older primaries are refused from now on.
         log.accepted_interval = log.accepted_interval.max(reference.interval);
         let (last, last_epoch) = (log.last, log.last_epoch);
-        let up: Vec<u32> = self.mapping(&map, pg)?.up.into_iter().flatten().collect();
-        let clean = up.first() == Some(&self.id)
-            && up.len() as u32 >= pool.size()
+        let up = self.mapping(&map, pg)?.up;
+        let clean = primary(&up) == Some(self.id)
+            && up.iter().flatten().count() as u32 >= pool.size()
             && log.peered == Some((self.interval(pg), up));
-        let store = self.store.clone();
-        let (_, oldest) = blocking(move || pg::log_since(&store, pg, u64::MAX)).await?;
+        let (oldest, shard, pending) = self.stored_info(pg).await?;
         Ok(Response::new(PgInfoReply {
             epoch: map.epoch,
             last,
             oldest,
             last_epoch,
             clean,
+            shard,
+            pending,
         }))
     }
 
@@ -1553,8 +1677,19 @@ impl Osd for OsdService {
         let rewind_from = (request.rewind_from > 0).then_some(request.rewind_from);
         let reload = request.full || rewind_from.is_some();
         log.dirty = true;
-        blocking(move || pg::install(&store, pg, &objects, &entries, keep.as_deref(), rewind_from))
-            .await?;
+        let shard = request.shard;
+        blocking(move || {
+            pg::install(
+                &store,
+                pg,
+                &objects,
+                &entries,
+                keep.as_deref(),
+                rewind_from,
+                shard,
+            )
+        })
+        .await?;
         if reload {
             let store = self.store.clone();
             let fresh = blocking(move || pg::load(&store, pg)).await?;
@@ -1602,6 +1737,53 @@ impl Osd for OsdService {
         self.scrub_pg(pg, request.deep, request.repair)
             .await
             .map(Response::new)
+    }
+
+    async fn ec_commit(
+        &self,
+        request: Request<EcCommitRequest>,
+    ) -> Result<Response<EcCommitReply>, Status> {
+        let request = request.into_inner();
+        let reference = request.pg.unwrap_or_default();
+        let entry = request
+            .entry
+            .ok_or_else(|| Status::invalid_argument("no log entry given"))?;
+        let (pool, pg) = self.checked_pg(request.pg).await?;
+        let lock = self.pg_lock(pg);
+        let mut guard = lock.lock().await;
+        let log = self.loaded(&mut guard, pg, &pool).await?;
+        log.check_interval(reference.interval, pg)
+            .map_err(|message| self.stale(message))?;
+        log.dirty = true;
+        let store = self.store.clone();
+        let resolved = entry.clone();
+        blocking(move || pg::resolve(&store, pg, &resolved, request.commit)).await?;
+        if request.commit {
+            log.record(&entry);
+        }
+        log.dirty = false;
+        Ok(Response::new(EcCommitReply { last: log.last }))
+    }
+
+    async fn read_shard(
+        &self,
+        request: Request<ReadShardRequest>,
+    ) -> Result<Response<ReadShardReply>, Status> {
+        let request = request.into_inner();
+        let (_, pg) = self.checked_pg(request.pg).await?;
+        if request.length > MAX_MESSAGE as u64 / 2 {
+            return Err(Status::invalid_argument(format!(
+                "a shard read of {} bytes is above the {}-byte limit",
+                request.length,
+                MAX_MESSAGE / 2
+            )));
+        }
+        let store = self.store.clone();
+        let reply = blocking(move || {
+            pg::read_shard(&store, pg, &request.name, request.offset, request.length)
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {

@@ -6,8 +6,6 @@
 //! neither lost nor doubled; omap and xattrs travel with the data.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
@@ -15,8 +13,8 @@ use lcpfs_core::engine::{OpenOptions, Store};
 use lcpfs_core::map::Pool;
 use lcpfs_core::pg::object_to_pg;
 use lcpfs_tests::{
-    MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, start_with_pool,
-    status_until, wait_for,
+    MonCluster, appends_survive_a_killed_primary, binary, cluster_with_pool, contents, http_get,
+    osds_up, placement, start_with_pool, status_until, wait_for,
 };
 
 /// Size of object number `n`: mostly small, every 40th 1 MiB, every 125th 8 MiB.
@@ -328,63 +326,7 @@ async fn bad_requests_get_errors_and_the_osds_keep_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_through_a_killed_primary_are_neither_lost_nor_doubled() {
     let mut cluster = cluster_with_pool(4, &[]).await;
-    let objects = Arc::new(
-        ObjectClient::connect(cluster.client())
-            .await
-            .unwrap()
-            .with_timeout(Duration::from_secs(60)),
-    );
-    let map = objects.map();
-    let (pg, up) = placement(&map, "data", b"journal");
-    let primary = cluster.osd_index(&map, up[0]);
-    let line = |n: usize| format!("{n:04}\n").into_bytes();
-    let appended = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (objects, appended) = (objects.clone(), appended.clone());
-        tokio::spawn(async move {
-            for n in 0..150 {
-                objects.append("data", b"journal", line(n)).await?;
-                appended.store(n + 1, Ordering::SeqCst);
-            }
-            anyhow::Ok(())
-        })
-    };
-    wait_for("40 appends", Duration::from_secs(30), || {
-        let appended = appended.clone();
-        let stopped = writer.is_finished();
-        async move { (stopped || appended.load(Ordering::SeqCst) >= 40).then_some(()) }
-    })
-    .await;
-    assert!(
-        !writer.is_finished(),
-        "the writer stopped early: {:?}",
-        writer.await
-    );
-    // Killed while appends are in flight: the client retries the one it was
-    // sending, with the same request id, at the next primary.
-    cluster.kill_osd(primary);
-    writer.await.unwrap().expect("every append is acknowledged");
-    let expected: Vec<u8> = (0..150).flat_map(line).collect();
-    assert!(
-        objects.get("data", b"journal").await.unwrap() == expected,
-        "each append is there exactly once, in order"
-    );
-
-    // The old primary returns with whatever it had applied alone; its history
-    // is reconciled with the newer one, and every copy agrees.
-    cluster.start_osd(primary);
-    osds_up(&cluster.client(), 4).await;
-    status_until(&cluster, "all PGs active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
-    })
-    .await;
-    assert!(objects.get("data", b"journal").await.unwrap() == expected);
-    let report = objects.scrub(pg, true, false).await.unwrap();
-    assert!(
-        report.inconsistencies.is_empty(),
-        "{:?}",
-        report.inconsistencies
-    );
+    appends_survive_a_killed_primary(&mut cluster, "data", 16).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,6 +533,7 @@ async fn malformed_and_out_of_date_peer_requests_get_errors() {
             op: Some(object_op::Op::WriteFull(b"forged".to_vec())),
         }],
         version_epoch: u64::MAX,
+        ..ReplicateRequest::default()
     };
     assert_eq!(
         code(replica.replicate(ahead).await),

@@ -3,57 +3,15 @@
 //! `lcpfs pg repair`, and a second deep scrub is clean; a primary whose copy is
 //! unreadable serves a read from a replica's copy and heals its own.
 
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::map::ClusterMap;
 use lcpfs_tests::{
-    MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, status_until,
+    MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, rot,
+    status_until,
 };
-
-/// Overwrites, in the files under `dir`, the first place where `data` is stored
-/// with garbage (4 KiB from its middle). Returns false if `data` is not found.
-fn rot(dir: &Path, data: &[u8]) -> bool {
-    let needle = &data[data.len() / 2..data.len() / 2 + 4096];
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                pending.push(entry.unwrap().path());
-            }
-            continue;
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let length = file.metadata().unwrap().len();
-        let mut chunk = vec![0u8; 8 << 20];
-        let mut offset = 0u64;
-        while offset < length {
-            let read = file.read_at(&mut chunk, offset).unwrap();
-            if read == 0 {
-                break;
-            }
-            if let Some(at) = chunk[..read]
-                .windows(needle.len())
-                .position(|window| window == needle)
-            {
-                file.write_all_at(&[0x5a; 4096], offset + at as u64)
-                    .unwrap();
-                file.sync_all().unwrap();
-                return true;
-            }
-            // Overlap chunks so a match across a boundary is not missed.
-            offset += (read - needle.len().min(read)) as u64 + 1;
-        }
-    }
-    false
-}
 
 /// Stops OSD `id`, rots `data` on its disks, and starts it again.
 async fn rot_on(cluster: &mut MonCluster, map: &ClusterMap, id: u32, data: &[u8]) {
@@ -61,7 +19,7 @@ async fn rot_on(cluster: &mut MonCluster, map: &ClusterMap, id: u32, data: &[u8]
     cluster.kill_osd(index);
     let dir = cluster.osds[&index].data.clone();
     assert!(
-        rot(&dir, data),
+        rot(&dir, &data[data.len() / 2..data.len() / 2 + 4096]) > 0,
         "the object's bytes are on osd.{id}'s disks"
     );
     cluster.start_osd(index);
