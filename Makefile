@@ -18,7 +18,7 @@ DATA ?= $(CURDIR)/lcpfs-data
 # RocksDB itself.
 PACKAGES := libclang-dev g++
 
-.PHONY: dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
+.PHONY: chaos dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
 
 deps:
 	@missing=""; \
@@ -80,3 +80,9 @@ cluster-test: cluster-up
 
 cluster-down:
 	$(COMPOSE) down --volumes --timeout 20
+
+# Faults at random against the compose cluster with a history checker; not part of
+# `make test`. CHAOS_ARGS, e.g. `--duration 120 --seed 42`, go to lcpfs-chaos.
+CHAOS_ARGS ?= --duration 600
+chaos: cluster-up
+	$(BIN)/lcpfs-chaos $(CHAOS_ARGS)

@@ -29,8 +29,8 @@ wait_status() {
 }
 
 wait_status 180 '"osds_up":6'
-wait_status 180 '"pg_states":{"active+clean":64}'
-echo "cluster up: 6 OSDs, 64 PGs active+clean"
+wait_status 180 '"pg_states":{"active+clean":80}'
+echo "cluster up: 6 OSDs, 80 PGs active+clean"
 
 head -c 3000000 /dev/urandom > "$work/blob"
 for n in $(seq 1 20); do "$lcpfs" put data "object-$n" "$work/blob"; done
@@ -45,7 +45,7 @@ echo "reads and writes served with osd-0 stopped"
 
 "${compose[@]}" start osd-0
 wait_status 180 '"osds_up":6'
-wait_status 240 '"pg_states":{"active+clean":64}'
+wait_status 240 '"pg_states":{"active+clean":80}'
 for n in $(seq 1 30); do
   "$lcpfs" get data "object-$n" "$work/copy"
   cmp -s "$work/blob" "$work/copy" || { echo "object-$n differs" >&2; exit 1; }
@@ -69,7 +69,7 @@ load=$!
 for daemon in mon-a mon-b mon-c osd-0 osd-1 osd-2 osd-3 osd-4 osd-5; do
   "${compose[@]}" restart -t 20 "$daemon" >/dev/null 2>&1
   wait_status 120 '"osds_up":6'
-  wait_status 240 '"pg_states":{"active+clean":64}'
+  wait_status 240 '"pg_states":{"active+clean":80}'
   echo "restarted $daemon"
 done
 touch "$work/stop"
