@@ -79,6 +79,17 @@ pub fn contents(name: &str, size: usize) -> Vec<u8> {
     data
 }
 
+/// Waits until OSD `index` of `cluster` accepts connections (a restarted OSD the
+/// map still shows up may not be serving yet).
+pub async fn osd_listening(cluster: &MonCluster, index: u32) {
+    let addr = cluster.osds[&index].addr.clone();
+    wait_for("the OSD listening", Duration::from_secs(30), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
+    })
+    .await;
+}
+
 /// Waits until exactly `count` OSDs are up in the map.
 pub async fn osds_up(client: &MonClient, count: usize) {
     wait_for(&format!("{count} OSDs up"), Duration::from_secs(30), || {

@@ -18,8 +18,8 @@ use lcpfs_osd::ec::Code;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{ObjectOp, WriteAt};
 use lcpfs_tests::{
-    MonCluster, appends_survive_a_killed_primary, contents, osds_up, rot, start_with, status_until,
-    wait_for,
+    MonCluster, appends_survive_a_killed_primary, contents, osd_listening, osds_up, rot,
+    start_with, status_until, wait_for,
 };
 
 fn erasure_pool(name: &str, k: u32, m: u32, pg_num: u32) -> Command {
@@ -368,6 +368,7 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     };
     rot_shard(&mut cluster);
     osds_up(&cluster.client(), 4).await;
+    osd_listening(&cluster, index).await;
     assert!(
         objects.get("ec", b"big").await.unwrap() == big,
         "big reads back through the rot"
@@ -382,6 +383,7 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     // rebuilds it.
     rot_shard(&mut cluster);
     osds_up(&cluster.client(), 4).await;
+    osd_listening(&cluster, index).await;
     let report = objects.scrub(pg, true, false).await.unwrap();
     assert_eq!(report.inconsistencies.len(), 1, "{report:?}");
     assert_eq!(report.inconsistencies[0].osd, up[1]);
