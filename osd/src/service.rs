@@ -6,7 +6,7 @@
 //! write until the monitors mark it down and the map drops it from the up set, or the
 //! replication deadline passes and the client gets an error to retry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,13 @@ pub struct OsdService {
     pgs: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<Option<PgLog>>>>>,
     /// Per PG: its up set in the last map observed, and the epoch that up set began.
     intervals: Mutex<HashMap<PgId, (UpSet, u64)>>,
+    /// Per PG: the up sets of its earlier intervals this OSD saw, newest last (at
+    /// most [`PAST_INTERVALS`]). Their OSDs may hold writes the current up set
+    /// lacks, e.g. when every copy of a PG moved at once.
+    past: Mutex<HashMap<PgId, Vec<UpSet>>>,
+    /// PGs whose earlier intervals this OSD did not see (it started, or missed
+    /// epochs, since their up set last changed): peering probes every up OSD.
+    unknown_past: Mutex<HashSet<PgId>>,
     /// Epoch of the last map observed.
     observed_epoch: Mutex<u64>,
     peers: Mutex<HashMap<String, OsdClient<Channel>>>,
@@ -134,6 +141,9 @@ impl Drop for RecoveryMark<'_> {
     }
 }
 
+/// Earlier up sets remembered per PG.
+const PAST_INTERVALS: usize = 16;
+
 /// Objects compared per scrub chunk (the PG lock is held for one chunk at a time).
 const SCRUB_CHUNK: usize = 64;
 
@@ -155,6 +165,7 @@ fn pg_ref(map: &ClusterMap, pg: PgId) -> PgRef {
         pool: pg.pool,
         pg_seed: pg.seed,
         interval: 0,
+        probe: false,
     }
 }
 
@@ -208,6 +219,8 @@ impl OsdService {
             map,
             pgs: Mutex::new(HashMap::new()),
             intervals: Mutex::new(HashMap::new()),
+            past: Mutex::new(HashMap::new()),
+            unknown_past: Mutex::new(HashSet::new()),
             observed_epoch: Mutex::new(0),
             peers: Mutex::new(HashMap::new()),
             scrubs: Mutex::new(HashMap::new()),
@@ -224,11 +237,16 @@ impl OsdService {
         let mut observed = self.observed_epoch.lock().expect("observed epoch");
         let contiguous = *observed + 1 == map.epoch;
         let mut intervals = self.intervals.lock().expect("intervals");
-        intervals.retain(|pg, _| {
+        let mut past = self.past.lock().expect("past intervals");
+        let mut unknown = self.unknown_past.lock().expect("unknown past intervals");
+        let exists = |pg: &PgId| {
             map.pools
                 .get(&pg.pool)
                 .is_some_and(|pool| pg.seed < pool.pg_num)
-        });
+        };
+        intervals.retain(|pg, _| exists(pg));
+        past.retain(|pg, _| exists(pg));
+        unknown.retain(exists);
         for pool in map.pools.values() {
             let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(map, pool.id) else {
                 continue;
@@ -236,11 +254,22 @@ impl OsdService {
             for seed in 0..pool.pg_num {
                 let up = placement.map_pg(seed).up;
                 let pg = PgId::new(pool.id, seed);
-                let entry = intervals
-                    .entry(pg)
-                    .or_insert_with(|| (up.clone(), map.epoch));
+                let entry = intervals.entry(pg).or_insert_with(|| {
+                    unknown.insert(pg);
+                    (up.clone(), map.epoch)
+                });
+                if !contiguous {
+                    unknown.insert(pg);
+                }
                 if !contiguous || entry.0 != up {
-                    *entry = (up, map.epoch);
+                    let ended = std::mem::replace(entry, (up, map.epoch)).0;
+                    let history = past.entry(pg).or_default();
+                    if ended != entry.0 && history.last() != Some(&ended) {
+                        history.push(ended);
+                        if history.len() > PAST_INTERVALS {
+                            history.remove(0);
+                        }
+                    }
                 }
             }
         }
@@ -620,6 +649,7 @@ impl OsdService {
             pool: pool.id,
             pg_seed: pg.seed,
             interval,
+            probe: false,
         };
         log.accepted_interval = log.accepted_interval.max(interval);
         if pool.is_erasure() {
@@ -627,23 +657,21 @@ impl OsdService {
         }
         let mut infos = Vec::new();
         for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
-            let mut client = self.peer_client(map, osd)?;
-            match client.pg_info(reference).await {
-                Ok(reply) => infos.push((osd, reply.into_inner())),
-                Err(status) => {
-                    // Going active without hearing from every up OSD could miss
-                    // the newest acknowledged write: wait for it or for the map to
-                    // drop it.
-                    return Err(Status::unavailable(format!(
-                        "PG {pg} is peering: osd.{osd} did not answer ({})",
-                        status.message()
-                    )));
-                }
-            }
+            infos.push((osd, self.peer_info(map, pg, osd, reference).await?));
         }
-        // The newest history wins: its last entry has the greatest (epoch, version).
+        let mut prior = Vec::new();
+        for osd in self.prior_osds(map, pg, &up) {
+            let probe = PgRef {
+                probe: true,
+                ..reference
+            };
+            prior.push((osd, self.peer_info(map, pg, osd, probe).await?));
+        }
+        // The newest history wins, wherever it is: its last entry has the greatest
+        // (epoch, version).
         if let Some((source, info)) = infos
             .iter()
+            .chain(&prior)
             .filter(|(_, info)| (info.last_epoch, info.last) > (log.last_epoch, log.last))
             .max_by_key(|(_, info)| (info.last_epoch, info.last))
         {
@@ -658,7 +686,69 @@ impl OsdService {
         // Every up OSD now holds every write this one has.
         log.clear_incomplete();
         log.peered = Some((interval, up));
+        self.forget_past(pg);
         Ok(())
+    }
+
+    /// After peering, the up set holds the PG's newest history: earlier
+    /// intervals no longer matter.
+    fn forget_past(&self, pg: PgId) {
+        self.past.lock().expect("past intervals").remove(&pg);
+        self.unknown_past
+            .lock()
+            .expect("unknown past intervals")
+            .remove(&pg);
+    }
+
+    /// A peer's info of its copy of the PG (`reference.probe`: an OSD of an
+    /// earlier interval, which may hold none), for peering: going active without
+    /// hearing from an OSD that may hold the newest acknowledged write could lose
+    /// it, so peering waits for it (or for the map to mark it down).
+    async fn peer_info(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        osd: u32,
+        reference: PgRef,
+    ) -> Result<PgInfoReply, Status> {
+        let mut client = self.peer_client(map, osd)?;
+        match client.pg_info(reference).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(Status::unavailable(format!(
+                "PG {pg} is peering: osd.{osd} did not answer ({})",
+                status.message()
+            ))),
+        }
+    }
+
+    /// The OSDs of the PG's earlier intervals that are up but not in `up` (its
+    /// prior set): they may hold writes the up set lacks, as when every copy of
+    /// the PG moved to OSDs that held nothing. When this OSD did not see the PG's
+    /// earlier intervals, every up OSD is asked.
+    fn prior_osds(&self, map: &ClusterMap, pg: PgId, up: &UpSet) -> Vec<u32> {
+        let unknown = self
+            .unknown_past
+            .lock()
+            .expect("unknown past intervals")
+            .contains(&pg);
+        let past = self.past.lock().expect("past intervals");
+        let candidates: Vec<u32> = if unknown {
+            map.osds.keys().copied().collect()
+        } else {
+            past.get(&pg)
+                .into_iter()
+                .flatten()
+                .flat_map(|earlier| earlier.iter().flatten().copied())
+                .collect()
+        };
+        let mut prior: Vec<u32> = candidates
+            .into_iter()
+            .filter(|osd| !up.contains(&Some(*osd)) && *osd != self.id)
+            .filter(|osd| map.osds.get(osd).is_some_and(|info| info.up))
+            .collect();
+        prior.sort_unstable();
+        prior.dedup();
+        prior
     }
 
     /// Marks the PG as recovering (or backfilling) until the returned guard drops.
@@ -941,6 +1031,7 @@ impl OsdService {
         let mut map = self.map.clone();
         loop {
             let current = map.borrow_and_update().clone();
+            let mut failed = false;
             for (pg, _, _) in self.led_pgs() {
                 let Some(pool) = current.pools.get(&pg.pool) else {
                     continue;
@@ -952,10 +1043,17 @@ impl OsdService {
                     Err(status) => Err(status),
                 };
                 if let Err(status) = result {
-                    tracing::warn!(%pg, error = %status, "peering failed; retrying on the next map");
+                    failed = true;
+                    tracing::warn!(%pg, error = %status, "peering failed; retrying");
                 }
             }
-            if map.changed().await.is_err() {
+            // After a failure, try again soon even if the map does not change.
+            let retry = if failed {
+                Duration::from_secs(2)
+            } else {
+                Duration::MAX
+            };
+            if let Ok(Err(_)) = tokio::time::timeout(retry, map.changed()).await {
                 return;
             }
         }
@@ -1232,7 +1330,7 @@ impl OsdService {
         let Some(pool) = map.pools.get(&pg.pool) else {
             return Ok(true);
         };
-        if pool.is_erasure() || pg.seed >= pool.pg_num {
+        if pg.seed >= pool.pg_num {
             return Ok(false);
         }
         let mapping = self.mapping(&map, pg)?;
@@ -1612,6 +1710,35 @@ impl Osd for OsdService {
         let map = self.map_at_least(reference.epoch).await?;
         let pool = self.pool(&map, reference.pool)?.clone();
         let pg = self.pg_of(&pool, reference.pg_seed)?;
+        if reference.probe {
+            // Read from the store without the PG lock (which a peering of this
+            // copy may hold while it asks the prober), and without creating a copy.
+            let store = self.store.clone();
+            let (log, oldest) = blocking(move || {
+                if store.collection(&pg::collection(pg)).is_err() {
+                    return Ok((PgLog::default(), 0));
+                }
+                Ok((
+                    pg::load(&store, pg)?,
+                    pg::log_since(&store, pg, u64::MAX)?.1,
+                ))
+            })
+            .await?;
+            let (_, shard, pending) = if log.last > 0 {
+                self.stored_info(pg).await?
+            } else {
+                (0, None, None)
+            };
+            return Ok(Response::new(PgInfoReply {
+                epoch: map.epoch,
+                last: log.last,
+                oldest,
+                last_epoch: log.last_epoch,
+                clean: false,
+                shard,
+                pending,
+            }));
+        }
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;

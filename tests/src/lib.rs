@@ -110,15 +110,23 @@ pub async fn status_until(
     check: impl Fn(&ClusterStatus) -> bool,
 ) -> ClusterStatus {
     let client = cluster.client();
-    let check = &check;
-    wait_for(what, Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let status: ClusterStatus = client.query(&Query::Status).await.ok()?;
-            check(&status).then_some(status)
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(status) = client.query::<ClusterStatus>(&Query::Status).await {
+            if check(&status) {
+                return status;
+            }
+            last = Some(status);
         }
-    })
-    .await
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after 30s waiting for {what}; last status: {:?}",
+                last.map(|status| (status.pg_states, status.checks))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One monitor, `osds` OSDs (each on its own host, with `osd_flags`) and a

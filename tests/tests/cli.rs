@@ -1,8 +1,9 @@
 //! The `lcpfs` command against a running monitor: what an operator types and reads.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use lcpfs_tests::{MonCluster, binary, free_port, http_get};
+use lcpfs_tests::{MonCluster, binary, free_port, http_get, wait_for};
 
 struct Cli {
     mon: String,
@@ -47,8 +48,12 @@ async fn operator_commands() {
         mon: cluster.mons["a"].addr.clone(),
         keyring: cluster.mons["a"].data.join("keyring"),
     };
-    let keyring =
-        std::fs::read_to_string(&cli.keyring).expect("admin keyring written at bootstrap");
+    // The monitor writes it once the cluster is bootstrapped, beside serving.
+    let keyring = wait_for("the admin keyring", Duration::from_secs(10), || {
+        let read = std::fs::read_to_string(&cli.keyring).ok();
+        async move { read.filter(|keyring| !keyring.is_empty()) }
+    })
+    .await;
     assert!(keyring.starts_with("[client.admin]\n\tkey = "), "{keyring}");
 
     let status = cli.ok(&["status"]);

@@ -505,6 +505,7 @@ async fn malformed_and_out_of_date_peer_requests_get_errors() {
         pool,
         pg_seed: 9999,
         interval: 0,
+        probe: false,
     };
     assert_eq!(
         code(replica.pg_info(missing_pg).await),

@@ -573,25 +573,56 @@ impl OsdService {
             infos = self.shard_infos(map, pg, &shards, reference, log).await?;
         }
 
+        // Shards of the PG's earlier intervals may hold writes the up set lacks
+        // (every shard moved at once): they can be sources too.
+        let mut prior = Vec::new();
+        for osd in self.prior_osds(map, pg, &up) {
+            let probe = PgRef {
+                probe: true,
+                ..reference
+            };
+            let info = self.peer_info(map, pg, osd, probe).await?;
+            if let Some(shard) = info.shard
+                && info.last > 0
+            {
+                prior.push(((shard as usize, osd), info));
+            }
+        }
+        // A copy is a source for the shard position it holds, which may not be
+        // its position now (indep moves an OSD between positions as others come
+        // and go); an empty copy holds its current position.
+        let stored = |((position, _), info): &(Member, PgInfoReply)| {
+            info.shard
+                .map(|shard| shard as usize)
+                .or((info.last == 0).then_some(*position))
+        };
         let newest = infos
             .iter()
-            .filter(|((position, _), info)| holds(*position, info))
+            .chain(&prior)
+            .filter(|copy| stored(copy).is_some())
             .map(|(_, info)| (info.last_epoch, info.last))
             .max()
             .unwrap_or_default();
-        let sources: Vec<Member> = infos
+        let mut sources: Vec<Member> = infos
             .iter()
-            .filter(|((position, _), info)| {
-                holds(*position, info) && (info.last_epoch, info.last) == newest
-            })
-            .map(|(member, _)| *member)
+            .chain(&prior)
+            .filter(|(_, info)| (info.last_epoch, info.last) == newest)
+            .filter_map(|copy| Some((stored(copy)?, copy.0.1)))
             .collect();
-        if sources.len() < code.k {
-            return Err(Status::unavailable(format!(
-                "PG {pg} is incomplete: {} of its up shards hold its newest writes and {} are needed; waiting for more of its OSDs",
-                sources.len(),
-                code.k
-            )));
+        let incomplete = |sources: &[Member]| {
+            let mut positions: Vec<usize> = sources.iter().map(|(position, _)| *position).collect();
+            positions.sort_unstable();
+            positions.dedup();
+            (positions.len() < code.k).then(|| {
+                Status::unavailable(format!(
+                    "PG {pg} is incomplete: {} of its shards hold its newest writes and {} are needed; waiting for more of its OSDs",
+                    positions.len(),
+                    code.k
+                ))
+            })
+        };
+        if let Some(status) = incomplete(&sources) {
+            return Err(status);
         }
         let source = sources[0].1;
         let (auth, auth_oldest) = if source == self.id {
@@ -603,10 +634,20 @@ impl OsdService {
             let oldest = entries.first().map_or(0, |entry| entry.version);
             (entries, oldest)
         };
-        for ((position, osd), info) in &infos {
-            if sources.contains(&(*position, *osd)) {
-                continue;
+        // Copies that are sources for another position are rebuilt last: until
+        // then their shards serve the others' rebuilds.
+        let mut targets: Vec<&(Member, PgInfoReply)> = infos
+            .iter()
+            .filter(|copy| !sources.contains(&copy.0))
+            .collect();
+        targets.sort_by_key(|((_, osd), _)| sources.iter().any(|(_, source)| source == osd));
+        for ((position, osd), info) in targets {
+            // A source whose shard is being replaced serves no more rebuilds.
+            sources.retain(|(_, source)| source != osd);
+            if let Some(status) = incomplete(&sources) {
+                return Err(status);
             }
+            let source = sources[0].1;
             let theirs = if !holds(*position, info) {
                 None
             } else if *osd == self.id {
@@ -655,9 +696,12 @@ impl OsdService {
             };
             self.install_shard(map, pg, (*position, *osd), delivery, log)
                 .await?;
+            // Level now, at its own position.
+            sources.push((*position, *osd));
         }
         log.clear_incomplete();
         log.peered = Some((reference.interval, up));
+        self.forget_past(pg);
         Ok(())
     }
 

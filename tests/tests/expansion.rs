@@ -1,0 +1,125 @@
+//! PGs that move wholly to OSDs that hold nothing of them (every copy at once, as
+//! when OSDs join or leave in one map change): the new primary must find the data
+//! on the OSDs that held the PG before, not serve an empty PG.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lcpfs_client::objects::ObjectClient;
+use lcpfs_core::crush::pg_mapping;
+use lcpfs_core::map::ClusterMap;
+use lcpfs_core::monitor::Command;
+use lcpfs_core::pg::PgId;
+use lcpfs_tests::{
+    MonCluster, cluster_with_pool, contents, http_get, osds_up, status_until, wait_for,
+};
+
+async fn all_clean(cluster: &MonCluster) {
+    status_until(cluster, "all PGs active+clean", |status| {
+        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
+    })
+    .await;
+}
+
+/// The PGs of `pool` whose up sets in `before` and `after` share no OSD.
+fn moved_wholly(before: &ClusterMap, after: &ClusterMap, pool: &str) -> usize {
+    let pool = after.pool_by_name(pool).unwrap();
+    (0..pool.pg_num)
+        .filter(|&seed| {
+            let pg = PgId::new(pool.id, seed);
+            let old = pg_mapping(before, pg).unwrap().up;
+            pg_mapping(after, pg)
+                .unwrap()
+                .up
+                .iter()
+                .all(|osd| !old.contains(osd))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_objects_survive_their_pgs_moving_wholly() {
+    let mut cluster = cluster_with_pool(3, &[]).await;
+    survive_wholesale_moves(&mut cluster, "data").await;
+}
+
+/// Writes objects to `pool` (16 PGs) on three OSDs; three more join, and once
+/// the first three removed the copies they no longer hold, the new ones are
+/// marked out in one map change, so that PGs move wholly back: every object must
+/// still read back.
+async fn survive_wholesale_moves(cluster: &mut MonCluster, pool_name: &str) {
+    let objects = ObjectClient::connect(cluster.client()).await.unwrap();
+    let mut written = BTreeMap::new();
+    for n in 0..80 {
+        let name = format!("object-{n:03}");
+        let data = contents(&name, 1000 + n * 997);
+        objects
+            .put(pool_name, name.as_bytes(), data.clone())
+            .await
+            .unwrap();
+        written.insert(name, data);
+    }
+
+    // Three OSDs join; once the PGs are clean on them, the OSDs that no longer
+    // hold a PG remove their copies.
+    for index in 3..6 {
+        cluster.start_osd(index);
+    }
+    osds_up(&cluster.client(), 6).await;
+    all_clean(cluster).await;
+    let grown = cluster.client().map(true).await.unwrap();
+    for index in 0..3 {
+        let id = grown
+            .osds
+            .iter()
+            .find(|(_, osd)| osd.addr == cluster.osds[&index].addr)
+            .map(|(id, _)| *id)
+            .unwrap();
+        let pool = grown.pool_by_name(pool_name).unwrap();
+        let held = (0..pool.pg_num)
+            .filter(|&seed| {
+                pg_mapping(&grown, PgId::new(pool.id, seed))
+                    .unwrap()
+                    .up
+                    .contains(&Some(id))
+            })
+            .count();
+        let metrics = cluster.osds[&index].metrics.clone();
+        wait_for("strays removed", Duration::from_secs(30), || {
+            let metrics = metrics.clone();
+            async move {
+                let page = http_get(&metrics, "/metrics");
+                page.lines()
+                    .any(|line| line == format!("lcpfs_osd_pg_copies {held}"))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    // The new OSDs are marked out in one map change: the PGs that lived only on
+    // them return wholly to OSDs that removed their copies.
+    let new_ids: Vec<u32> = grown
+        .osds
+        .iter()
+        .filter(|(_, osd)| (3..6).any(|index| cluster.osds[&index].addr == osd.addr))
+        .map(|(id, _)| *id)
+        .collect();
+    cluster
+        .client()
+        .run(&Command::OsdOut { ids: new_ids })
+        .await
+        .unwrap();
+    let shrunk = cluster.client().map(true).await.unwrap();
+    let moved = moved_wholly(&grown, &shrunk, pool_name);
+    assert!(moved > 0, "some PG moves wholly back to the first OSDs");
+    all_clean(cluster).await;
+    for (name, data) in &written {
+        let read = objects.get(pool_name, name.as_bytes()).await;
+        assert!(
+            read.as_ref().is_ok_and(|read| read == data),
+            "{name} reads back after {moved} PGs moved wholly: {:?}",
+            read.map(|read| read.len())
+        );
+    }
+}
