@@ -685,14 +685,19 @@ impl OsdService {
         }
         // Every up OSD now holds every write this one has.
         log.clear_incomplete();
+        self.forget_past(pg, interval, &up);
         log.peered = Some((interval, up));
-        self.forget_past(pg);
         Ok(())
     }
 
-    /// After peering, the up set holds the PG's newest history: earlier
-    /// intervals no longer matter.
-    fn forget_past(&self, pg: PgId) {
+    /// After peering in `interval` with up set `up`, that up set holds the PG's
+    /// newest history: earlier intervals no longer matter, unless the PG has
+    /// moved on meanwhile (then the intervals since are still needed).
+    fn forget_past(&self, pg: PgId, interval: u64, up: &UpSet) {
+        let current = self.intervals.lock().expect("intervals").get(&pg).cloned();
+        if current.is_none_or(|(current_up, epoch)| epoch != interval || current_up != *up) {
+            return;
+        }
         self.past.lock().expect("past intervals").remove(&pg);
         self.unknown_past
             .lock()

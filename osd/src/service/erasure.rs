@@ -609,15 +609,29 @@ impl OsdService {
             .filter(|(_, info)| (info.last_epoch, info.last) == newest)
             .filter_map(|copy| Some((stored(copy)?, copy.0.1)))
             .collect();
+        let copies: Vec<String> = infos
+            .iter()
+            .chain(&prior)
+            .map(|((position, osd), info)| {
+                let held = info
+                    .shard
+                    .map_or("none".to_owned(), |shard| shard.to_string());
+                format!(
+                    "osd.{osd} at {position} holds shard {held} to {}'{}",
+                    info.last_epoch, info.last
+                )
+            })
+            .collect();
         let incomplete = |sources: &[Member]| {
             let mut positions: Vec<usize> = sources.iter().map(|(position, _)| *position).collect();
             positions.sort_unstable();
             positions.dedup();
             (positions.len() < code.k).then(|| {
                 Status::unavailable(format!(
-                    "PG {pg} is incomplete: {} of its shards hold its newest writes and {} are needed; waiting for more of its OSDs",
+                    "PG {pg} is incomplete: {} of its shards hold its newest writes and {} are needed; waiting for more of its OSDs ({})",
                     positions.len(),
-                    code.k
+                    code.k,
+                    copies.join(", ")
                 ))
             })
         };
@@ -700,8 +714,8 @@ impl OsdService {
             sources.push((*position, *osd));
         }
         log.clear_incomplete();
+        self.forget_past(pg, reference.interval, &up);
         log.peered = Some((reference.interval, up));
-        self.forget_past(pg);
         Ok(())
     }
 
