@@ -401,26 +401,26 @@ pub fn read_shard(
     }
     let mut data = view.read(&key, offset, length)?;
     data.resize(length as usize, 0);
-    let number = |bytes: Option<Vec<u8>>| {
-        bytes
-            .and_then(|bytes| bytes.try_into().ok())
-            .map_or(0, u64::from_le_bytes)
-    };
     Ok(ReadShardReply {
         exists: true,
         data,
-        size: number(view.xattr(&key, ec::SIZE_XATTR.as_bytes())?),
-        version: number(view.xattr(&key, ec::VERSION_XATTR.as_bytes())?),
+        size: number_xattr(&view, &key, ec::SIZE_XATTR)?.unwrap_or(0),
+        version: number_xattr(&view, &key, ec::VERSION_XATTR)?.unwrap_or(0),
     })
+}
+
+/// An xattr holding a number (8 bytes, little endian), if the object has it.
+fn number_xattr(view: &engine::View<'_>, key: &[u8], name: &str) -> engine::Result<Option<u64>> {
+    Ok(view
+        .xattr(key, name.as_bytes())?
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_le_bytes))
 }
 
 /// An object's size: its engine size, or for a shard of an erasure-coded object,
 /// the object's size kept beside the shard.
 fn logical_size(view: &engine::View<'_>, key: &[u8], stored: u64) -> engine::Result<u64> {
-    Ok(view
-        .xattr(key, ec::SIZE_XATTR.as_bytes())?
-        .and_then(|bytes| bytes.try_into().ok())
-        .map_or(stored, u64::from_le_bytes))
+    Ok(number_xattr(view, key, ec::SIZE_XATTR)?.unwrap_or(stored))
 }
 
 /// Runs the reads of a request (after its writes); one result per read.

@@ -254,10 +254,12 @@ impl OsdService {
             for seed in 0..pool.pg_num {
                 let up = placement.map_pg(seed).up;
                 let pg = PgId::new(pool.id, seed);
-                let entry = intervals.entry(pg).or_insert_with(|| {
-                    unknown.insert(pg);
-                    (up.clone(), map.epoch)
-                });
+                let entry = intervals
+                    .entry(pg)
+                    .or_insert_with(|| (up.clone(), map.epoch));
+                // With epochs skipped (this OSD just started, or fell behind),
+                // earlier intervals went unseen; a PG first seen in the map that
+                // follows the last observed is new and has none.
                 if !contiguous {
                     unknown.insert(pg);
                 }
@@ -1719,17 +1721,14 @@ impl Osd for OsdService {
             // Read from the store without the PG lock (which a peering of this
             // copy may hold while it asks the prober), and without creating a copy.
             let store = self.store.clone();
-            let (log, oldest) = blocking(move || {
+            let log = blocking(move || {
                 if store.collection(&pg::collection(pg)).is_err() {
-                    return Ok((PgLog::default(), 0));
+                    return Ok(PgLog::default());
                 }
-                Ok((
-                    pg::load(&store, pg)?,
-                    pg::log_since(&store, pg, u64::MAX)?.1,
-                ))
+                pg::load(&store, pg)
             })
             .await?;
-            let (_, shard, pending) = if log.last > 0 {
+            let (oldest, shard, pending) = if log.last > 0 {
                 self.stored_info(pg).await?
             } else {
                 (0, None, None)

@@ -47,6 +47,12 @@ fn write_at(offset: u64, data: Vec<u8>) -> ObjectOp {
     }
 }
 
+fn truncate(size: u64) -> ObjectOp {
+    ObjectOp {
+        op: Some(Op::Truncate(size)),
+    }
+}
+
 /// Object sizes around the stripe and unit boundaries of a 4+2 code.
 fn size_of(n: usize) -> usize {
     [
@@ -104,13 +110,7 @@ async fn write_objects(
             3 => {
                 let size = data.len() / 2 + 7;
                 objects
-                    .operate(
-                        pool,
-                        name.as_bytes(),
-                        vec![ObjectOp {
-                            op: Some(Op::Truncate(size as u64)),
-                        }],
-                    )
+                    .operate(pool, name.as_bytes(), vec![truncate(size as u64)])
                     .await
                     .unwrap();
                 data.resize(size, 0);
@@ -306,13 +306,7 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
             3 => {
                 let size = pick(step, "truncate", 60_000);
                 objects
-                    .operate(
-                        "ec",
-                        name.as_bytes(),
-                        vec![ObjectOp {
-                            op: Some(Op::Truncate(size as u64)),
-                        }],
-                    )
+                    .operate("ec", name.as_bytes(), vec![truncate(size as u64)])
                     .await
                     .unwrap();
                 model.entry(name).or_default().resize(size, 0);

@@ -55,11 +55,13 @@ fn op(op: Op) -> ObjectOp {
     ObjectOp { op: Some(op) }
 }
 
-/// A copy holds the history of shard `position` if it was written as that shard,
-/// or holds nothing yet.
-fn holds(position: usize, info: &PgInfoReply) -> bool {
+/// The shard position a copy at `position` of the up set holds the history of:
+/// the one it was written as (indep moves OSDs between positions as others come
+/// and go), or its current one while it holds nothing.
+fn held_position(position: usize, info: &PgInfoReply) -> Option<usize> {
     info.shard
-        .map_or(info.last == 0, |shard| shard as usize == position)
+        .map(|shard| shard as usize)
+        .or((info.last == 0).then_some(position))
 }
 
 /// The operations that turn shard `position` of an object into its part of
@@ -475,17 +477,7 @@ impl OsdService {
             let info = if osd == self.id {
                 self.local_info(pg, log).await?
             } else {
-                let mut client = self.peer_client(map, osd)?;
-                client
-                    .pg_info(reference)
-                    .await
-                    .map_err(|status| {
-                        Status::unavailable(format!(
-                            "PG {pg} is peering: osd.{osd} did not answer ({})",
-                            status.message()
-                        ))
-                    })?
-                    .into_inner()
+                self.peer_info(map, pg, osd, reference).await?
             };
             infos.push(((position, osd), info));
         }
@@ -588,14 +580,8 @@ impl OsdService {
                 prior.push(((shard as usize, osd), info));
             }
         }
-        // A copy is a source for the shard position it holds, which may not be
-        // its position now (indep moves an OSD between positions as others come
-        // and go); an empty copy holds its current position.
-        let stored = |((position, _), info): &(Member, PgInfoReply)| {
-            info.shard
-                .map(|shard| shard as usize)
-                .or((info.last == 0).then_some(*position))
-        };
+        // A copy is a source for the shard position it holds.
+        let stored = |((position, _), info): &(Member, PgInfoReply)| held_position(*position, info);
         let newest = infos
             .iter()
             .chain(&prior)
@@ -662,7 +648,7 @@ impl OsdService {
                 return Err(status);
             }
             let source = sources[0].1;
-            let theirs = if !holds(*position, info) {
+            let theirs = if held_position(*position, info) != Some(*position) {
                 None
             } else if *osd == self.id {
                 let store = self.store.clone();
