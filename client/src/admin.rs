@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use lcpfs_core::map::{ClusterMap, CrushItem, PoolKind, PoolSpec, WEIGHT_ONE};
-use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, Query};
+use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, PgSummary, Query};
 use serde_json::json;
 
 use lcpfs_core::crush::pg_mapping;
@@ -41,6 +41,16 @@ pub enum OsdCommand {
         #[arg(required = true)]
         ids: Vec<u32>,
     },
+    /// Declare down OSDs' data lost: PGs that wait for them (state `down`) go on
+    /// without them, giving up the writes only they held.
+    Lost {
+        /// OSD ids.
+        #[arg(required = true)]
+        ids: Vec<u32>,
+        /// Confirms that the writes only these OSDs hold may be lost.
+        #[arg(long)]
+        yes_i_really_mean_it: bool,
+    },
     /// Remove OSDs (they must be down).
     Rm {
         /// OSD ids.
@@ -70,6 +80,11 @@ pub enum OsdCommand {
 /// `lcpfs pg ...`
 #[derive(Subcommand, Debug)]
 pub enum PgCommand {
+    /// Every PG with its state, up set, primary and when it was last scrubbed.
+    Ls {
+        /// Only this pool's PGs.
+        pool: Option<String>,
+    },
     /// Compare a PG's copies: object lists, sizes and xattrs.
     Scrub {
         /// PG id, POOL.SEED (hex), e.g. 1.a.
@@ -225,6 +240,18 @@ pub async fn osd(
         OsdCommand::Out { ids } => Command::OsdOut { ids },
         OsdCommand::In { ids } => Command::OsdIn { ids },
         OsdCommand::Down { ids } => Command::OsdDown { ids },
+        OsdCommand::Lost {
+            ids,
+            yes_i_really_mean_it,
+        } => {
+            if !yes_i_really_mean_it {
+                bail!(
+                    "marking an OSD lost gives up every write only it holds; \
+                     add --yes-i-really-mean-it if it cannot come back"
+                );
+            }
+            Command::OsdLost { ids }
+        }
         OsdCommand::Rm { ids } => Command::OsdRm { ids },
         OsdCommand::Reweight { id, reweight } => Command::OsdReweight { id, reweight },
         OsdCommand::Scrub { id, deep, repair } => {
@@ -270,14 +297,55 @@ pub async fn pg(
     command: PgCommand,
     json_output: bool,
 ) -> anyhow::Result<String> {
-    let objects = ObjectClient::connect(client).await?;
     let (pg, deep, repair) = match command {
+        PgCommand::Ls { pool } => {
+            let list: Vec<PgSummary> = client.query(&Query::PgList { pool }).await?;
+            return pg_list(&list, json_output);
+        }
         PgCommand::Scrub { pgid } => (pgid, false, false),
         PgCommand::DeepScrub { pgid } => (pgid, true, false),
         PgCommand::Repair { pgid } => (pgid, true, true),
     };
+    let objects = ObjectClient::connect(client).await?;
     let report = objects.scrub(pg, deep, repair).await?;
     scrub_reports(&[(pg, report)], deep, json_output)
+}
+
+/// `lcpfs pg ls`: one line per PG, like `ceph pg ls`.
+fn pg_list(list: &[PgSummary], json_output: bool) -> anyhow::Result<String> {
+    if json_output {
+        return Ok(serde_json::to_string_pretty(list)?);
+    }
+    let stamp = |seconds: u64| {
+        chrono::DateTime::from_timestamp(seconds as i64, 0)
+            .filter(|_| seconds > 0)
+            .map_or_else(
+                || "-".to_owned(),
+                |at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            )
+    };
+    let mut out = format!(
+        "{:<8} {:<32} {:<16} {:>7}  {:<20}  {}\n",
+        "PG", "STATE", "UP", "PRIMARY", "SCRUB_STAMP", "DEEP_SCRUB_STAMP"
+    );
+    for pg in list {
+        let up: Vec<String> = pg
+            .up
+            .iter()
+            .map(|osd| osd.map_or("-".to_owned(), |osd| osd.to_string()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<8} {:<32} {:<16} {:>7}  {:<20}  {}",
+            pg.pgid,
+            pg.state,
+            format!("[{}]", up.join(",")),
+            pg.primary.map_or("-".to_owned(), |osd| osd.to_string()),
+            stamp(pg.last_scrub),
+            stamp(pg.last_deep_scrub)
+        );
+    }
+    Ok(out.trim_end().to_owned())
 }
 
 /// Scrub reports, one paragraph per PG: what was compared and each bad copy.
@@ -387,9 +455,10 @@ pub fn osd_tree(map: &ClusterMap, json_output: bool) -> anyhow::Result<String> {
                     format!("{:.5}", osd.weight),
                     format!("{indent}osd.{id}"),
                     format!(
-                        "{}{}",
+                        "{}{}{}",
                         if osd.up { "up" } else { "down" },
-                        if osd.in_ { "" } else { ",out" }
+                        if osd.in_ { "" } else { ",out" },
+                        if osd.lost { ",lost" } else { "" }
                     ),
                     if osd.in_ { osd.reweight } else { 0.0 }
                 );

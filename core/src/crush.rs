@@ -688,6 +688,7 @@ pub fn synthetic_map(params: &SyntheticCluster) -> Result<(ClusterMap, u32), Map
                 up: true,
                 in_: true,
                 reweight: 1.0,
+                lost: false,
             })?;
         }
     }
@@ -868,6 +869,7 @@ pub fn utilization_report(
                 up: true,
                 in_: true,
                 reweight: 1.0,
+                lost: false,
             })?;
             let after = map_all(&PoolPlacement::new(&grown, pool_id)?, num_pgs);
             let total_crush: f64 = in_osds.iter().map(|osd| osd.weight).sum();

@@ -2,6 +2,7 @@
 //!
 //! - [`engine`]: the LCPFS storage engine each OSD runs on its disks — copy-on-write,
 //!   checksummed, self-healing, with RAID-Z, compression, dedup, snapshots and clones;
+//! - [`file`]: small files replaced whole (keys, saved state);
 //! - [`map`]: the cluster map (monitors, OSDs, pools) and its epochs and incrementals;
 //! - [`monitor`]: the requests the monitors accept and their replies;
 //! - [`net`]: advertised addresses (IP or DNS name) and where a daemon listens;
@@ -12,6 +13,7 @@
 
 pub mod crush;
 pub mod engine;
+pub mod file;
 pub mod map;
 pub mod monitor;
 pub mod net;

@@ -95,6 +95,10 @@ pub struct OsdInfo {
     /// Override in `[0, 1]`: the fraction of the PGs CRUSH gives this OSD that it keeps.
     #[serde(default = "full_reweight")]
     pub reweight: f64,
+    /// An operator declared the OSD's data gone (`lcpfs osd lost`): PGs no longer
+    /// wait for it to come back. Cleared when the OSD boots again.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 fn full_reweight() -> f64 {
@@ -322,7 +326,7 @@ pub enum MapError {
     #[error("osd id {0} is too large: OSD ids must be at most {MAX_OSD_ID}")]
     OsdIdTooLarge(u32),
     /// The OSD is still up.
-    #[error("osd.{0} is up: stop it and mark it down before removing it")]
+    #[error("osd.{0} is up: stop it and mark it down first")]
     OsdIsUp(u32),
     /// Bad CRUSH weight.
     #[error(
@@ -685,6 +689,7 @@ impl ClusterMap {
         self.update_osd(osd.id, |known| {
             known.addr = osd.addr;
             known.up = true;
+            known.lost = false;
             Ok(())
         })
     }
@@ -721,6 +726,17 @@ impl ClusterMap {
     pub fn mark_down(&mut self, id: u32) -> Result<MapIncremental, MapError> {
         self.update_osd(id, |osd| {
             osd.up = false;
+            Ok(())
+        })
+    }
+
+    /// Declares a down OSD's data lost: peering stops waiting for it.
+    pub fn mark_lost(&mut self, id: u32) -> Result<MapIncremental, MapError> {
+        self.update_osd(id, |osd| {
+            if osd.up {
+                return Err(MapError::OsdIsUp(id));
+            }
+            osd.lost = true;
             Ok(())
         })
     }
@@ -1192,6 +1208,7 @@ pub(crate) mod tests {
             up: true,
             in_: true,
             reweight: 1.0,
+            lost: false,
         }
     }
 

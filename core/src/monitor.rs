@@ -30,6 +30,11 @@ pub enum Command {
         /// OSD ids.
         ids: Vec<u32>,
     },
+    /// Declare down OSDs' data lost, so PGs waiting for them go on without them.
+    OsdLost {
+        /// OSD ids.
+        ids: Vec<u32>,
+    },
     /// Remove OSDs that are down from the map.
     OsdRm {
         /// OSD ids.
@@ -120,6 +125,30 @@ pub enum Query {
         /// Entity name.
         entity: String,
     },
+    /// Every PG of the map (of one pool, when named) with its state, up set and
+    /// scrub stamps, like `ceph pg ls`.
+    PgList {
+        /// Only this pool's PGs.
+        #[serde(default)]
+        pool: Option<String>,
+    },
+}
+
+/// One PG as `lcpfs pg ls` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PgSummary {
+    /// `POOL.SEED`, e.g. `1.1f`.
+    pub pgid: String,
+    /// As its primary last reported it (`unknown`: no recent report).
+    pub state: String,
+    /// The up set, one entry per position (`None`: no OSD there).
+    pub up: Vec<Option<u32>>,
+    /// The primary, if any OSD is up.
+    pub primary: Option<u32>,
+    /// When the PG was last scrubbed, seconds since the Unix epoch (0: not known).
+    pub last_scrub: u64,
+    /// When the PG was last deep-scrubbed, seconds since the Unix epoch (0: not known).
+    pub last_deep_scrub: u64,
 }
 
 /// An auth entity and its secret key.

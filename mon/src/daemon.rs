@@ -218,7 +218,9 @@ async fn write_admin_keyring(monitor: Arc<Monitor>) {
                 entity: "client.admin".into(),
                 key,
             };
-            if let Err(error) = write_private(&path, entity.keyring().as_bytes()) {
+            if let Err(error) =
+                lcpfs_core::file::replace_private(&path, entity.keyring().as_bytes())
+            {
                 tracing::error!(%error, path = %path.display(), "cannot write the admin keyring");
             }
             return;
@@ -227,19 +229,4 @@ async fn write_admin_keyring(monitor: Arc<Monitor>) {
             return;
         }
     }
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
 }

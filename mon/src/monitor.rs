@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lcpfs_core::crush::pg_mapping;
 use lcpfs_core::map::{MAX_CRUSH_WEIGHT, OsdInfo};
-use lcpfs_core::monitor::{Command, CommandOutcome, check_entity_name};
+use lcpfs_core::monitor::{Command, CommandOutcome, PgSummary, check_entity_name};
+use lcpfs_core::pg::PgId;
 use lcpfs_proto::monitor_client::MonitorClient;
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -79,8 +81,8 @@ pub struct Monitor {
     seen_down: Mutex<HashMap<u32, u64>>,
     /// Leader only: failed OSD → reporting host → when.
     failure_reports: Mutex<FailureReports>,
-    /// Leader only: (pool, seed) → state its primary last reported, and when.
-    pg_stats: Mutex<HashMap<(u32, u32), (String, Instant)>>,
+    /// Leader only: (pool, seed) → what its primary last reported, and when.
+    pg_stats: Mutex<HashMap<(u32, u32), (lcpfs_proto::PgStat, Instant)>>,
 }
 
 /// The error for a change proposed to Raft whose commit could not be confirmed: it
@@ -399,26 +401,52 @@ impl Monitor {
         let now = Instant::now();
         let mut table = self.pg_stats.lock().expect("pg stats");
         for stat in stats {
-            table.insert((stat.pool, stat.seed), (stat.state, now));
+            table.insert((stat.pool, stat.seed), (stat, now));
         }
     }
 
     /// PGs of the current map by state; PGs without a report in the last
     /// `PG_STAT_FRESH` are `unknown`.
     pub fn pg_states(&self) -> BTreeMap<String, u64> {
-        let map = self.state.map();
-        let table = self.pg_stats.lock().expect("pg stats");
         let mut states = BTreeMap::new();
-        for pool in map.pools.values() {
-            for seed in 0..pool.pg_num {
-                let state = match table.get(&(pool.id, seed)) {
-                    Some((state, at)) if at.elapsed() < PG_STAT_FRESH => state.as_str(),
-                    _ => "unknown",
-                };
-                *states.entry(state.to_owned()).or_insert(0) += 1;
-            }
+        for summary in self.pg_list(None) {
+            *states.entry(summary.state).or_insert(0) += 1;
         }
         states
+    }
+
+    /// Every PG of the current map (of `pool` only, when given), in PG order,
+    /// with the state and scrub stamps its primary last reported.
+    pub fn pg_list(&self, pool: Option<u32>) -> Vec<PgSummary> {
+        let map = self.state.map();
+        let table = self.pg_stats.lock().expect("pg stats");
+        let mut list = Vec::new();
+        for pool in map
+            .pools
+            .values()
+            .filter(|candidate| pool.is_none_or(|id| candidate.id == id))
+        {
+            for seed in 0..pool.pg_num {
+                let pg = PgId::new(pool.id, seed);
+                let mapping = pg_mapping(&map, pg).ok();
+                let fresh = table
+                    .get(&(pool.id, seed))
+                    .filter(|(_, at)| at.elapsed() < PG_STAT_FRESH)
+                    .map(|(stat, _)| stat);
+                list.push(PgSummary {
+                    pgid: pg.to_string(),
+                    state: fresh.map_or_else(|| "unknown".to_owned(), |stat| stat.state.clone()),
+                    up: mapping
+                        .as_ref()
+                        .map(|mapping| mapping.up.clone())
+                        .unwrap_or_default(),
+                    primary: mapping.and_then(|mapping| mapping.primary),
+                    last_scrub: fresh.map_or(0, |stat| stat.last_scrub),
+                    last_deep_scrub: fresh.map_or(0, |stat| stat.last_deep_scrub),
+                });
+            }
+        }
+        list
     }
 
     /// On the leader: a heartbeat from an OSD.

@@ -200,7 +200,7 @@ impl MonitorRpc for MonitorService {
                 }
             )));
         }
-        if matches!(query, Query::Status)
+        if matches!(query, Query::Status | Query::PgList { .. })
             && let Ok(Some(mut leader)) = self.forward_target(&request)
             && let Ok(reply) = leader.query(forwarded(request.get_ref().clone())).await
         {
@@ -219,6 +219,22 @@ impl MonitorRpc for MonitorService {
                     })
                     .collect::<Vec<_>>()
             })),
+            Query::PgList { pool } => {
+                let id = match pool {
+                    Some(name) => Some(
+                        self.0
+                            .state
+                            .map()
+                            .pool_by_name(&name)
+                            .map(|pool| pool.id)
+                            .ok_or_else(|| {
+                                Status::not_found(format!("pool '{name}' does not exist"))
+                            })?,
+                    ),
+                    None => None,
+                };
+                encode(&self.0.pg_list(id))
+            }
             Query::AuthGet { entity } => {
                 let key = self
                     .0
@@ -256,6 +272,7 @@ impl MonitorRpc for MonitorService {
             up: true,
             in_: true,
             reweight: 1.0,
+            lost: false,
         };
         let (osd_id, epoch) = self.0.osd_boot(boot.uuid, osd).await?;
         Ok(Response::new(OsdBootReply { epoch, osd_id }))
@@ -401,7 +418,7 @@ impl MonitorService {
                 HealthCheck {
                     severity: HealthStatus::Warn,
                     summary: format!(
-                        "Reduced data availability: {unavailable} pgs inactive, peering or unknown"
+                        "Reduced data availability: {unavailable} pgs inactive, down, peering or unknown"
                     ),
                 },
             );

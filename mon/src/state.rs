@@ -202,6 +202,12 @@ impl MonState {
             Command::OsdDown { .. } => {
                 return Err("osd down must go through the leader, which records the time".into());
             }
+            Command::OsdLost { ids } => {
+                for &id in ids {
+                    incs.push(map.mark_lost(id).map_err(err)?);
+                }
+                format!("marked lost {}", osd_list(ids))
+            }
             Command::OsdRm { ids } => {
                 for &id in ids {
                     incs.push(map.remove_osd(id).map_err(err)?);
@@ -341,6 +347,7 @@ mod tests {
             up: true,
             in_: true,
             reweight: 1.0,
+            lost: false,
         }
     }
 

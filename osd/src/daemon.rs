@@ -294,6 +294,48 @@ async fn follow_map(
     }
 }
 
+/// The file in the OSD's data folder holding the PG intervals it saw.
+const INTERVALS_FILE: &str = "intervals.json";
+
+/// Brings the PG intervals this OSD saved when it last ran up to `current`: the
+/// epochs it missed come from the monitors one at a time (as far back as they
+/// keep them), so that peering knows every interval, including those during which
+/// this OSD was down. Returns the newest map observed.
+async fn observe_missed_epochs(
+    mon: &MonClient,
+    service: &OsdService,
+    current: ClusterMap,
+) -> anyhow::Result<ClusterMap> {
+    let saved = service.restore_intervals(&current)?;
+    if let Some(saved) = saved.filter(|saved| saved.epoch < current.epoch) {
+        let (from, to) = (saved.epoch, current.epoch);
+        let replay = async {
+            let mut watch = mon.subscribe(Some(saved)).await?;
+            while let Some(map) = watch.next().await? {
+                service.observe(map);
+                if map.epoch >= to {
+                    return anyhow::Ok(map.clone());
+                }
+            }
+            bail!("the map subscription ended")
+        };
+        match tokio::time::timeout(Duration::from_secs(30), replay).await {
+            Ok(Ok(map)) => {
+                tracing::info!(
+                    from,
+                    to = map.epoch,
+                    "observed the epochs missed while stopped"
+                );
+                return Ok(map);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, from, "cannot replay the missed epochs"),
+            Err(_) => tracing::warn!(from, "replaying the missed epochs timed out"),
+        }
+    }
+    service.observe(&current);
+    Ok(current)
+}
+
 /// Runs an OSD until the process is stopped.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let Some(data) = args.data.clone() else {
@@ -338,12 +380,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         auto_repair: args.scrub_auto_repair,
         recovery_sleep: Duration::try_from_secs_f64(args.recovery_sleep)
             .context("--recovery-sleep must be a number of seconds")?,
+        intervals_file: Some(data.join(INTERVALS_FILE)),
         ..OsdConfig::default()
     };
     let stopping = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = watch::channel(Arc::new(map.clone()));
     let service = Arc::new(OsdService::new(id, Arc::new(store), receiver, config));
-    service.observe(&map);
+    let map = observe_missed_epochs(&mon, &service, map).await?;
+    sender.send_replace(Arc::new(map));
     tokio::spawn(follow_map(
         mon.clone(),
         sender,

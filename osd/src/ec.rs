@@ -108,6 +108,43 @@ impl Code {
     pub fn rebuild(&self, shards: Vec<Option<Vec<u8>>>) -> Result<Vec<Vec<u8>>, String> {
         self.encode(&self.decode(shards)?)
     }
+
+    /// The positions of the shard pieces (of equal length; `None` where missing)
+    /// that disagree with the code: empty when they are consistent, or when no
+    /// more than `k` are given (any `k` are). When the others agree without one
+    /// piece, only that one is named; otherwise each piece that differs from what
+    /// the data pieces encode to: with a single parity shard a wrong data shard
+    /// cannot be told from wrong parity, and the parity is named.
+    pub fn inconsistent(&self, shards: &[Option<Vec<u8>>]) -> Result<Vec<usize>, String> {
+        let disagreeing = |pieces: &[Option<Vec<u8>>]| -> Result<Vec<usize>, String> {
+            let rebuilt = self.rebuild(pieces.to_vec())?;
+            Ok(pieces
+                .iter()
+                .zip(&rebuilt)
+                .enumerate()
+                .filter(|(_, (piece, rebuilt))| {
+                    piece.as_ref().is_some_and(|piece| piece != *rebuilt)
+                })
+                .map(|(position, _)| position)
+                .collect())
+        };
+        let present: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].is_some()).collect();
+        if present.len() <= self.k {
+            return Ok(Vec::new());
+        }
+        let differing = disagreeing(shards)?;
+        if differing.len() <= 1 || present.len() <= self.k + 1 {
+            return Ok(differing);
+        }
+        for &suspect in &present {
+            let mut others = shards.to_vec();
+            others[suspect] = None;
+            if disagreeing(&others)?.is_empty() {
+                return Ok(vec![suspect]);
+            }
+        }
+        Ok(differing)
+    }
 }
 
 /// The stripes a request rewrites, planned from the object's state before it.
@@ -431,5 +468,39 @@ mod tests {
     fn deleting_a_missing_object_is_refused() {
         let code = Code { k: 2, m: 1 };
         assert!(Edit::plan(code, false, 0, &[op(Op::Delete(true))]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn a_wrong_shard_is_found_and_named_when_the_others_agree(
+            k in 1usize..5,
+            m in 1usize..3,
+            stripes in 1usize..4,
+            victim in 0usize..6,
+            seed in any::<u8>(),
+        ) {
+            let code = Code { k, m };
+            let data: Vec<u8> = (0..stripes * k * UNIT as usize)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
+            let good: Vec<Option<Vec<u8>>> = code.encode(&data).unwrap().into_iter().map(Some).collect();
+            prop_assert_eq!(code.inconsistent(&good).unwrap(), Vec::<usize>::new());
+            let victim = victim % (k + m);
+            let mut bad = good.clone();
+            bad[victim].as_mut().unwrap()[7] ^= 0x5a;
+            let found = code.inconsistent(&bad).unwrap();
+            if m >= 2 || victim >= k {
+                prop_assert_eq!(found, vec![victim]);
+            } else {
+                // One parity shard: the wrong data shard shows as wrong parity.
+                prop_assert_eq!(found, vec![k]);
+            }
+            // With no piece to spare, nothing can be checked.
+            let mut spare = bad.clone();
+            for missing in spare.iter_mut().skip(k).take(m) {
+                *missing = None;
+            }
+            prop_assert_eq!(code.inconsistent(&spare).unwrap(), Vec::<usize>::new());
+        }
     }
 }

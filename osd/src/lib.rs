@@ -3,6 +3,7 @@
 //! - [`daemon`]: `lcpfs-osd --data DIR --mon ADDR`: boot, map, heartbeats, serving;
 //! - [`service`]: the OSD protocol — client operations at a PG's primary, replication;
 //! - [`metrics`]: `/metrics`, `/health` and `/ready` for Prometheus and probes;
+//! - [`intervals`]: each PG's intervals (up sets over epochs), for peering;
 //! - [`pg`]: a PG's objects and log in the engine store;
 //! - [`ec`]: erasure coding of objects into shards, stripe by stripe;
 //! - [`scrub`]: which copy of an object is authoritative when copies disagree;
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod ec;
+pub mod intervals;
 pub mod metrics;
 pub mod pg;
 pub mod scrub;

@@ -27,6 +27,13 @@ const LOG_OBJECT: &[u8] = b"m/pglog";
 /// Xattr of the log object naming the shard position an erasure-coded PG's copy
 /// holds (4 bytes, little endian).
 const SHARD_XATTR: &[u8] = b"shard";
+/// Xattr of the log object: the interval (its first epoch) in which a peering
+/// that brought this copy level last completed (8 bytes, little endian).
+const ACTIVATED_XATTR: &str = "activated";
+/// Xattrs of the log object: when the PG was last scrubbed and deep-scrubbed
+/// (seconds since the Unix epoch, 8 bytes, little endian).
+const SCRUBBED_XATTR: &str = "scrubbed";
+const DEEP_SCRUBBED_XATTR: &str = "deep-scrubbed";
 /// The object holding an erasure-coded PG's prepared, uncommitted shard write.
 const PENDING_OBJECT: &[u8] = b"m/pending";
 /// Prefix of client objects in a PG's collection (keeps them apart from the log).
@@ -383,6 +390,57 @@ pub fn shard(store: &Store, pg: PgId) -> engine::Result<Option<u32>> {
         .xattr(LOG_OBJECT, SHARD_XATTR)?
         .and_then(|bytes| bytes.try_into().ok())
         .map(u32::from_le_bytes))
+}
+
+/// The interval in which this copy was last brought level by a completed
+/// peering (0: never). Every write of the intervals before it is in this copy.
+pub fn activated(store: &Store, pg: PgId) -> engine::Result<u64> {
+    log_number(store, pg, ACTIVATED_XATTR)
+}
+
+/// Records that a peering in `interval` brought this copy level (kept only if
+/// newer than the interval recorded).
+pub fn set_activated(store: &Store, pg: PgId, interval: u64) -> engine::Result<()> {
+    if activated(store, pg)? >= interval {
+        return Ok(());
+    }
+    set_log_numbers(store, pg, &[(ACTIVATED_XATTR, interval)])
+}
+
+/// When the PG was last scrubbed and deep-scrubbed, as its primary recorded on
+/// this copy, in seconds since the Unix epoch (0: never).
+pub fn scrub_stamps(store: &Store, pg: PgId) -> engine::Result<(u64, u64)> {
+    Ok((
+        log_number(store, pg, SCRUBBED_XATTR)?,
+        log_number(store, pg, DEEP_SCRUBBED_XATTR)?,
+    ))
+}
+
+/// Records when the PG was last scrubbed and (when not 0) deep-scrubbed.
+pub fn set_scrub_stamps(store: &Store, pg: PgId, scrubbed: u64, deep: u64) -> engine::Result<()> {
+    let mut stamps = vec![(SCRUBBED_XATTR, scrubbed)];
+    if deep > 0 {
+        stamps.push((DEEP_SCRUBBED_XATTR, deep));
+    }
+    set_log_numbers(store, pg, &stamps)
+}
+
+/// A number kept as an xattr of the PG's log object (0 when absent).
+fn log_number(store: &Store, pg: PgId, name: &str) -> engine::Result<u64> {
+    let view = store.head(&collection(pg))?;
+    if !view.exists(LOG_OBJECT)? {
+        return Ok(0);
+    }
+    Ok(number_xattr(&view, LOG_OBJECT, name)?.unwrap_or(0))
+}
+
+fn set_log_numbers(store: &Store, pg: PgId, numbers: &[(&str, u64)]) -> engine::Result<()> {
+    let mut txn = Transaction::new(collection(pg));
+    txn.create(LOG_OBJECT, false);
+    for (name, value) in numbers {
+        txn.set_xattr(LOG_OBJECT, name.as_bytes(), &value.to_le_bytes());
+    }
+    store.commit(txn).map(|_| ())
 }
 
 /// A range of this copy's shard of an object, zero padded to `length`, with the

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lcpfs_core::crush::{PgMapping, pg_mapping, primary};
 use lcpfs_core::engine::{self, Store};
@@ -30,6 +30,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::ec;
+use crate::intervals::Intervals;
 use crate::metrics::OsdMetrics;
 use crate::pg::{self, CatchUp, PgLog, UpSet};
 use crate::scrub;
@@ -60,6 +61,9 @@ pub struct OsdConfig {
     /// Pause between objects recovered or backfilled, to leave the disks and the
     /// network to client I/O (like Ceph's `osd_recovery_sleep`).
     pub recovery_sleep: Duration,
+    /// Where the PG intervals this OSD saw are saved, so that a restarted OSD
+    /// still knows them (`None`: kept in memory only).
+    pub intervals_file: Option<std::path::PathBuf>,
 }
 
 impl Default for OsdConfig {
@@ -72,6 +76,7 @@ impl Default for OsdConfig {
             deep_scrub_interval: Duration::from_secs(7 * 24 * 3600),
             auto_repair: false,
             recovery_sleep: Duration::ZERO,
+            intervals_file: None,
         }
     }
 }
@@ -82,20 +87,13 @@ pub struct OsdService {
     store: Arc<Store>,
     map: watch::Receiver<Arc<ClusterMap>>,
     pgs: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<Option<PgLog>>>>>,
-    /// Per PG: its up set in the last map observed, and the epoch that up set began.
-    intervals: Mutex<HashMap<PgId, (UpSet, u64)>>,
-    /// Per PG: the up sets of its earlier intervals this OSD saw, newest last (at
-    /// most [`PAST_INTERVALS`]). Their OSDs may hold writes the current up set
-    /// lacks, e.g. when every copy of a PG moved at once.
-    past: Mutex<HashMap<PgId, Vec<UpSet>>>,
-    /// PGs whose earlier intervals this OSD did not see (it started, or missed
-    /// epochs, since their up set last changed): peering probes every up OSD.
-    unknown_past: Mutex<HashSet<PgId>>,
-    /// Epoch of the last map observed.
-    observed_epoch: Mutex<u64>,
+    /// Every PG's intervals as this OSD saw them.
+    intervals: Intervals,
     peers: Mutex<HashMap<String, OsdClient<Channel>>>,
     /// Scrub history of the PGs this OSD is (or was) primary for.
     scrubs: Mutex<HashMap<PgId, ScrubStamp>>,
+    /// PGs whose last peering found them down (see `check_not_down`).
+    down: Mutex<HashSet<PgId>>,
     /// PGs moving objects to bring a copy level (true: a backfill).
     recovering: Mutex<HashMap<PgId, bool>>,
     config: OsdConfig,
@@ -106,8 +104,8 @@ pub struct OsdService {
 /// When a PG was last scrubbed and what the scrub found.
 #[derive(Clone, Debug)]
 struct ScrubStamp {
-    last: Instant,
-    last_deep: Instant,
+    last: SystemTime,
+    last_deep: SystemTime,
     /// Bad copies the last scrub found and did not repair.
     inconsistent: usize,
     /// Set while a scrub runs (true for a deep one).
@@ -140,9 +138,6 @@ impl Drop for RecoveryMark<'_> {
             .remove(&self.pg);
     }
 }
-
-/// Earlier up sets remembered per PG.
-const PAST_INTERVALS: usize = 16;
 
 /// Objects compared per scrub chunk (the PG lock is held for one chunk at a time).
 const SCRUB_CHUNK: usize = 64;
@@ -218,13 +213,11 @@ impl OsdService {
             store,
             map,
             pgs: Mutex::new(HashMap::new()),
-            intervals: Mutex::new(HashMap::new()),
-            past: Mutex::new(HashMap::new()),
-            unknown_past: Mutex::new(HashSet::new()),
-            observed_epoch: Mutex::new(0),
+            intervals: Intervals::new(config.intervals_file.clone()),
             peers: Mutex::new(HashMap::new()),
             scrubs: Mutex::new(HashMap::new()),
             recovering: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashSet::new()),
             config,
             metrics: OsdMetrics::new().expect("OSD metrics register once"),
         }
@@ -234,48 +227,13 @@ impl OsdService {
     /// published to the service: a PG whose up set changed (or any PG, when epochs
     /// were skipped) starts a new interval and is peered again before it serves.
     pub fn observe(&self, map: &ClusterMap) {
-        let mut observed = self.observed_epoch.lock().expect("observed epoch");
-        let contiguous = *observed + 1 == map.epoch;
-        let mut intervals = self.intervals.lock().expect("intervals");
-        let mut past = self.past.lock().expect("past intervals");
-        let mut unknown = self.unknown_past.lock().expect("unknown past intervals");
-        let exists = |pg: &PgId| {
-            map.pools
-                .get(&pg.pool)
-                .is_some_and(|pool| pg.seed < pool.pg_num)
-        };
-        intervals.retain(|pg, _| exists(pg));
-        past.retain(|pg, _| exists(pg));
-        unknown.retain(exists);
-        for pool in map.pools.values() {
-            let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(map, pool.id) else {
-                continue;
-            };
-            for seed in 0..pool.pg_num {
-                let up = placement.map_pg(seed).up;
-                let pg = PgId::new(pool.id, seed);
-                let entry = intervals
-                    .entry(pg)
-                    .or_insert_with(|| (up.clone(), map.epoch));
-                // With epochs skipped (this OSD just started, or fell behind),
-                // earlier intervals went unseen; a PG first seen in the map that
-                // follows the last observed is new and has none.
-                if !contiguous {
-                    unknown.insert(pg);
-                }
-                if !contiguous || entry.0 != up {
-                    let ended = std::mem::replace(entry, (up, map.epoch)).0;
-                    let history = past.entry(pg).or_default();
-                    if ended != entry.0 && history.last() != Some(&ended) {
-                        history.push(ended);
-                        if history.len() > PAST_INTERVALS {
-                            history.remove(0);
-                        }
-                    }
-                }
-            }
-        }
-        *observed = map.epoch;
+        self.intervals.observe(map);
+    }
+
+    /// Restores the PG intervals an earlier run of this OSD saved; returns the last
+    /// map it observed (see [`Intervals::restore`]).
+    pub fn restore_intervals(&self, current: &ClusterMap) -> anyhow::Result<Option<ClusterMap>> {
+        self.intervals.restore(current)
     }
 
     /// The engine store's status (space, per-disk errors).
@@ -286,15 +244,8 @@ impl OsdService {
     /// The up OSDs this one shares a PG with in the map it follows.
     pub fn heartbeat_peers(&self) -> Vec<u32> {
         let map = self.current();
-        let intervals = self.intervals.lock().expect("intervals");
-        let mut peers: Vec<u32> = intervals
-            .values()
-            .filter(|(up, _)| up.contains(&Some(self.id)))
-            .flat_map(|(up, _)| up.iter().flatten().copied())
-            .filter(|&osd| osd != self.id && map.osds.get(&osd).is_some_and(|info| info.up))
-            .collect();
-        peers.sort_unstable();
-        peers.dedup();
+        let mut peers = self.intervals.neighbours(self.id);
+        peers.retain(|osd| map.osds.get(osd).is_some_and(|info| info.up));
         peers
     }
 
@@ -374,11 +325,7 @@ impl OsdService {
     }
 
     fn interval(&self, pg: PgId) -> u64 {
-        self.intervals
-            .lock()
-            .expect("intervals")
-            .get(&pg)
-            .map_or(0, |(_, epoch)| *epoch)
+        self.intervals.start(pg)
     }
 
     fn current(&self) -> Arc<ClusterMap> {
@@ -655,20 +602,43 @@ impl OsdService {
         };
         log.accepted_interval = log.accepted_interval.max(interval);
         if pool.is_erasure() {
-            return self.peer_erasure(map, pool, pg, log, up, reference).await;
+            self.peer_erasure(map, pool, pg, log, &up, reference)
+                .await?;
+        } else {
+            self.peer_replicated(map, pool, pg, log, &up, reference)
+                .await?;
         }
+        // Every up OSD now holds every write this one has.
+        self.activate(map, pg, &up, interval).await?;
+        log.clear_incomplete();
+        self.intervals.forget_past(pg, interval, &up);
+        log.peered = Some((interval, up));
+        Ok(())
+    }
+
+    /// Peers a replicated PG: takes the newest history among the up OSDs and the
+    /// OSDs of earlier intervals, then brings every up OSD level with it.
+    async fn peer_replicated(
+        &self,
+        map: &ClusterMap,
+        pool: &Pool,
+        pg: PgId,
+        log: &mut PgLog,
+        up: &UpSet,
+        reference: PgRef,
+    ) -> Result<(), Status> {
         let mut infos = Vec::new();
         for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
             infos.push((osd, self.peer_info(map, pg, osd, reference).await?));
         }
-        let mut prior = Vec::new();
-        for osd in self.prior_osds(map, pg, &up) {
-            let probe = PgRef {
-                probe: true,
-                ..reference
-            };
-            prior.push((osd, self.peer_info(map, pg, osd, probe).await?));
-        }
+        let prior = self.probe_prior(map, pg, up, reference).await?;
+        let own = self.info_of(pg, log, false).await?;
+        self.check_not_down(
+            map,
+            pool,
+            pg,
+            std::iter::once(&own).chain(infos.iter().chain(&prior).map(|(_, info)| info)),
+        )?;
         // The newest history wins, wherever it is: its last entry has the greatest
         // (epoch, version).
         if let Some((source, info)) = infos
@@ -685,26 +655,83 @@ impl OsdService {
                 self.recover_replica(map, pg, *osd).await?;
             }
         }
-        // Every up OSD now holds every write this one has.
-        log.clear_incomplete();
-        self.forget_past(pg, interval, &up);
-        log.peered = Some((interval, up));
         Ok(())
     }
 
-    /// After peering in `interval` with up set `up`, that up set holds the PG's
-    /// newest history: earlier intervals no longer matter, unless the PG has
-    /// moved on meanwhile (then the intervals since are still needed).
-    fn forget_past(&self, pg: PgId, interval: u64, up: &UpSet) {
-        let current = self.intervals.lock().expect("intervals").get(&pg).cloned();
-        if current.is_none_or(|(current_up, epoch)| epoch != interval || current_up != *up) {
-            return;
+    /// Records, here and on every other up OSD, that peering in `interval`
+    /// brought the PG's copies level: its earlier intervals need not be asked
+    /// again, whatever happens to their OSDs.
+    async fn activate(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        up: &UpSet,
+        interval: u64,
+    ) -> Result<(), Status> {
+        let store = self.store.clone();
+        blocking(move || pg::set_activated(&store, pg, interval)).await?;
+        for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
+            self.peer_client(map, osd)?
+                .push_objects(PushRequest {
+                    pg: Some(pg_ref(map, pg)),
+                    interval,
+                    activated: interval,
+                    ..PushRequest::default()
+                })
+                .await?;
         }
-        self.past.lock().expect("past intervals").remove(&pg);
-        self.unknown_past
-            .lock()
-            .expect("unknown past intervals")
-            .remove(&pg);
+        Ok(())
+    }
+
+    /// Fails (and marks the PG `down`) while an earlier interval of the PG may
+    /// hold acknowledged writes that none of the answering copies (`infos`, this
+    /// OSD's among them) has: one whose OSDs are down, not enough of them up to
+    /// read its writes (one copy; `k` shards), and not all marked lost. Intervals
+    /// before the newest one in which an answering copy was brought level are
+    /// not asked: that copy holds their writes.
+    fn check_not_down<'a>(
+        &self,
+        map: &ClusterMap,
+        pool: &Pool,
+        pg: PgId,
+        infos: impl IntoIterator<Item = &'a PgInfoReply>,
+    ) -> Result<(), Status> {
+        let since = infos
+            .into_iter()
+            .map(|info| info.activated.max(info.last_epoch))
+            .max()
+            .unwrap_or(0);
+        let needed = match pool.kind {
+            PoolKind::Erasure { k, .. } => k,
+            PoolKind::Replicated { .. } => 1,
+        };
+        let unreachable = self
+            .intervals
+            .unreachable(map, pg, since, pool.min_size(), needed);
+        let mut down = self.down.lock().expect("down PGs");
+        if unreachable.is_empty() {
+            down.remove(&pg);
+            return Ok(());
+        }
+        down.insert(pg);
+        let waited: Vec<String> = unreachable
+            .iter()
+            .map(|interval| {
+                let osds: Vec<String> = interval
+                    .up
+                    .iter()
+                    .flatten()
+                    .map(|osd| format!("osd.{osd}"))
+                    .collect();
+                format!("[{}] from epoch {}", osds.join(", "), interval.start)
+            })
+            .collect();
+        Err(Status::unavailable(format!(
+            "PG {pg} is down: it may hold acknowledged writes only OSDs that are down have \
+             (up sets {}); start one of them, or, if they cannot come back, give their \
+             writes up with `lcpfs osd lost`",
+            waited.join("; ")
+        )))
     }
 
     /// A peer's info of its copy of the PG (`reference.probe`: an OSD of an
@@ -728,34 +755,24 @@ impl OsdService {
         }
     }
 
-    /// The OSDs of the PG's earlier intervals that are up but not in `up` (its
-    /// prior set): they may hold writes the up set lacks, as when every copy of
-    /// the PG moved to OSDs that held nothing. When this OSD did not see the PG's
-    /// earlier intervals, every up OSD is asked.
-    fn prior_osds(&self, map: &ClusterMap, pg: PgId, up: &UpSet) -> Vec<u32> {
-        let unknown = self
-            .unknown_past
-            .lock()
-            .expect("unknown past intervals")
-            .contains(&pg);
-        let past = self.past.lock().expect("past intervals");
-        let candidates: Vec<u32> = if unknown {
-            map.osds.keys().copied().collect()
-        } else {
-            past.get(&pg)
-                .into_iter()
-                .flatten()
-                .flat_map(|earlier| earlier.iter().flatten().copied())
-                .collect()
+    /// The infos of the PG's copies on the up OSDs of its earlier intervals that
+    /// are not in `up` (asked without making them create a copy).
+    async fn probe_prior(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        up: &UpSet,
+        reference: PgRef,
+    ) -> Result<Vec<(u32, PgInfoReply)>, Status> {
+        let probe = PgRef {
+            probe: true,
+            ..reference
         };
-        let mut prior: Vec<u32> = candidates
-            .into_iter()
-            .filter(|osd| !up.contains(&Some(*osd)) && *osd != self.id)
-            .filter(|osd| map.osds.get(osd).is_some_and(|info| info.up))
-            .collect();
-        prior.sort_unstable();
-        prior.dedup();
-        prior
+        let mut prior = Vec::new();
+        for osd in self.intervals.prior_osds(map, pg, up, self.id) {
+            prior.push((osd, self.peer_info(map, pg, osd, probe).await?));
+        }
+        Ok(prior)
     }
 
     /// Marks the PG as recovering (or backfilling) until the returned guard drops.
@@ -889,18 +906,31 @@ impl OsdService {
         Ok(())
     }
 
-    /// How far this OSD's copy of a PG reaches back (the oldest log version kept),
-    /// and for an erasure-coded PG, the shard it holds and its pending write.
-    async fn stored_info(&self, pg: PgId) -> Result<(u64, Option<u32>, Option<LogEntry>), Status> {
+    /// This OSD's info of its copy of a PG whose log is `log`, as peering asks for
+    /// it: how far the log reaches back, the interval the copy was last brought
+    /// level in, and for an erasure-coded PG, the shard it holds and its pending
+    /// write.
+    async fn info_of(&self, pg: PgId, log: &PgLog, clean: bool) -> Result<PgInfoReply, Status> {
         let store = self.store.clone();
-        blocking(move || {
+        let (oldest, shard, pending, activated) = blocking(move || {
             Ok((
                 pg::log_since(&store, pg, u64::MAX)?.1,
                 pg::shard(&store, pg)?,
                 pg::pending(&store, pg)?.and_then(|pending| pending.entry),
+                pg::activated(&store, pg)?,
             ))
         })
-        .await
+        .await?;
+        Ok(PgInfoReply {
+            epoch: self.current().epoch,
+            last: log.last,
+            oldest,
+            last_epoch: log.last_epoch,
+            clean,
+            shard,
+            pending,
+            activated,
+        })
     }
 
     /// Brings replica `osd` level with this OSD: the objects named in the log
@@ -952,7 +982,7 @@ impl OsdService {
                 keep: if full { names } else { Vec::new() },
                 rewind_from,
                 interval,
-                shard: None,
+                ..PushRequest::default()
             })
             .await?;
         Ok(())
@@ -978,6 +1008,9 @@ impl OsdService {
             let members = up.iter().flatten().count() as u32;
             let mut state = if members < pool.min_size() {
                 "inactive".to_owned()
+            } else if self.down.lock().expect("down PGs").contains(&pg) {
+                // Waits for an OSD of an earlier interval (see `check_not_down`).
+                "down".to_owned()
             } else {
                 let lock = self.pg_lock(pg);
                 // A scrub holds the lock a chunk at a time, and only scrubs a peered
@@ -1007,13 +1040,19 @@ impl OsdService {
                 Some(false) => state.push_str("+scrubbing"),
                 None => {}
             }
-            if scrub.is_some_and(|stamp| stamp.inconsistent > 0) {
+            if scrub.as_ref().is_some_and(|stamp| stamp.inconsistent > 0) {
                 state.push_str("+inconsistent");
             }
+            let seconds = |at: SystemTime| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs())
+            };
             stats.push(lcpfs_proto::PgStat {
                 pool: pg.pool,
                 seed: pg.seed,
                 state,
+                last_scrub: scrub.as_ref().map_or(0, |stamp| seconds(stamp.last)),
+                last_deep_scrub: scrub.as_ref().map_or(0, |stamp| seconds(stamp.last_deep)),
             });
         }
         stats
@@ -1022,14 +1061,7 @@ impl OsdService {
     /// The PGs this OSD is primary for in the last observed map, with their up sets
     /// and the epochs their intervals began, in PG order.
     fn led_pgs(&self) -> Vec<(PgId, UpSet, u64)> {
-        let intervals = self.intervals.lock().expect("intervals");
-        let mut led: Vec<(PgId, UpSet, u64)> = intervals
-            .iter()
-            .filter(|(_, (up, _))| primary(up) == Some(self.id))
-            .map(|(pg, (up, epoch))| (*pg, up.clone(), *epoch))
-            .collect();
-        led.sort_unstable_by_key(|(pg, _, _)| *pg);
-        led
+        self.intervals.led_by(self.id)
     }
 
     /// Peers, in the background, every PG this OSD is primary for whenever the map
@@ -1081,8 +1113,10 @@ impl OsdService {
                 self.id, map.epoch
             )));
         }
+        self.load_scrub_stamp(pg).await;
         self.scrub_stamp(pg, |stamp| stamp.running = Some(deep));
         let result = self.scrub_chunks(&pool, pg, deep, repair).await;
+        let now = SystemTime::now();
         self.scrub_stamp(pg, |stamp| {
             stamp.running = None;
             if let Ok(report) = &result {
@@ -1091,12 +1125,15 @@ impl OsdService {
                     .iter()
                     .filter(|bad| !bad.repaired)
                     .count();
-                stamp.last = Instant::now();
+                stamp.last = now;
                 if deep {
-                    stamp.last_deep = stamp.last;
+                    stamp.last_deep = now;
                 }
             }
         });
+        if result.is_ok() {
+            self.record_scrub(pg, deep, now).await;
+        }
         let report = result?;
         tracing::info!(
             %pg,
@@ -1109,15 +1146,90 @@ impl OsdService {
         Ok(report)
     }
 
+    /// Changes the PG's scrub stamp (loaded by [`Self::load_scrub_stamp`] first,
+    /// or taken as now).
     fn scrub_stamp(&self, pg: PgId, change: impl FnOnce(&mut ScrubStamp)) {
         let mut scrubs = self.scrubs.lock().expect("scrub table");
-        let now = Instant::now();
+        let now = SystemTime::now();
         change(scrubs.entry(pg).or_insert(ScrubStamp {
             last: now,
             last_deep: now,
             inconsistent: 0,
             running: None,
         }));
+    }
+
+    /// Loads, the first time this OSD leads the PG, when it was last scrubbed and
+    /// deep-scrubbed, as recorded on this copy; a copy with nothing recorded (a
+    /// new PG) counts as scrubbed now.
+    async fn load_scrub_stamp(&self, pg: PgId) {
+        if self.scrubs.lock().expect("scrub table").contains_key(&pg) {
+            return;
+        }
+        let store = self.store.clone();
+        let recorded = blocking(move || pg::scrub_stamps(&store, pg))
+            .await
+            .unwrap_or_default();
+        let at = |seconds: u64| {
+            if seconds > 0 {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+            } else {
+                SystemTime::now()
+            }
+        };
+        self.scrubs
+            .lock()
+            .expect("scrub table")
+            .entry(pg)
+            .or_insert(ScrubStamp {
+                last: at(recorded.0),
+                last_deep: at(recorded.1),
+                inconsistent: 0,
+                running: None,
+            });
+    }
+
+    /// Records a completed scrub on this copy and every other up copy, so that a
+    /// restarted OSD, or the next primary, keeps to the schedule.
+    async fn record_scrub(&self, pg: PgId, deep: bool, at: SystemTime) {
+        let seconds = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let (scrubbed, deep_scrubbed) = (seconds, if deep { seconds } else { 0 });
+        let store = self.store.clone();
+        let mut failures = Vec::new();
+        if let Err(status) =
+            blocking(move || pg::set_scrub_stamps(&store, pg, scrubbed, deep_scrubbed)).await
+        {
+            failures.push(format!("osd.{}: {}", self.id, status.message()));
+        }
+        let map = self.current();
+        let interval = self.interval(pg);
+        let up = self
+            .mapping(&map, pg)
+            .map(|mapping| mapping.up)
+            .unwrap_or_default();
+        for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
+            let pushed = match self.peer_client(&map, osd) {
+                Ok(mut client) => client
+                    .push_objects(PushRequest {
+                        pg: Some(pg_ref(&map, pg)),
+                        interval,
+                        scrubbed,
+                        deep_scrubbed,
+                        ..PushRequest::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                Err(status) => Err(status),
+            };
+            if let Err(status) = pushed {
+                failures.push(format!("osd.{osd}: {}", status.message()));
+            }
+        }
+        if !failures.is_empty() {
+            tracing::warn!(%pg, failures = %failures.join("; "), "scrub stamps not recorded everywhere");
+        }
     }
 
     async fn scrub_chunks(
@@ -1182,7 +1294,19 @@ impl OsdService {
                 }
             }
             for (name, held) in copies {
-                let (authority, bad) = scrub::judge(&up, &held, self.id, deep);
+                let (authority, mut bad) = scrub::judge(&up, &held, self.id, deep);
+                // Shards that agree on their metadata are checked against the
+                // code: each one's bytes are verified by its engine, but a shard
+                // can still hold bytes of another write.
+                if let Some(object) = authority.and_then(|osd| held.get(&osd))
+                    && deep
+                    && pool.is_erasure()
+                    && bad.is_empty()
+                {
+                    bad = self
+                        .check_parity(&map, pool, pg, &name, object.size)
+                        .await?;
+                }
                 report.objects += 1;
                 report.bytes += authority
                     .and_then(|osd| held.get(&osd))
@@ -1398,11 +1522,13 @@ impl OsdService {
         loop {
             tick.tick().await;
             for (pg, _, _) in self.led_pgs() {
+                self.load_scrub_stamp(pg).await;
                 let mut due = None;
+                let since = |at: SystemTime| at.elapsed().unwrap_or_default();
                 self.scrub_stamp(pg, |stamp| {
-                    if stamp.last_deep.elapsed() >= self.config.deep_scrub_interval {
+                    if since(stamp.last_deep) >= self.config.deep_scrub_interval {
                         due = Some(true);
-                    } else if stamp.last.elapsed() >= self.config.scrub_interval {
+                    } else if since(stamp.last) >= self.config.scrub_interval {
                         due = Some(false);
                     }
                 });
@@ -1723,46 +1849,30 @@ impl Osd for OsdService {
             let store = self.store.clone();
             let log = blocking(move || {
                 if store.collection(&pg::collection(pg)).is_err() {
-                    return Ok(PgLog::default());
+                    return Ok(None);
                 }
-                pg::load(&store, pg)
+                pg::load(&store, pg).map(Some)
             })
             .await?;
-            let (oldest, shard, pending) = if log.last > 0 {
-                self.stored_info(pg).await?
-            } else {
-                (0, None, None)
+            let info = match log {
+                Some(log) => self.info_of(pg, &log, false).await?,
+                None => PgInfoReply {
+                    epoch: map.epoch,
+                    ..PgInfoReply::default()
+                },
             };
-            return Ok(Response::new(PgInfoReply {
-                epoch: map.epoch,
-                last: log.last,
-                oldest,
-                last_epoch: log.last_epoch,
-                clean: false,
-                shard,
-                pending,
-            }));
+            return Ok(Response::new(info));
         }
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
         // A primary peering this copy: older primaries are refused from now on.
         log.accepted_interval = log.accepted_interval.max(reference.interval);
-        let (last, last_epoch) = (log.last, log.last_epoch);
         let up = self.mapping(&map, pg)?.up;
         let clean = primary(&up) == Some(self.id)
             && up.iter().flatten().count() as u32 >= pool.size()
             && log.peered == Some((self.interval(pg), up));
-        let (oldest, shard, pending) = self.stored_info(pg).await?;
-        Ok(Response::new(PgInfoReply {
-            epoch: map.epoch,
-            last,
-            oldest,
-            last_epoch,
-            clean,
-            shard,
-            pending,
-        }))
+        Ok(Response::new(self.info_of(pg, log, clean).await?))
     }
 
     async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
@@ -1830,6 +1940,15 @@ impl Osd for OsdService {
                 log.record(entry);
             }
             log.dirty = false;
+        }
+        if request.activated > 0 {
+            let store = self.store.clone();
+            blocking(move || pg::set_activated(&store, pg, request.activated)).await?;
+        }
+        if request.scrubbed > 0 {
+            let store = self.store.clone();
+            let (scrubbed, deep) = (request.scrubbed, request.deep_scrubbed);
+            blocking(move || pg::set_scrub_stamps(&store, pg, scrubbed, deep)).await?;
         }
         Ok(Response::new(PushReply { last: log.last }))
     }

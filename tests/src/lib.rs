@@ -534,6 +534,24 @@ impl MonCluster {
 
 impl Drop for MonCluster {
     fn drop(&mut self) {
+        // A failing test shows the end of every daemon's log beside its panic.
+        if std::thread::panicking() {
+            let logs = self
+                .mons
+                .iter()
+                .map(|(name, mon)| (format!("mon.{name}"), mon.data.join("stderr.log")))
+                .chain(self.osds.iter().map(|(index, osd)| {
+                    (format!("osd index {index}"), osd.data.join("stderr.log"))
+                }));
+            for (daemon, path) in logs {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- last lines of {daemon}'s log ---");
+                for line in &lines[lines.len().saturating_sub(15)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
         let names: Vec<String> = self.mons.keys().cloned().collect();
         for name in names {
             self.kill(&name);

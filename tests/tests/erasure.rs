@@ -3,17 +3,18 @@
 //! with two OSDs of a 4+2 pool dead every object is still readable, and once they
 //! are marked out the lost shards are rebuilt on the others, checked shard by
 //! shard through the engines; a shard rotted on one OSD's disk is found by deep
-//! scrub and rebuilt by repair; appends through a primary killed mid-write are
-//! neither lost nor doubled.
+//! scrub and rebuilt by repair, and so is a parity shard holding other bytes
+//! (found by re-encoding the data shards); appends through a primary killed
+//! mid-write are neither lost nor doubled.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::engine::{OpenOptions, Store};
+use lcpfs_core::engine::{OpenOptions, Store, Transaction};
 use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
 use lcpfs_core::monitor::Command;
-use lcpfs_core::pg::object_to_pg;
+use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_osd::ec::Code;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{ObjectOp, WriteAt};
@@ -378,9 +379,44 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     rot_shard(&mut cluster);
     osds_up(&cluster.client(), 4).await;
     osd_listening(&cluster, index).await;
+    deep_scrub_finds_and_repair_fixes(&objects, pg, up[1], "read error").await;
+    assert!(objects.get("ec", b"big").await.unwrap() == big);
+
+    // The parity shard holds other bytes, written through its engine (so its
+    // checksums hold): a shallow scrub sees nothing, a deep scrub re-encodes
+    // the data shards and names it, repair rebuilds it.
+    let parity = cluster.osd_index(&map, up[2]);
+    cluster.kill_osd(parity);
+    {
+        let store = Store::open(&cluster.osds[&parity].data, &OpenOptions::default()).unwrap();
+        let mut txn = Transaction::new(format!("pg.{pg}"));
+        txn.write_full(b"o/big", contents("not the parity", 32 << 10));
+        store.commit(txn).unwrap();
+    }
+    cluster.start_osd(parity);
+    osds_up(&cluster.client(), 4).await;
+    osd_listening(&cluster, parity).await;
+    let report = objects.scrub(pg, false, false).await.unwrap();
+    assert!(report.inconsistencies.is_empty(), "{report:?}");
+    deep_scrub_finds_and_repair_fixes(&objects, pg, up[2], "does not match").await;
+    assert!(objects.get("ec", b"big").await.unwrap() == big);
+}
+
+/// A deep scrub of `pg` finds one bad shard, on `osd`, for a reason containing
+/// `reason`; repair rebuilds it and a second deep scrub is clean.
+async fn deep_scrub_finds_and_repair_fixes(
+    objects: &ObjectClient,
+    pg: PgId,
+    osd: u32,
+    reason: &str,
+) {
     let report = objects.scrub(pg, true, false).await.unwrap();
     assert_eq!(report.inconsistencies.len(), 1, "{report:?}");
-    assert_eq!(report.inconsistencies[0].osd, up[1]);
+    assert_eq!(report.inconsistencies[0].osd, osd);
+    assert!(
+        report.inconsistencies[0].reason.contains(reason),
+        "{report:?}"
+    );
     let report = objects.scrub(pg, true, true).await.unwrap();
     assert!(
         report.inconsistencies.iter().all(|bad| bad.repaired),
@@ -388,7 +424,6 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     );
     let report = objects.scrub(pg, true, false).await.unwrap();
     assert!(report.inconsistencies.is_empty(), "{report:?}");
-    assert!(objects.get("ec", b"big").await.unwrap() == big);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! Scrub and repair over real OSD processes: bytes rotted on one OSD's disk (while
 //! it is stopped) are found by a deep scrub, reported as PG_DAMAGED, rewritten by
-//! `lcpfs pg repair`, and a second deep scrub is clean; a primary whose copy is
-//! unreadable serves a read from a replica's copy and heals its own.
+//! `lcpfs pg repair`, and a second deep scrub is clean, with a stamp in `lcpfs pg
+//! ls` that outlives a restart; a primary whose copy is unreadable serves a read
+//! from a replica's copy and heals its own.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::map::ClusterMap;
 use lcpfs_tests::{
     MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, rot,
-    status_until,
+    status_until, wait_for,
 };
 
 /// Stops OSD `id`, rots `data` on its disks, and starts it again.
@@ -130,6 +131,38 @@ async fn deep_scrub_finds_a_rotted_copy_and_repair_fixes_it() {
         assert_eq!(report["primary"], replica);
         assert_eq!(report["inconsistent"], serde_json::json!([]), "{report}");
     }
+
+    // `lcpfs pg ls` shows when the PG was deep-scrubbed; the stamp is kept with
+    // the PG's copies, so it outlives a restart of the primary.
+    let deep_scrubbed = |cluster: &MonCluster| {
+        let list = lcpfs(cluster, &["pg", "ls", "data"]);
+        let entry = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["pgid"] == pg.to_string())
+            .cloned()
+            .unwrap_or_else(|| panic!("{pg} listed: {list}"));
+        (entry["state"] == "active+clean")
+            .then(|| entry["last_deep_scrub"].as_u64().unwrap())
+            .filter(|&stamp| stamp > 0)
+    };
+    let stamp = wait_for("the deep scrub stamp", Duration::from_secs(30), || {
+        std::future::ready(deep_scrubbed(&cluster))
+    })
+    .await;
+    cluster.kill_osd(primary);
+    cluster.start_osd(primary);
+    osds_up(&cluster.client(), 3).await;
+    status_until(&cluster, "the primary back and reporting", |status| {
+        status.pg_states.get("active+clean") == Some(&16)
+    })
+    .await;
+    let restarted = wait_for("the stamp reported again", Duration::from_secs(30), || {
+        std::future::ready(deep_scrubbed(&cluster))
+    })
+    .await;
+    assert_eq!(restarted, stamp, "the deep scrub stamp survives a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -449,20 +449,6 @@ impl OsdService {
         Ok(results)
     }
 
-    /// This OSD's info of its copy of the PG, as a peer would report it.
-    async fn local_info(&self, pg: PgId, log: &PgLog) -> Result<PgInfoReply, Status> {
-        let (oldest, shard, pending) = self.stored_info(pg).await?;
-        Ok(PgInfoReply {
-            epoch: self.current().epoch,
-            last: log.last,
-            oldest,
-            last_epoch: log.last_epoch,
-            clean: false,
-            shard,
-            pending,
-        })
-    }
-
     /// The infos of every up shard's copy of the PG (this one's included).
     async fn shard_infos(
         &self,
@@ -475,7 +461,7 @@ impl OsdService {
         let mut infos = Vec::new();
         for &(position, osd) in shards {
             let info = if osd == self.id {
-                self.local_info(pg, log).await?
+                self.info_of(pg, log, false).await?
             } else {
                 self.peer_info(map, pg, osd, reference).await?
             };
@@ -519,13 +505,30 @@ impl OsdService {
         pool: &Pool,
         pg: PgId,
         log: &mut PgLog,
-        up: UpSet,
+        up: &UpSet,
         reference: PgRef,
     ) -> Result<(), Status> {
         let code = code(pool);
-        let shards = members(&up);
+        let shards = members(up);
         let mut infos = self.shard_infos(map, pg, &shards, reference, log).await?;
 
+        // Shards of the PG's earlier intervals may hold writes the up set lacks
+        // (every shard moved at once): they can be sources too.
+        let probed = self.probe_prior(map, pg, up, reference).await?;
+        self.check_not_down(
+            map,
+            pool,
+            pg,
+            infos
+                .iter()
+                .map(|(_, info)| info)
+                .chain(probed.iter().map(|(_, info)| info)),
+        )?;
+        let prior: Vec<(Member, PgInfoReply)> = probed
+            .into_iter()
+            .filter(|(_, info)| info.last > 0)
+            .filter_map(|(osd, info)| Some(((info.shard? as usize, osd), info)))
+            .collect();
         let mut pending: Vec<LogEntry> = infos
             .iter()
             .filter_map(|(_, info)| info.pending.clone())
@@ -565,21 +568,6 @@ impl OsdService {
             infos = self.shard_infos(map, pg, &shards, reference, log).await?;
         }
 
-        // Shards of the PG's earlier intervals may hold writes the up set lacks
-        // (every shard moved at once): they can be sources too.
-        let mut prior = Vec::new();
-        for osd in self.prior_osds(map, pg, &up) {
-            let probe = PgRef {
-                probe: true,
-                ..reference
-            };
-            let info = self.peer_info(map, pg, osd, probe).await?;
-            if let Some(shard) = info.shard
-                && info.last > 0
-            {
-                prior.push(((shard as usize, osd), info));
-            }
-        }
         // A copy is a source for the shard position it holds.
         let stored = |((position, _), info): &(Member, PgInfoReply)| held_position(*position, info);
         let newest = infos
@@ -699,9 +687,6 @@ impl OsdService {
             // Level now, at its own position.
             sources.push((*position, *osd));
         }
-        log.clear_incomplete();
-        self.forget_past(pg, reference.interval, &up);
-        log.peered = Some((reference.interval, up));
         Ok(())
     }
 
@@ -790,6 +775,7 @@ impl OsdService {
                 rewind_from: rewind_from.unwrap_or(0),
                 interval: self.interval(pg),
                 shard,
+                ..PushRequest::default()
             })
             .await?;
         Ok(())
@@ -832,6 +818,50 @@ impl OsdService {
             copy.repaired = true;
         }
         Ok(())
+    }
+
+    /// For a deep scrub of an erasure-coded object of `size` bytes whose shards
+    /// agree on their metadata: reads every up shard whole and checks them
+    /// against the code. Returns the OSDs whose shards disagree, with the reason.
+    pub(super) async fn check_parity(
+        &self,
+        map: &ClusterMap,
+        pool: &Pool,
+        pg: PgId,
+        name: &[u8],
+        size: u64,
+    ) -> Result<Vec<(u32, String)>, Status> {
+        let code = code(pool);
+        let shards = members(&self.mapping(map, pg)?.up);
+        let length = code.shard_size(size);
+        let mut reads = JoinSet::new();
+        for (position, osd) in shards.iter().copied() {
+            let read = self.shard_range(map, pg, osd, name, 0..length)?;
+            reads.spawn(async move { (position, read.await) });
+        }
+        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; code.k + code.m];
+        while let Some(done) = reads.join_next().await {
+            let (position, reply) =
+                done.map_err(|error| Status::internal(format!("shard read task: {error}")))?;
+            // A shard that cannot be read was reported by the comparison of the
+            // copies' metadata; the others are checked without it.
+            if let Ok(reply) = reply.inspect_err(|status| {
+                tracing::warn!(%pg, position, error = %status.message(), "shard unreadable during deep scrub");
+            }) {
+                pieces[position] = Some(reply.data);
+            }
+        }
+        let wrong = code.inconsistent(&pieces).map_err(Status::internal)?;
+        Ok(shards
+            .into_iter()
+            .filter(|(position, _)| wrong.contains(position))
+            .map(|(position, osd)| {
+                (
+                    osd,
+                    format!("shard {position} does not match the code over the other shards"),
+                )
+            })
+            .collect())
     }
 
     /// Rebuilds shard `member` of an object, which its OSD could not read, from
