@@ -6,6 +6,8 @@
 #   make cluster-up    3 monitors and 6 OSDs on a private network (deploy/compose)
 #   make cluster-test  a smoke test against that cluster (an OSD stopped and back)
 #   make cluster-down  stop it and remove its volumes
+#   make chaos         faults at random against that cluster, with a history checker
+#   make chaos-short   two minutes of it, then the cluster removed (CI runs it)
 #
 # CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
 
@@ -18,7 +20,7 @@ DATA ?= $(CURDIR)/lcpfs-data
 # RocksDB itself.
 PACKAGES := libclang-dev g++
 
-.PHONY: chaos dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
+.PHONY: chaos chaos-short dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
 
 deps:
 	@missing=""; \
@@ -86,3 +88,11 @@ cluster-down:
 CHAOS_ARGS ?= --duration 600
 chaos: cluster-up
 	$(BIN)/lcpfs-chaos $(CHAOS_ARGS)
+
+# The short run CI makes after `make test` where Docker Engine runs: two minutes of
+# faults against a fresh cluster, removed afterwards whatever the outcome.
+chaos-short: image
+	$(COMPOSE) down --volumes --timeout 20
+	$(COMPOSE) up -d
+	$(BIN)/lcpfs-chaos --duration 120 --recovery-timeout 300 $(CHAOS_ARGS_SHORT); \
+	status=$$?; $(COMPOSE) down --volumes --timeout 20; exit $$status

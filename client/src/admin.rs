@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use lcpfs_core::map::{ClusterMap, CrushItem, PoolKind, PoolSpec, WEIGHT_ONE};
-use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, PgSummary, Query};
+use lcpfs_core::monitor::{AuthEntity, ClusterStatus, Command, OsdUsage, PgSummary, Query};
 use serde_json::json;
 
 use lcpfs_core::crush::pg_mapping;
@@ -23,6 +23,19 @@ use crate::objects::ObjectClient;
 pub enum OsdCommand {
     /// The CRUSH hierarchy with each OSD's state and weights.
     Tree,
+    /// Each OSD's disk space, use and PG count.
+    Df,
+    /// Set the fraction of an OSD's disk space past which it is marked full
+    /// (its PGs then take deletes only).
+    SetFullRatio {
+        /// A fraction in (0, 1], e.g. 0.95.
+        ratio: f64,
+    },
+    /// Set the fraction of an OSD's disk space past which health warns.
+    SetNearfullRatio {
+        /// A fraction in (0, 1], e.g. 0.85.
+        ratio: f64,
+    },
     /// Mark OSDs out (their data moves to others).
     Out {
         /// OSD ids.
@@ -237,6 +250,12 @@ pub async fn osd(
             let map = client.map(false).await?;
             return osd_tree(&map, json_output);
         }
+        OsdCommand::Df => {
+            let usage: Vec<OsdUsage> = client.query(&Query::OsdDf).await?;
+            return osd_df(&usage, json_output);
+        }
+        OsdCommand::SetFullRatio { ratio } => Command::OsdSetFullRatio { ratio },
+        OsdCommand::SetNearfullRatio { ratio } => Command::OsdSetNearfullRatio { ratio },
         OsdCommand::Out { ids } => Command::OsdOut { ids },
         OsdCommand::In { ids } => Command::OsdIn { ids },
         OsdCommand::Down { ids } => Command::OsdDown { ids },
@@ -309,6 +328,45 @@ pub async fn pg(
     let objects = ObjectClient::connect(client).await?;
     let report = objects.scrub(pg, deep, repair).await?;
     scrub_reports(&[(pg, report)], deep, json_output)
+}
+
+/// `lcpfs osd df`: one line per OSD, like `ceph osd df`.
+fn osd_df(usage: &[OsdUsage], json_output: bool) -> anyhow::Result<String> {
+    if json_output {
+        return Ok(serde_json::to_string_pretty(usage)?);
+    }
+    let mut out = format!(
+        "{:>4}  {:<16} {:<14} {:>10} {:>10} {:>6} {:>5}\n",
+        "ID", "HOST", "STATE", "SIZE", "USED", "%USE", "PGS"
+    );
+    for osd in usage {
+        let state = [
+            if osd.up { "up" } else { "down" },
+            if osd.in_ { "" } else { ",out" },
+            if osd.full { ",full" } else { "" },
+        ]
+        .concat();
+        let percent = if osd.size_bytes > 0 {
+            format!(
+                "{:.1}",
+                osd.used_bytes as f64 * 100.0 / osd.size_bytes as f64
+            )
+        } else {
+            "-".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<16} {:<14} {:>10} {:>10} {:>6} {:>5}",
+            osd.id,
+            osd.host,
+            state,
+            human(osd.size_bytes),
+            human(osd.used_bytes),
+            percent,
+            osd.pgs
+        );
+    }
+    Ok(out.trim_end().to_owned())
 }
 
 /// `lcpfs pg ls`: one line per PG, like `ceph pg ls`.

@@ -298,13 +298,19 @@ impl MonClient {
         Ok(reply.osd_id)
     }
 
-    /// Tells the monitors OSD `id` is alive; returns their map epoch.
-    pub async fn osd_heartbeat(&self, id: u32) -> anyhow::Result<u64> {
+    /// Tells the monitors OSD `id` is alive, with its disk space (bytes `used` of
+    /// `size`); returns their map epoch.
+    pub async fn osd_heartbeat(&self, id: u32, used: u64, size: u64) -> anyhow::Result<u64> {
         let epoch = self.epoch();
         let reply = self
             .call(|mut client| async move {
                 client
-                    .osd_heartbeat(OsdHeartbeatRequest { epoch, osd_id: id })
+                    .osd_heartbeat(OsdHeartbeatRequest {
+                        epoch,
+                        osd_id: id,
+                        used_bytes: used,
+                        size_bytes: size,
+                    })
                     .await
             })
             .await?;

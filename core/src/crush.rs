@@ -689,6 +689,7 @@ pub fn synthetic_map(params: &SyntheticCluster) -> Result<(ClusterMap, u32), Map
                 in_: true,
                 reweight: 1.0,
                 lost: false,
+                full: false,
             })?;
         }
     }
@@ -870,6 +871,7 @@ pub fn utilization_report(
                 in_: true,
                 reweight: 1.0,
                 lost: false,
+                full: false,
             })?;
             let after = map_all(&PoolPlacement::new(&grown, pool_id)?, num_pgs);
             let total_crush: f64 = in_osds.iter().map(|osd| osd.weight).sum();

@@ -99,6 +99,10 @@ pub struct OsdInfo {
     /// wait for it to come back. Cleared when the OSD boots again.
     #[serde(default)]
     pub lost: bool,
+    /// The OSD's disks are fuller than the monitors' full ratio: PGs on it take
+    /// no writes but deletes, so that recovery keeps room to work.
+    #[serde(default)]
+    pub full: bool,
 }
 
 fn full_reweight() -> f64 {
@@ -741,6 +745,14 @@ impl ClusterMap {
         })
     }
 
+    /// Marks an OSD full (its PGs take only deletes) or not.
+    pub fn set_full(&mut self, id: u32, full: bool) -> Result<MapIncremental, MapError> {
+        self.update_osd(id, |osd| {
+            osd.full = full;
+            Ok(())
+        })
+    }
+
     /// Marks an OSD in: CRUSH gives it PGs again.
     pub fn mark_in(&mut self, id: u32) -> Result<MapIncremental, MapError> {
         self.update_osd(id, |osd| {
@@ -1209,6 +1221,7 @@ pub(crate) mod tests {
             in_: true,
             reweight: 1.0,
             lost: false,
+            full: false,
         }
     }
 

@@ -35,6 +35,16 @@ pub enum Command {
         /// OSD ids.
         ids: Vec<u32>,
     },
+    /// Set the fraction of an OSD's disk space past which it is marked full.
+    OsdSetFullRatio {
+        /// A fraction in (0, 1].
+        ratio: f64,
+    },
+    /// Set the fraction of an OSD's disk space past which health warns.
+    OsdSetNearfullRatio {
+        /// A fraction in (0, 1].
+        ratio: f64,
+    },
     /// Remove OSDs that are down from the map.
     OsdRm {
         /// OSD ids.
@@ -125,6 +135,8 @@ pub enum Query {
         /// Entity name.
         entity: String,
     },
+    /// Every OSD's disk space and PG count, like `ceph osd df`.
+    OsdDf,
     /// Every PG of the map (of one pool, when named) with its state, up set and
     /// scrub stamps, like `ceph pg ls`.
     PgList {
@@ -132,6 +144,28 @@ pub enum Query {
         #[serde(default)]
         pool: Option<String>,
     },
+}
+
+/// One OSD as `lcpfs osd df` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OsdUsage {
+    /// OSD id.
+    pub id: u32,
+    /// Its CRUSH host.
+    pub host: String,
+    /// Up and in, as in the map.
+    pub up: bool,
+    /// In, as in the map.
+    #[serde(rename = "in")]
+    pub in_: bool,
+    /// Marked full by the monitors.
+    pub full: bool,
+    /// Usable bytes of its disks (0: not reported yet).
+    pub size_bytes: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// PGs whose up set it is in.
+    pub pgs: u32,
 }
 
 /// One PG as `lcpfs pg ls` shows it.

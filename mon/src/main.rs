@@ -49,6 +49,13 @@ struct Args {
     /// Seconds a change may wait for a quorum before it is refused.
     #[arg(long, default_value_t = 5.0)]
     quorum_timeout: f64,
+    /// An OSD whose disks are fuller than this fraction is marked full: the PGs
+    /// on it take deletes only (like Ceph's mon_osd_full_ratio).
+    #[arg(long, default_value_t = 0.95)]
+    mon_osd_full_ratio: f64,
+    /// An OSD fuller than this fraction is reported in health (OSD_NEARFULL).
+    #[arg(long, default_value_t = 0.85)]
+    mon_osd_nearfull_ratio: f64,
     /// Snapshot the state (and compact the log) every this many entries.
     #[arg(long, default_value_t = 1000)]
     snapshot_every: u64,
@@ -71,6 +78,12 @@ fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag} must be a positive number of seconds"))
 }
 
+fn ratio(value: f64, flag: &str) -> Result<f64, String> {
+    lcpfs_mon::state::check_ratio(value)
+        .map(|()| value)
+        .map_err(|error| format!("{flag}: {error}"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,6 +99,8 @@ fn main() -> ExitCode {
             osd_heartbeat_grace: seconds(args.osd_heartbeat_grace, "--osd-heartbeat-grace")?,
             osd_down_out_interval: seconds(args.osd_down_out_interval, "--osd-down-out-interval")?,
             quorum_timeout: seconds(args.quorum_timeout, "--quorum-timeout")?,
+            full_ratio: ratio(args.mon_osd_full_ratio, "--mon-osd-full-ratio")?,
+            nearfull_ratio: ratio(args.mon_osd_nearfull_ratio, "--mon-osd-nearfull-ratio")?,
             ..MonConfig::default()
         })
     })();

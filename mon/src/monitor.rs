@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lcpfs_core::crush::pg_mapping;
 use lcpfs_core::map::{MAX_CRUSH_WEIGHT, OsdInfo};
-use lcpfs_core::monitor::{Command, CommandOutcome, PgSummary, check_entity_name};
+use lcpfs_core::monitor::{Command, CommandOutcome, OsdUsage, PgSummary, check_entity_name};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::monitor_client::MonitorClient;
 use openraft::ChangeMembers;
@@ -32,6 +32,11 @@ pub struct MonConfig {
     pub quorum_timeout: Duration,
     /// Distinct hosts whose OSDs must report a peer failed before it is marked down.
     pub min_down_reporter_hosts: usize,
+    /// An OSD whose disks are fuller than this fraction is marked full: its PGs
+    /// take only deletes.
+    pub full_ratio: f64,
+    /// An OSD fuller than this fraction is reported (OSD_NEARFULL).
+    pub nearfull_ratio: f64,
 }
 
 impl Default for MonConfig {
@@ -41,6 +46,8 @@ impl Default for MonConfig {
             osd_down_out_interval: Duration::from_secs(600),
             quorum_timeout: Duration::from_secs(5),
             min_down_reporter_hosts: 2,
+            full_ratio: 0.95,
+            nearfull_ratio: 0.85,
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct Monitor {
     pub config: MonConfig,
     /// Leader only: when each OSD last sent a heartbeat.
     heartbeats: Mutex<HashMap<u32, Instant>>,
+    /// Leader only: each OSD's disk space as its last heartbeat said, (used, size)
+    /// in bytes.
+    usage: Mutex<HashMap<u32, (u64, u64)>>,
     /// Leader only: when each down OSD without a recorded time was first seen down.
     seen_down: Mutex<HashMap<u32, u64>>,
     /// Leader only: failed OSD → reporting host → when.
@@ -132,6 +142,7 @@ impl Monitor {
             state,
             config,
             heartbeats: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
             seen_down: Mutex::new(HashMap::new()),
             failure_reports: Mutex::new(HashMap::new()),
             pg_stats: Mutex::new(HashMap::new()),
@@ -449,8 +460,9 @@ impl Monitor {
         list
     }
 
-    /// On the leader: a heartbeat from an OSD.
-    pub fn osd_heartbeat(&self, id: u32) -> Result<(), Status> {
+    /// On the leader: a heartbeat from an OSD, with its disk space (`size` 0:
+    /// not reported).
+    pub fn osd_heartbeat(&self, id: u32, used: u64, size: u64) -> Result<(), Status> {
         if !self
             .state
             .with_state(|state| state.map.osds.contains_key(&id))
@@ -463,7 +475,87 @@ impl Monitor {
             .lock()
             .expect("heartbeats")
             .insert(id, Instant::now());
+        if size > 0 {
+            self.usage.lock().expect("usage").insert(id, (used, size));
+        }
         Ok(())
+    }
+
+    /// The fraction of each OSD's disk space in use, as last reported.
+    pub fn usage_ratios(&self) -> BTreeMap<u32, f64> {
+        self.usage
+            .lock()
+            .expect("usage")
+            .iter()
+            .map(|(&id, &(used, size))| (id, used as f64 / size as f64))
+            .collect()
+    }
+
+    /// The full and nearfull ratios in force: an operator's, or the flags'.
+    pub fn full_ratios(&self) -> (f64, f64) {
+        self.state.with_state(|state| {
+            (
+                state.full_ratio.unwrap_or(self.config.full_ratio),
+                state.nearfull_ratio.unwrap_or(self.config.nearfull_ratio),
+            )
+        })
+    }
+
+    /// Every OSD of the map with its disk space as last reported and its PGs.
+    pub fn osd_df(&self) -> Vec<OsdUsage> {
+        let map = self.state.map();
+        let mut pgs: HashMap<u32, u32> = HashMap::new();
+        for pool in map.pools.values() {
+            let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(&map, pool.id) else {
+                continue;
+            };
+            for seed in 0..pool.pg_num {
+                for osd in placement.map_pg(seed).up.into_iter().flatten() {
+                    *pgs.entry(osd).or_default() += 1;
+                }
+            }
+        }
+        let usage = self.usage.lock().expect("usage");
+        map.osds
+            .values()
+            .map(|osd| {
+                let (used_bytes, size_bytes) = usage.get(&osd.id).copied().unwrap_or_default();
+                OsdUsage {
+                    id: osd.id,
+                    host: osd.host.clone(),
+                    up: osd.up,
+                    in_: osd.in_,
+                    full: osd.full,
+                    size_bytes,
+                    used_bytes,
+                    pgs: pgs.get(&osd.id).copied().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Marks full the up OSDs whose disks crossed the full ratio, and not full
+    /// those back below it.
+    async fn update_full_flags(&self, map: &lcpfs_core::map::ClusterMap) {
+        let ratios = self.usage_ratios();
+        let (full_ratio, _) = self.full_ratios();
+        let (mut full, mut not_full) = (BTreeSet::new(), BTreeSet::new());
+        for osd in map.osds.values() {
+            let Some(&ratio) = ratios.get(&osd.id) else {
+                continue;
+            };
+            let over = ratio >= full_ratio;
+            if over && !osd.full {
+                full.insert(osd.id);
+            } else if !over && osd.full {
+                not_full.insert(osd.id);
+            }
+        }
+        if (!full.is_empty() || !not_full.is_empty())
+            && let Err(error) = self.write(Proposal::SetFull { full, not_full }).await
+        {
+            tracing::warn!(%error, "could not update the OSDs' full flags");
+        }
     }
 
     /// On the leader: `reporter` cannot reach `failed`. Once OSDs on enough distinct
@@ -589,6 +681,7 @@ impl Monitor {
             {
                 tracing::warn!(%error, "could not mark long-down OSDs out");
             }
+            self.update_full_flags(&map).await;
         }
     }
 

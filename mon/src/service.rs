@@ -200,7 +200,7 @@ impl MonitorRpc for MonitorService {
                 }
             )));
         }
-        if matches!(query, Query::Status | Query::PgList { .. })
+        if matches!(query, Query::Status | Query::PgList { .. } | Query::OsdDf)
             && let Ok(Some(mut leader)) = self.forward_target(&request)
             && let Ok(reply) = leader.query(forwarded(request.get_ref().clone())).await
         {
@@ -219,6 +219,7 @@ impl MonitorRpc for MonitorService {
                     })
                     .collect::<Vec<_>>()
             })),
+            Query::OsdDf => encode(&self.0.osd_df()),
             Query::PgList { pool } => {
                 let id = match pool {
                     Some(name) => Some(
@@ -273,6 +274,7 @@ impl MonitorRpc for MonitorService {
             in_: true,
             reweight: 1.0,
             lost: false,
+            full: false,
         };
         let (osd_id, epoch) = self.0.osd_boot(boot.uuid, osd).await?;
         Ok(Response::new(OsdBootReply { epoch, osd_id }))
@@ -285,7 +287,9 @@ impl MonitorRpc for MonitorService {
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.osd_heartbeat(forwarded(request.into_inner())).await;
         }
-        self.0.osd_heartbeat(request.get_ref().osd_id)?;
+        let beat = request.get_ref();
+        self.0
+            .osd_heartbeat(beat.osd_id, beat.used_bytes, beat.size_bytes)?;
         Ok(Response::new(OsdHeartbeatReply {
             epoch: self.epoch(),
         }))
@@ -390,6 +394,50 @@ impl MonitorService {
                 HealthCheck {
                     severity: HealthStatus::Warn,
                     summary: format!("{} osds down: {}", osds_down.len(), osds_down.join(", ")),
+                },
+            );
+        }
+        let ratios = self.0.usage_ratios();
+        let (_, nearfull_ratio) = self.0.full_ratios();
+        let usage = |ids: &mut dyn Iterator<Item = u32>| -> Vec<String> {
+            ids.map(|id| {
+                let ratio = ratios.get(&id).copied().unwrap_or(1.0);
+                format!("osd.{id} ({:.0}%)", ratio * 100.0)
+            })
+            .collect()
+        };
+        let full = usage(&mut map.osds.values().filter(|osd| osd.full).map(|osd| osd.id));
+        if !full.is_empty() {
+            checks.insert(
+                "OSD_FULL".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Err,
+                    summary: format!(
+                        "{} full osds, their PGs take deletes only: {}",
+                        full.len(),
+                        full.join(", ")
+                    ),
+                },
+            );
+        }
+        let nearfull = usage(
+            &mut map
+                .osds
+                .values()
+                .filter(|osd| osd.up && !osd.full)
+                .filter(|osd| {
+                    ratios
+                        .get(&osd.id)
+                        .is_some_and(|&ratio| ratio >= nearfull_ratio)
+                })
+                .map(|osd| osd.id),
+        );
+        if !nearfull.is_empty() {
+            checks.insert(
+                "OSD_NEARFULL".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Warn,
+                    summary: format!("{} nearfull osds: {}", nearfull.len(), nearfull.join(", ")),
                 },
             );
         }

@@ -30,6 +30,13 @@ pub struct MonState {
     /// The epoch at which each OSD last booted.
     #[serde(default)]
     pub up_from: BTreeMap<u32, u64>,
+    /// The full ratio an operator set (`lcpfs osd set-full-ratio`), overriding
+    /// the monitors' `--mon-osd-full-ratio`.
+    #[serde(default)]
+    pub full_ratio: Option<f64>,
+    /// The nearfull ratio an operator set, overriding `--mon-osd-nearfull-ratio`.
+    #[serde(default)]
+    pub nearfull_ratio: Option<f64>,
 }
 
 impl Default for MonState {
@@ -41,6 +48,8 @@ impl Default for MonState {
             down_since_ms: BTreeMap::new(),
             auto_out: BTreeSet::new(),
             up_from: BTreeMap::new(),
+            full_ratio: None,
+            nearfull_ratio: None,
         }
     }
 }
@@ -175,6 +184,19 @@ impl MonState {
                 }
                 Ok((format!("marked out {}", osd_list(ids)), None))
             }
+            Proposal::SetFull { full, not_full } => {
+                for (ids, flag) in [(full, true), (not_full, false)] {
+                    for &id in ids {
+                        if self.map.osds.get(&id).is_some_and(|osd| osd.full != flag) {
+                            incs.push(self.map.set_full(id, flag).map_err(err)?);
+                        }
+                    }
+                }
+                Ok((
+                    format!("full: {}; not full: {}", osd_list(full), osd_list(not_full)),
+                    None,
+                ))
+            }
         }
     }
 
@@ -207,6 +229,16 @@ impl MonState {
                     incs.push(map.mark_lost(id).map_err(err)?);
                 }
                 format!("marked lost {}", osd_list(ids))
+            }
+            Command::OsdSetFullRatio { ratio } => {
+                check_ratio(*ratio)?;
+                self.full_ratio = Some(*ratio);
+                format!("full ratio set to {ratio}")
+            }
+            Command::OsdSetNearfullRatio { ratio } => {
+                check_ratio(*ratio)?;
+                self.nearfull_ratio = Some(*ratio);
+                format!("nearfull ratio set to {ratio}")
             }
             Command::OsdRm { ids } => {
                 for &id in ids {
@@ -314,6 +346,15 @@ fn err(error: MapError) -> String {
     error.to_string()
 }
 
+/// Checks a full or nearfull ratio: a fraction in (0, 1].
+pub fn check_ratio(ratio: f64) -> Result<(), String> {
+    if ratio > 0.0 && ratio <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!("a ratio is a fraction in (0, 1], not {ratio}"))
+    }
+}
+
 fn osd_list<'a>(ids: impl IntoIterator<Item = &'a u32>) -> String {
     let names: Vec<String> = ids.into_iter().map(|id| format!("osd.{id}")).collect();
     names.join(", ")
@@ -348,6 +389,7 @@ mod tests {
             in_: true,
             reweight: 1.0,
             lost: false,
+            full: false,
         }
     }
 

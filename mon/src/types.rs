@@ -64,6 +64,13 @@ pub enum Proposal {
         /// OSD ids.
         ids: BTreeSet<u32>,
     },
+    /// OSDs whose disks crossed the full ratio, one way or the other.
+    SetFull {
+        /// OSD ids now full.
+        full: BTreeSet<u32>,
+        /// OSD ids no longer full.
+        not_full: BTreeSet<u32>,
+    },
 }
 
 openraft::declare_raft_types!(

@@ -423,7 +423,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let mut beats = 0u64;
             loop {
                 tokio::time::sleep(heartbeat).await;
-                if let Err(error) = mon.osd_heartbeat(id).await {
+                let space = reporter.store_status();
+                let used = space.size_bytes.saturating_sub(space.free_bytes);
+                if let Err(error) = mon.osd_heartbeat(id, used, space.size_bytes).await {
                     tracing::warn!(%error, "heartbeat failed");
                 }
                 // PG states every other heartbeat.

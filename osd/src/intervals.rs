@@ -336,6 +336,7 @@ mod tests {
                 in_: true,
                 reweight: 1.0,
                 lost: false,
+                full: false,
             })
             .unwrap();
         }

@@ -588,7 +588,15 @@ impl OsdService {
         pg: PgId,
         log: &mut PgLog,
     ) -> Result<(), Status> {
-        let up = self.mapping(map, pg)?.up;
+        let PgMapping { up, primary, .. } = self.mapping(map, pg)?;
+        // A request that waited (for the map to give the PG min_size OSDs) may
+        // find this OSD no longer primary: peering here would fight the primary.
+        if primary != Some(self.id) {
+            return Err(self.stale(format!(
+                "osd.{} is not the primary of PG {pg} at epoch {}",
+                self.id, map.epoch
+            )));
+        }
         let interval = self.interval(pg);
         if log.peered.as_ref() == Some(&(interval, up.clone())) {
             return Ok(());
@@ -1540,6 +1548,42 @@ impl OsdService {
         }
     }
 
+    /// Refuses a request that writes (anything but removals) to a PG one of whose
+    /// up OSDs the monitors marked full: the space left is kept for recovery, and
+    /// deletes still free space.
+    fn check_full(&self, map: &ClusterMap, pg: PgId, request: &OpRequest) -> Result<(), Status> {
+        let removes_only = request
+            .ops
+            .iter()
+            .filter_map(|op| op.op.as_ref())
+            .filter(|op| pg::is_mutation(op))
+            .all(|op| {
+                matches!(
+                    op,
+                    Op::Delete(_) | Op::RmXattr(_) | Op::OmapRm(_) | Op::OmapClear(_)
+                )
+            });
+        if removes_only {
+            return Ok(());
+        }
+        let full: Vec<String> = self
+            .mapping(map, pg)?
+            .up
+            .iter()
+            .flatten()
+            .filter(|osd| map.osds.get(osd).is_some_and(|info| info.full))
+            .map(|osd| format!("osd.{osd}"))
+            .collect();
+        if full.is_empty() {
+            return Ok(());
+        }
+        Err(Status::resource_exhausted(format!(
+            "PG {pg} takes no writes: {} full (past the monitors' full ratio); the write was \
+             not applied: delete data or add OSDs",
+            full.join(", ")
+        )))
+    }
+
     async fn mutate(
         &self,
         map: &ClusterMap,
@@ -1567,6 +1611,7 @@ impl OsdService {
             map = self.current();
         }
         self.check_sizes(pg, &request.name, &request.ops).await?;
+        self.check_full(&map, pg, request)?;
 
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;

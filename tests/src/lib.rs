@@ -547,7 +547,7 @@ impl Drop for MonCluster {
                 let log = std::fs::read_to_string(&path).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 eprintln!("--- last lines of {daemon}'s log ---");
-                for line in &lines[lines.len().saturating_sub(15)..] {
+                for line in &lines[lines.len().saturating_sub(40)..] {
                     eprintln!("{line}");
                 }
             }

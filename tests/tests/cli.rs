@@ -100,6 +100,17 @@ async fn operator_commands() {
 
     let tree = cli.ok(&["osd", "tree"]);
     assert!(tree.contains("root default"), "{tree}");
+    assert!(cli.ok(&["osd", "df"]).starts_with("  ID  HOST"));
+    assert!(cli.ok(&["pg", "ls"]).starts_with("PG "));
+    assert!(
+        cli.fails(&["osd", "set-full-ratio", "1.5"])
+            .contains("a fraction in (0, 1]")
+    );
+    cli.ok(&["osd", "set-full-ratio", "0.9"]);
+    assert!(
+        cli.fails(&["osd", "lost", "0"])
+            .contains("--yes-i-really-mean-it")
+    );
     let stat = cli.ok(&["mon", "stat"]);
     assert!(stat.starts_with("1 mons at {a="), "{stat}");
 

@@ -50,7 +50,7 @@ async fn silent_osds_go_down_then_out_and_come_back_on_boot() {
             loop {
                 let ids: Vec<u32> = beating.lock().unwrap().iter().copied().collect();
                 for id in ids {
-                    client.osd_heartbeat(id).await.ok();
+                    client.osd_heartbeat(id, 0, 0).await.ok();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

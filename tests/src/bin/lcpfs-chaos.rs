@@ -11,7 +11,8 @@
 //! Meanwhile faults are injected at random, one at a time, for a set time: kill -9 a
 //! container, stop and start it, pause it (SIGSTOP to every process), disconnect it
 //! from the network (a partition of one or two nodes), corrupt bytes on an OSD's disk
-//! (while it is stopped), kill the monitor leader. Afterwards every fault is healed
+//! (while it is stopped), fill an OSD (the full ratio lowered just below its use),
+//! kill the monitor leader. Afterwards every fault is healed
 //! and the cluster must be HEALTH_OK with every PG active+clean within a deadline;
 //! every object must read back with its last acknowledged value; a deep scrub with
 //! repair, then a second deep scrub, must find every copy agreeing. The report gives
@@ -27,7 +28,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::monitor::{ClusterStatus, HealthStatus, Query};
+use lcpfs_core::monitor::{ClusterStatus, Command as MonCommand, HealthStatus, OsdUsage, Query};
 use lcpfs_core::pg::PgId;
 use lcpfs_tests::contents;
 use rand::rngs::StdRng;
@@ -54,7 +55,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,stop,pause,partition,corrupt,leader"
+        default_value = "kill,stop,pause,partition,corrupt,fill,leader"
     )]
     faults: Vec<Fault>,
     /// How long a fault lasts before it is healed, at most, in seconds.
@@ -81,6 +82,7 @@ enum Fault {
     Pause,
     Partition,
     Corrupt,
+    Fill,
     Leader,
 }
 
@@ -582,6 +584,27 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Injects one fault, holds it, heals it; says what it did.
+/// The full ratio the compose cluster runs with, set again after a `fill` fault.
+const FULL_RATIO: f64 = 0.95;
+
+/// Sets the full ratio back to [`FULL_RATIO`], retrying while the monitors cannot
+/// take the change (their leader may be under a fault of its own).
+async fn restore_full_ratio(mon: &MonClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match mon
+            .run(&MonCommand::OsdSetFullRatio { ratio: FULL_RATIO })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(error.context("restoring the full ratio"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
 async fn inject(
     cluster: &Cluster,
     mon: &MonClient,
@@ -660,6 +683,25 @@ async fn inject(
             Ok(format!(
                 "corrupted 4 KiB of {osd}'s disk ({} at {at})",
                 file.display()
+            ))
+        }
+        Fault::Fill => {
+            let usage: Vec<OsdUsage> = mon.query(&Query::OsdDf).await?;
+            let used = |osd: &OsdUsage| osd.used_bytes as f64 / osd.size_bytes as f64;
+            let fullest = usage
+                .iter()
+                .filter(|osd| osd.up && osd.size_bytes > 0)
+                .max_by(|a, b| used(a).total_cmp(&used(b)))
+                .context("no OSD reports its disk space")?;
+            // The full ratio just below its use: full, as far as the cluster knows.
+            let ratio = used(fullest) * 0.99;
+            mon.run(&MonCommand::OsdSetFullRatio { ratio }).await?;
+            tokio::time::sleep(hold).await;
+            restore_full_ratio(mon).await?;
+            Ok(format!(
+                "filled osd.{} ({:.2}% used): full ratio {ratio:.4} for {held} s",
+                fullest.id,
+                used(fullest) * 100.0
             ))
         }
         Fault::Leader => {
