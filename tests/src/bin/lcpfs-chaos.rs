@@ -699,7 +699,7 @@ async fn inject(
             tokio::time::sleep(hold).await;
             restore_full_ratio(mon).await?;
             Ok(format!(
-                "filled osd.{} ({:.2}% used): full ratio {ratio:.4} for {held} s",
+                "filled osd.{} ({:.3}% used): full ratio {ratio:.6} for {held} s",
                 fullest.id,
                 used(fullest) * 100.0
             ))
