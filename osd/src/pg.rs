@@ -33,6 +33,8 @@ const ACTIVATED_XATTR: &str = "activated";
 /// Xattrs of the log object: when the PG was last scrubbed and deep-scrubbed
 /// (seconds since the Unix epoch, 8 bytes, little endian).
 const SCRUBBED_XATTR: &str = "scrubbed";
+/// Xattr of the log object: the newest interval whose primary peered this copy.
+const ACCEPTED_XATTR: &str = "accepted";
 const DEEP_SCRUBBED_XATTR: &str = "deep-scrubbed";
 /// The object holding an erasure-coded PG's prepared, uncommitted shard write.
 const PENDING_OBJECT: &[u8] = b"m/pending";
@@ -229,7 +231,14 @@ pub fn load(store: &Store, pg: PgId) -> engine::Result<PgLog> {
     for entry in log_since(store, pg, 0)?.0 {
         log.record(&entry);
     }
+    log.accepted_interval = log_number(store, pg, ACCEPTED_XATTR)?;
     Ok(log)
+}
+
+/// Records `interval` as the newest whose primary peered this copy: writes and
+/// pushes from older intervals stay refused after a restart.
+pub fn set_accepted(store: &Store, pg: PgId, interval: u64) -> engine::Result<()> {
+    set_log_numbers(store, pg, &[(ACCEPTED_XATTR, interval)])
 }
 
 /// The log entry recorded at `version` of the PG's log.
@@ -993,6 +1002,21 @@ mod tests {
             resolve(&store, pg, &second, true),
             Err(engine::Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_copy_remembers_the_newest_primary_that_peered_it_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgId::new(1, 0);
+        let store = open(dir.path(), true);
+        ensure(&store, pg, None).unwrap();
+        set_accepted(&store, pg, 42).unwrap();
+        drop(store);
+        let store = open(dir.path(), false);
+        let log = load(&store, pg).unwrap();
+        assert_eq!(log.accepted_interval, 42);
+        assert!(log.check_interval(41, pg).is_err());
+        assert!(log.check_interval(42, pg).is_ok());
     }
 
     #[test]

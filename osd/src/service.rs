@@ -412,7 +412,9 @@ impl OsdService {
             .await?;
             // A half-done change is not trusted: the PG peers again, but it still
             // refuses the primaries it refused before.
-            log.accepted_interval = guard.as_ref().map_or(0, |old| old.accepted_interval);
+            log.accepted_interval = log
+                .accepted_interval
+                .max(guard.as_ref().map_or(0, |old| old.accepted_interval));
             **guard = Some(log);
         }
         Ok(guard.as_mut().expect("loaded above"))
@@ -608,7 +610,7 @@ impl OsdService {
             interval,
             probe: false,
         };
-        log.accepted_interval = log.accepted_interval.max(interval);
+        self.accept_interval(pg, log, interval).await?;
         if pool.is_erasure() {
             self.peer_erasure(map, pool, pg, log, &up, reference)
                 .await?;
@@ -621,6 +623,24 @@ impl OsdService {
         log.clear_incomplete();
         self.intervals.forget_past(pg, interval, &up);
         log.peered = Some((interval, up));
+        Ok(())
+    }
+
+    /// Raises the newest interval whose primary peered this copy, in memory and
+    /// in the store: older primaries are refused from now on, even after a
+    /// restart of this OSD.
+    async fn accept_interval(
+        &self,
+        pg: PgId,
+        log: &mut PgLog,
+        interval: u64,
+    ) -> Result<(), Status> {
+        if interval <= log.accepted_interval {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        blocking(move || pg::set_accepted(&store, pg, interval)).await?;
+        log.accepted_interval = interval;
         Ok(())
     }
 
@@ -1912,7 +1932,7 @@ impl Osd for OsdService {
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, &pool).await?;
         // A primary peering this copy: older primaries are refused from now on.
-        log.accepted_interval = log.accepted_interval.max(reference.interval);
+        self.accept_interval(pg, log, reference.interval).await?;
         let up = self.mapping(&map, pg)?.up;
         let clean = primary(&up) == Some(self.id)
             && up.iter().flatten().count() as u32 >= pool.size()
