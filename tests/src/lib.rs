@@ -32,12 +32,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound and released; the daemon binds it right after).
+/// A free loopback port for a daemon to listen on: bound and released here, the
+/// daemon binds it right after. Taken below the kernel's ephemeral range
+/// (32768 and up), where the outgoing connections of every daemon and client get
+/// their ports and could take it in between; each port is handed out once per
+/// test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test processes run one after another; each starts at its own offset.
+    let offset = (std::process::id() % 600) as u16 * 20;
+    loop {
+        let port = 20000 + (offset + NEXT.fetch_add(1, Ordering::SeqCst) % 12000) % 12000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
