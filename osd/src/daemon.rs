@@ -82,6 +82,10 @@ pub struct DaemonArgs {
     /// the disks and the network to client I/O.
     #[arg(long, default_value_t = 0.0)]
     pub recovery_sleep: f64,
+    /// PGs this OSD brings level at once, as their primary (others wait:
+    /// `recovery_wait` / `backfill_wait`).
+    #[arg(long, default_value_t = 2)]
+    pub max_recovering_pgs: usize,
     /// Seconds a peer OSD (one sharing a PG) may go unanswered before this OSD
     /// reports it failed to the monitors (which mark it down once OSDs on two hosts
     /// report it).
@@ -380,6 +384,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         auto_repair: args.scrub_auto_repair,
         recovery_sleep: Duration::try_from_secs_f64(args.recovery_sleep)
             .context("--recovery-sleep must be a number of seconds")?,
+        max_recovering_pgs: args.max_recovering_pgs.max(1),
         intervals_file: Some(data.join(INTERVALS_FILE)),
         ..OsdConfig::default()
     };

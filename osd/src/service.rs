@@ -61,6 +61,9 @@ pub struct OsdConfig {
     /// Pause between objects recovered or backfilled, to leave the disks and the
     /// network to client I/O (like Ceph's `osd_recovery_sleep`).
     pub recovery_sleep: Duration,
+    /// PGs this OSD, as their primary, brings level at once (like Ceph's
+    /// `osd_max_backfills`); others wait their turn.
+    pub max_recovering_pgs: usize,
     /// Where the PG intervals this OSD saw are saved, so that a restarted OSD
     /// still knows them (`None`: kept in memory only).
     pub intervals_file: Option<std::path::PathBuf>,
@@ -76,6 +79,7 @@ impl Default for OsdConfig {
             deep_scrub_interval: Duration::from_secs(7 * 24 * 3600),
             auto_repair: false,
             recovery_sleep: Duration::ZERO,
+            max_recovering_pgs: 2,
             intervals_file: None,
         }
     }
@@ -94,8 +98,10 @@ pub struct OsdService {
     scrubs: Mutex<HashMap<PgId, ScrubStamp>>,
     /// PGs whose last peering found them down (see `check_not_down`).
     down: Mutex<HashSet<PgId>>,
-    /// PGs moving objects to bring a copy level (true: a backfill).
-    recovering: Mutex<HashMap<PgId, bool>>,
+    /// PGs bringing a copy level, or waiting for a recovery slot to.
+    recovering: Mutex<HashMap<PgId, Recovery>>,
+    /// One per PG allowed to move objects at once (`max_recovering_pgs`).
+    recovery_slots: Arc<tokio::sync::Semaphore>,
     config: OsdConfig,
     /// Counters and histograms served at `/metrics`.
     pub metrics: OsdMetrics,
@@ -123,10 +129,21 @@ struct Delivery {
     rewind_from: Option<u64>,
 }
 
-/// Clears a PG's recovering mark when recovery ends, however it ends.
+/// A PG's place in recovery.
+#[derive(Clone, Copy, Debug)]
+struct Recovery {
+    /// Every object is sent (the copy's log did not reach back far enough).
+    backfill: bool,
+    /// Waiting for one of the OSD's recovery slots.
+    waiting: bool,
+}
+
+/// Holds a recovery slot and clears the PG's recovery mark when recovery ends,
+/// however it ends.
 struct RecoveryMark<'a> {
     service: &'a OsdService,
     pg: PgId,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for RecoveryMark<'_> {
@@ -217,6 +234,9 @@ impl OsdService {
             peers: Mutex::new(HashMap::new()),
             scrubs: Mutex::new(HashMap::new()),
             recovering: Mutex::new(HashMap::new()),
+            recovery_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.max_recovering_pgs.max(1),
+            )),
             down: Mutex::new(HashSet::new()),
             config,
             metrics: OsdMetrics::new().expect("OSD metrics register once"),
@@ -803,13 +823,31 @@ impl OsdService {
         Ok(prior)
     }
 
-    /// Marks the PG as recovering (or backfilling) until the returned guard drops.
-    fn recovering(&self, pg: PgId, backfill: bool) -> RecoveryMark<'_> {
-        self.recovering
-            .lock()
-            .expect("recovery table")
-            .insert(pg, backfill);
-        RecoveryMark { service: self, pg }
+    /// Marks the PG as recovering (or backfilling) until the returned guard drops,
+    /// once one of the OSD's `max_recovering_pgs` slots is free; until then it is
+    /// `recovery_wait` (`backfill_wait`).
+    async fn recovering(&self, pg: PgId, backfill: bool) -> RecoveryMark<'_> {
+        let mark = |waiting| {
+            self.recovering
+                .lock()
+                .expect("recovery table")
+                .insert(pg, Recovery { backfill, waiting });
+        };
+        mark(true);
+        let mut guard = RecoveryMark {
+            service: self,
+            pg,
+            _slot: None,
+        };
+        guard._slot = Some(
+            self.recovery_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the recovery slots are never closed"),
+        );
+        mark(false);
+        guard
     }
 
     /// The configured pause between recovered objects.
@@ -875,7 +913,7 @@ impl OsdService {
                 entries,
             } => (names, entries, None, Some(from)),
         };
-        let _recovering = self.recovering(pg, keep.is_some());
+        let _recovering = self.recovering(pg, keep.is_some()).await;
         log.dirty = true;
         for name in &names {
             self.recovery_pause().await;
@@ -984,7 +1022,7 @@ impl OsdService {
             } => (names, entries, false, from),
         };
         tracing::info!(%pg, osd, backfill = full, rewind_from, objects = names.len(), "recovering replica");
-        let _recovering = self.recovering(pg, full);
+        let _recovering = self.recovering(pg, full).await;
         let interval = self.interval(pg);
         for name in &names {
             self.recovery_pause().await;
@@ -1057,8 +1095,13 @@ impl OsdService {
                     }
                     (Some(true), _) => "active+clean".to_owned(),
                     // Client I/O on the PG waits while copies are brought level.
-                    (_, Some(true)) => "backfilling+degraded".to_owned(),
-                    (_, Some(false)) => "recovering+degraded".to_owned(),
+                    (_, Some(Recovery { backfill, waiting })) => match (backfill, waiting) {
+                        (true, true) => "backfill_wait+degraded",
+                        (true, false) => "backfilling+degraded",
+                        (false, true) => "recovery_wait+degraded",
+                        (false, false) => "recovering+degraded",
+                    }
+                    .to_owned(),
                     (Some(false), None) => "peering".to_owned(),
                     (None, None) => continue,
                 }

@@ -662,7 +662,7 @@ impl OsdService {
                 } => (names, entries, None, Some(from)),
             };
             tracing::info!(%pg, osd, shard = position, backfill = keep.is_some(), objects = names.len(), "rebuilding shard");
-            let _recovering = self.recovering(pg, keep.is_some());
+            let _recovering = self.recovering(pg, keep.is_some()).await;
             for name in &names {
                 self.recovery_pause().await;
                 self.metrics.recovered_objects.inc();
