@@ -570,19 +570,37 @@ impl OsdService {
 
         // A copy is a source for the shard position it holds.
         let stored = |((position, _), info): &(Member, PgInfoReply)| held_position(*position, info);
-        let newest = infos
+        let holders = |point: (u64, u64)| -> Vec<Member> {
+            infos
+                .iter()
+                .chain(&prior)
+                .filter(|(_, info)| (info.last_epoch, info.last) == point)
+                .filter_map(|copy| Some((stored(copy)?, copy.0.1)))
+                .collect()
+        };
+        let positions = |sources: &[Member]| {
+            let mut positions: Vec<usize> = sources.iter().map(|(position, _)| *position).collect();
+            positions.sort_unstable();
+            positions.dedup();
+            positions.len()
+        };
+        let mut points: Vec<(u64, u64)> = infos
             .iter()
             .chain(&prior)
             .filter(|copy| stored(copy).is_some())
             .map(|(_, info)| (info.last_epoch, info.last))
-            .max()
-            .unwrap_or_default();
-        let mut sources: Vec<Member> = infos
-            .iter()
-            .chain(&prior)
-            .filter(|(_, info)| (info.last_epoch, info.last) == newest)
-            .filter_map(|copy| Some((stored(copy)?, copy.0.1)))
             .collect();
+        points.sort_unstable_by(|a, b| b.cmp(a));
+        points.dedup();
+        // The newest history that k shards hold. A newer one fewer shards hold
+        // was never acknowledged (every up shard, at least k + 1, commits a write
+        // before it is), as when a primary stopped between its own commit and the
+        // others': its holders are rolled back with the rest.
+        let mut sources: Vec<Member> = points
+            .iter()
+            .map(|&point| holders(point))
+            .find(|sources| positions(sources) >= code.k)
+            .unwrap_or_else(|| holders(points.first().copied().unwrap_or_default()));
         let copies: Vec<String> = infos
             .iter()
             .chain(&prior)
@@ -597,13 +615,10 @@ impl OsdService {
             })
             .collect();
         let incomplete = |sources: &[Member]| {
-            let mut positions: Vec<usize> = sources.iter().map(|(position, _)| *position).collect();
-            positions.sort_unstable();
-            positions.dedup();
-            (positions.len() < code.k).then(|| {
+            (positions(sources) < code.k).then(|| {
                 Status::unavailable(format!(
                     "PG {pg} is incomplete: {} of its shards hold its newest writes and {} are needed; waiting for more of its OSDs ({})",
-                    positions.len(),
+                    positions(sources),
                     code.k,
                     copies.join(", ")
                 ))
