@@ -7,7 +7,7 @@
 #   make cluster-test  a smoke test against that cluster (an OSD stopped and back)
 #   make cluster-down  stop it and remove its volumes
 #   make chaos         faults at random against that cluster, with a history checker
-#   make chaos-short   two minutes of it, then the cluster removed (CI runs it)
+#   make chaos-short   two minutes of it on a fresh cluster, removed afterwards
 #
 # CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
 
@@ -89,8 +89,8 @@ CHAOS_ARGS ?= --duration 600
 chaos: cluster-up
 	$(BIN)/lcpfs-chaos $(CHAOS_ARGS)
 
-# The short run CI makes after `make test` where Docker Engine runs: two minutes of
-# faults against a fresh cluster, removed afterwards whatever the outcome.
+# A short run: two minutes of faults against a fresh cluster, removed afterwards
+# whatever the outcome.
 chaos-short: image
 	$(COMPOSE) down --volumes --timeout 20
 	$(COMPOSE) up -d
