@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lcpfs_core::crush::pg_mapping;
+use lcpfs_core::crush::PoolPlacement;
 use lcpfs_core::map::{MAX_CRUSH_WEIGHT, OsdInfo};
 use lcpfs_core::monitor::{Command, CommandOutcome, OsdUsage, PgSummary, check_entity_name};
 use lcpfs_core::pg::PgId;
@@ -62,6 +62,18 @@ pub enum Leader {
 
 /// How long a PG state report counts.
 const PG_STAT_FRESH: Duration = Duration::from_secs(15);
+
+/// What the primary of PG `seed` of `pool` reported within `PG_STAT_FRESH`.
+fn fresh_stat(
+    table: &HashMap<(u32, u32), (lcpfs_proto::PgStat, Instant)>,
+    pool: u32,
+    seed: u32,
+) -> Option<&lcpfs_proto::PgStat> {
+    table
+        .get(&(pool, seed))
+        .filter(|(_, at)| at.elapsed() < PG_STAT_FRESH)
+        .map(|(stat, _)| stat)
+}
 
 /// Failed OSD → reporting host → (reporting OSD, when).
 type FailureReports = HashMap<u32, BTreeMap<String, (u32, Instant)>>;
@@ -419,9 +431,14 @@ impl Monitor {
     /// PGs of the current map by state; PGs without a report in the last
     /// `PG_STAT_FRESH` are `unknown`.
     pub fn pg_states(&self) -> BTreeMap<String, u64> {
+        let map = self.state.map();
+        let table = self.pg_stats.lock().expect("pg stats");
         let mut states = BTreeMap::new();
-        for summary in self.pg_list(None) {
-            *states.entry(summary.state).or_insert(0) += 1;
+        for pool in map.pools.values() {
+            for seed in 0..pool.pg_num {
+                let state = fresh_stat(&table, pool.id, seed).map_or("unknown", |stat| &stat.state);
+                *states.entry(state.to_owned()).or_insert(0) += 1;
+            }
         }
         states
     }
@@ -437,15 +454,12 @@ impl Monitor {
             .values()
             .filter(|candidate| pool.is_none_or(|id| candidate.id == id))
         {
+            let placement = PoolPlacement::new(&map, pool.id).ok();
             for seed in 0..pool.pg_num {
-                let pg = PgId::new(pool.id, seed);
-                let mapping = pg_mapping(&map, pg).ok();
-                let fresh = table
-                    .get(&(pool.id, seed))
-                    .filter(|(_, at)| at.elapsed() < PG_STAT_FRESH)
-                    .map(|(stat, _)| stat);
+                let mapping = placement.as_ref().map(|placement| placement.map_pg(seed));
+                let fresh = fresh_stat(&table, pool.id, seed);
                 list.push(PgSummary {
-                    pgid: pg.to_string(),
+                    pgid: PgId::new(pool.id, seed).to_string(),
                     state: fresh.map_or_else(|| "unknown".to_owned(), |stat| stat.state.clone()),
                     up: mapping
                         .as_ref()
@@ -506,7 +520,7 @@ impl Monitor {
         let map = self.state.map();
         let mut pgs: HashMap<u32, u32> = HashMap::new();
         for pool in map.pools.values() {
-            let Ok(placement) = lcpfs_core::crush::PoolPlacement::new(&map, pool.id) else {
+            let Ok(placement) = PoolPlacement::new(&map, pool.id) else {
                 continue;
             };
             for seed in 0..pool.pg_num {
