@@ -316,10 +316,11 @@ async fn observe_missed_epochs(
         let replay = async {
             let mut watch = mon.subscribe(Some(saved)).await?;
             while let Some(map) = watch.next().await? {
-                service.observe(map);
                 if map.epoch >= to {
+                    service.observe(map);
                     return anyhow::Ok(map.clone());
                 }
+                service.observe_replayed(map);
             }
             bail!("the map subscription ended")
         };

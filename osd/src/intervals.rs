@@ -126,9 +126,20 @@ impl Intervals {
     /// skipped) starts a new interval. Saves the result when a file was given.
     /// Maps not newer than the last observed are ignored.
     pub fn observe(&self, map: &ClusterMap) {
+        if self.record(map)
+            && let Err(error) = self.save(&self.state(), map)
+        {
+            tracing::warn!(%error, "cannot save the PG intervals");
+        }
+    }
+
+    /// [`Intervals::observe`] without saving, for the epochs replayed on start
+    /// before the newest (saved once, with it). False when `map` is not newer
+    /// than the last observed.
+    pub fn record(&self, map: &ClusterMap) -> bool {
         let mut state = self.state();
         if map.epoch <= state.epoch {
-            return;
+            return false;
         }
         let contiguous = state.epoch + 1 == map.epoch;
         let exists = |pg: &PgId| {
@@ -181,9 +192,7 @@ impl Intervals {
             }
         }
         state.epoch = map.epoch;
-        if let Err(error) = self.save(&state, map) {
-            tracing::warn!(%error, "cannot save the PG intervals");
-        }
+        true
     }
 
     fn save(&self, state: &State, map: &ClusterMap) -> anyhow::Result<()> {

@@ -159,6 +159,13 @@ impl Drop for RecoveryMark<'_> {
 /// Objects compared per scrub chunk (the PG lock is held for one chunk at a time).
 const SCRUB_CHUNK: usize = 64;
 
+/// Seconds since the Unix epoch, as scrub stamps are kept and reported (0 for a
+/// time before it).
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 fn engine_status(error: engine::Error) -> Status {
     match error {
         engine::Error::NotFound(what) => Status::not_found(format!("not found: {what}")),
@@ -248,6 +255,12 @@ impl OsdService {
     /// were skipped) starts a new interval and is peered again before it serves.
     pub fn observe(&self, map: &ClusterMap) {
         self.intervals.observe(map);
+    }
+
+    /// Observes an epoch replayed on start, before the newest: the intervals are
+    /// saved once, when the newest is observed.
+    pub fn observe_replayed(&self, map: &ClusterMap) {
+        self.intervals.record(map);
     }
 
     /// Restores the PG intervals an earlier run of this OSD saved; returns the last
@@ -1114,16 +1127,14 @@ impl OsdService {
             if scrub.as_ref().is_some_and(|stamp| stamp.inconsistent > 0) {
                 state.push_str("+inconsistent");
             }
-            let seconds = |at: SystemTime| {
-                at.duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_secs())
-            };
             stats.push(lcpfs_proto::PgStat {
                 pool: pg.pool,
                 seed: pg.seed,
                 state,
-                last_scrub: scrub.as_ref().map_or(0, |stamp| seconds(stamp.last)),
-                last_deep_scrub: scrub.as_ref().map_or(0, |stamp| seconds(stamp.last_deep)),
+                last_scrub: scrub.as_ref().map_or(0, |stamp| unix_seconds(stamp.last)),
+                last_deep_scrub: scrub
+                    .as_ref()
+                    .map_or(0, |stamp| unix_seconds(stamp.last_deep)),
             });
         }
         stats
@@ -1263,9 +1274,7 @@ impl OsdService {
     /// Records a completed scrub on this copy and every other up copy, so that a
     /// restarted OSD, or the next primary, keeps to the schedule.
     async fn record_scrub(&self, pg: PgId, deep: bool, at: SystemTime) {
-        let seconds = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let seconds = unix_seconds(at);
         let (scrubbed, deep_scrubbed) = (seconds, if deep { seconds } else { 0 });
         let store = self.store.clone();
         let mut failures = Vec::new();
