@@ -403,6 +403,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         stopping.clone(),
     ));
     tokio::spawn(service.clone().peer_on_map_changes());
+    tokio::spawn(service.clone().recover_in_background());
     tokio::spawn(service.clone().scrub_on_schedule());
     tokio::spawn(service.clone().remove_strays());
     let grace = Duration::try_from_secs_f64(args.osd_heartbeat_grace)

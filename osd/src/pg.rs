@@ -8,7 +8,7 @@
 //! instead of applied twice. Two copies whose newest entries agree on both hold the
 //! same history; otherwise [`catch_up`] finds where they diverged.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use lcpfs_core::engine::{self, CollectionSettings, Compression, ListOptions, Store, Transaction};
 use lcpfs_core::pg::PgId;
@@ -38,6 +38,9 @@ const ACCEPTED_XATTR: &str = "accepted";
 const DEEP_SCRUBBED_XATTR: &str = "deep-scrubbed";
 /// The object holding an erasure-coded PG's prepared, uncommitted shard write.
 const PENDING_OBJECT: &[u8] = b"m/pending";
+/// The object naming (as omap keys) the objects this copy's log is ahead of: the
+/// log holds their newest mutations but this copy does not hold their data yet.
+const MISSING_OBJECT: &[u8] = b"m/missing";
 /// Prefix of client objects in a PG's collection (keeps them apart from the log).
 const OBJECT_PREFIX: &[u8] = b"o/";
 /// Log entries kept per PG (older ones are trimmed).
@@ -134,6 +137,12 @@ pub struct PgLog {
     /// half-way, the next user reloads the log from the store instead of trusting
     /// this copy.
     pub dirty: bool,
+    /// The objects this copy's log is ahead of (kept in the store): their newest
+    /// data is still to be recovered from another copy.
+    pub missing: BTreeSet<Vec<u8>>,
+    /// On a primary, the objects each other up OSD's copy misses, as peering
+    /// found them; kept for the interval in `peered`.
+    pub peer_missing: BTreeMap<u32, BTreeSet<Vec<u8>>>,
 }
 
 impl PgLog {
@@ -161,9 +170,22 @@ impl PgLog {
     /// hold: the peering state.
     pub fn reloaded(&mut self, fresh: PgLog) {
         let (peered, accepted) = (self.peered.take(), self.accepted_interval);
+        let peer_missing = std::mem::take(&mut self.peer_missing);
         *self = fresh;
         self.peered = peered;
         self.accepted_interval = accepted;
+        self.peer_missing = peer_missing;
+    }
+
+    /// True when some up copy (this one, or a peer's as peering found it) misses
+    /// the newest data of an object.
+    pub fn degraded(&self) -> bool {
+        !self.missing.is_empty() || self.peer_missing.values().any(|names| !names.is_empty())
+    }
+
+    /// True when an up copy misses the newest data of `name`.
+    pub fn is_missing(&self, name: &[u8]) -> bool {
+        self.missing.contains(name) || self.peer_missing.values().any(|names| names.contains(name))
     }
 
     /// Refuses a write or push from a primary of an interval older than the newest
@@ -232,7 +254,21 @@ pub fn load(store: &Store, pg: PgId) -> engine::Result<PgLog> {
         log.record(&entry);
     }
     log.accepted_interval = log_number(store, pg, ACCEPTED_XATTR)?;
+    log.missing = missing(store, pg)?;
     Ok(log)
+}
+
+/// The objects this copy's log is ahead of (see [`PgLog::missing`]).
+pub fn missing(store: &Store, pg: PgId) -> engine::Result<BTreeSet<Vec<u8>>> {
+    let view = store.head(&collection(pg))?;
+    if !view.exists(MISSING_OBJECT)? {
+        return Ok(BTreeSet::new());
+    }
+    Ok(view
+        .omap_range(MISSING_OBJECT, None, None, 0)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Records `interval` as the newest whose primary peered this copy: writes and
@@ -783,18 +819,45 @@ fn digest(store: &Store, pg: PgId, name: &[u8], deep: bool, data: bool) -> engin
     Ok(hasher.finalize().as_bytes().to_vec())
 }
 
-/// Installs pushed or pulled objects and log entries in one transaction; with
-/// `keep`, removes every other object (backfill); with `rewind_from`, first drops
-/// the log entries from that version on (they diverged).
-pub fn install(
-    store: &Store,
-    pg: PgId,
-    objects: &[ObjectState],
-    entries: &[WireEntry],
-    keep: Option<&[Vec<u8>]>,
-    rewind_from: Option<u64>,
-    shard: Option<u32>,
-) -> engine::Result<()> {
+/// What a copy of a PG receives to catch up, installed in one transaction.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Objects as the sender holds them (installed whole; no longer missing).
+    pub objects: Vec<ObjectState>,
+    /// Log entries to record after the objects.
+    pub entries: Vec<WireEntry>,
+    /// Backfill: every object not named here is removed, and the copy takes the
+    /// entries as its whole log.
+    pub keep: Option<Vec<Vec<u8>>>,
+    /// Log entries from this version on are dropped first (they diverged).
+    pub rewind_from: Option<u64>,
+    /// Erasure-coded pools: the shard position the copy holds.
+    pub shard: Option<u32>,
+    /// Objects whose newest data the copy does not hold after this delivery: the
+    /// entries name their mutations, and their data follows later.
+    pub missing: Vec<Vec<u8>>,
+}
+
+impl Delivery {
+    /// Whole objects only.
+    pub fn objects(objects: Vec<ObjectState>) -> Self {
+        Delivery {
+            objects,
+            ..Delivery::default()
+        }
+    }
+}
+
+/// Installs a delivery in this OSD's copy of the PG, in one transaction.
+pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<()> {
+    let Delivery {
+        objects,
+        entries,
+        keep,
+        rewind_from,
+        shard,
+        missing,
+    } = delivery;
     let view = store.head(&collection(pg))?;
     let mut txn = Transaction::new(collection(pg));
     if let Some(shard) = shard {
@@ -804,9 +867,13 @@ pub fn install(
             txn.remove(PENDING_OBJECT);
         }
     }
+    let had_missing = view.exists(MISSING_OBJECT)?;
     for object in objects {
         let key = object_key(&object.name);
         let present = view.exists(&key)?;
+        if had_missing && keep.is_none() {
+            txn.omap_rm(MISSING_OBJECT, vec![object.name.clone()]);
+        }
         if !object.exists {
             if present {
                 txn.remove(&key);
@@ -844,16 +911,25 @@ pub fn install(
                 txn.remove(&object_key(&name));
             }
         }
-    }
-    if keep.is_some() {
         // A backfilled copy takes the source's whole log, and nothing of its own.
         txn.create(LOG_OBJECT, false).omap_clear(LOG_OBJECT);
+        if had_missing {
+            txn.omap_clear(MISSING_OBJECT);
+        }
     } else if let Some(from) = rewind_from {
         txn.create(LOG_OBJECT, false).omap_rm_range(
             LOG_OBJECT,
             &from.to_be_bytes(),
             &u64::MAX.to_be_bytes(),
         );
+    }
+    if !missing.is_empty() {
+        let marks = missing
+            .iter()
+            .map(|name| (name.clone(), Vec::new()))
+            .collect();
+        txn.create(MISSING_OBJECT, false)
+            .omap_set(MISSING_OBJECT, marks);
     }
     if !entries.is_empty() {
         let log = entries.iter().map(encode_entry).collect();
@@ -1017,6 +1093,62 @@ mod tests {
         assert_eq!(log.accepted_interval, 42);
         assert!(log.check_interval(41, pg).is_err());
         assert!(log.check_interval(42, pg).is_ok());
+    }
+
+    fn object(name: &str, data: &[u8]) -> ObjectState {
+        ObjectState {
+            name: name.as_bytes().to_vec(),
+            exists: true,
+            data: data.to_vec(),
+            xattrs: Vec::new(),
+            omap: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_copy_remembers_the_objects_its_log_is_ahead_of_until_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgId::new(1, 0);
+        let store = open(dir.path(), true);
+        ensure(&store, pg, None).unwrap();
+        apply(&store, pg, &entry(1, 5, "a"), &write_full(b"old a")).unwrap();
+        // The log takes entries 2 and 3 (objects a and b); their data comes later.
+        let delivery = Delivery {
+            entries: vec![entry(2, 5, "a"), entry(3, 5, "b")],
+            rewind_from: Some(2),
+            missing: names(&["a", "b"]),
+            ..Delivery::default()
+        };
+        install(&store, pg, &delivery).unwrap();
+        drop(store);
+
+        let store = open(dir.path(), false);
+        let log = load(&store, pg).unwrap();
+        assert_eq!(log.last, 3);
+        assert_eq!(log.missing, names(&["a", "b"]).into_iter().collect());
+        assert!(log.degraded() && log.is_missing(b"a") && !log.is_missing(b"c"));
+        install(&store, pg, &Delivery::objects(vec![object("a", b"new a")])).unwrap();
+        assert_eq!(
+            missing(&store, pg).unwrap(),
+            names(&["b"]).into_iter().collect()
+        );
+        assert_eq!(state(&store, pg, b"a").unwrap().data, b"new a");
+
+        // A backfill brings a whole copy: nothing is missing after it.
+        let backfill = Delivery {
+            objects: vec![object("a", b"new a"), object("b", b"b")],
+            entries: vec![entry(2, 5, "a"), entry(3, 5, "b")],
+            keep: Some(names(&["a", "b"])),
+            ..Delivery::default()
+        };
+        install(&store, pg, &backfill).unwrap();
+        let log = load(&store, pg).unwrap();
+        assert!(
+            !log.degraded(),
+            "missing after a backfill: {:?}",
+            log.missing
+        );
+        assert_eq!(log.last, 3);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! write until the monitors mark it down and the map drops it from the up set, or the
 //! replication deadline passes and the client gets an error to retry.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status};
 use crate::ec;
 use crate::intervals::Intervals;
 use crate::metrics::OsdMetrics;
-use crate::pg::{self, CatchUp, PgLog, UpSet};
+use crate::pg::{self, CatchUp, Delivery, PgLog, UpSet};
 use crate::scrub;
 
 mod erasure;
@@ -102,6 +102,10 @@ pub struct OsdService {
     recovering: Mutex<HashMap<PgId, Recovery>>,
     /// One per PG allowed to move objects at once (`max_recovering_pgs`).
     recovery_slots: Arc<tokio::sync::Semaphore>,
+    /// PGs peering left with missing objects, for the background recovery.
+    recovery_queue: tokio::sync::mpsc::UnboundedSender<PgId>,
+    /// The other end, taken by [`Self::recover_in_background`].
+    recovery_requests: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PgId>>>,
     config: OsdConfig,
     /// Counters and histograms served at `/metrics`.
     pub metrics: OsdMetrics,
@@ -118,17 +122,6 @@ struct ScrubStamp {
     running: Option<bool>,
 }
 
-/// What a copy of a PG receives to catch up: objects, then log entries; a
-/// backfill keeps only the objects named in `keep`, and `rewind_from` drops the
-/// copy's own log entries from that version on first.
-#[derive(Default)]
-struct Delivery {
-    objects: Vec<ObjectState>,
-    entries: Vec<LogEntry>,
-    keep: Option<Vec<Vec<u8>>>,
-    rewind_from: Option<u64>,
-}
-
 /// A PG's place in recovery.
 #[derive(Clone, Copy, Debug)]
 struct Recovery {
@@ -136,6 +129,9 @@ struct Recovery {
     backfill: bool,
     /// Waiting for one of the OSD's recovery slots.
     waiting: bool,
+    /// The PG is active meanwhile: objects are recovered one at a time in the
+    /// background, and a client operation on a missing one recovers it first.
+    active: bool,
 }
 
 /// Holds a recovery slot and clears the PG's recovery mark when recovery ends,
@@ -232,6 +228,7 @@ impl OsdService {
         map: watch::Receiver<Arc<ClusterMap>>,
         config: OsdConfig,
     ) -> Self {
+        let (recovery_queue, recovery_requests) = tokio::sync::mpsc::unbounded_channel();
         OsdService {
             id,
             store,
@@ -244,6 +241,8 @@ impl OsdService {
             recovery_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_recovering_pgs.max(1),
             )),
+            recovery_queue,
+            recovery_requests: Mutex::new(Some(recovery_requests)),
             down: Mutex::new(HashSet::new()),
             config,
             metrics: OsdMetrics::new().expect("OSD metrics register once"),
@@ -509,7 +508,12 @@ impl OsdService {
     /// Sends a mutation to the other OSDs of the PG's up set until each has it, or
     /// has left the up set, or the deadline passes.
     /// Returns how many other OSDs of the (current) up set hold the write.
-    async fn replicate(&self, request: ReplicateRequest, pool_id: u32) -> Result<usize, Status> {
+    async fn replicate(
+        &self,
+        request: ReplicateRequest,
+        pool_id: u32,
+        log: &mut PgLog,
+    ) -> Result<usize, Status> {
         let pg = PgId::new(pool_id, request.pg_seed);
         let deadline = Instant::now() + self.config.replicate_deadline;
         let mut acked: Vec<u32> = Vec::new();
@@ -564,7 +568,13 @@ impl OsdService {
                 )));
             }
             for &osd in &behind {
-                if let Err(status) = self.recover_replica(&map, pg, osd).await {
+                // Level with this log (which holds the write) and then holding the
+                // written object, the replica takes the write again as a retry.
+                let caught_up = match self.recover_replica(&map, pg, osd, log).await {
+                    Ok(()) => self.recover_object(&map, pg, log, &request.name).await,
+                    Err(status) => Err(status),
+                };
+                if let Err(status) = caught_up {
                     failed.push((osd, status));
                 }
             }
@@ -656,6 +666,7 @@ impl OsdService {
         log.clear_incomplete();
         self.intervals.forget_past(pg, interval, &up);
         log.peered = Some((interval, up));
+        self.queue_recovery(pg, log);
         Ok(())
     }
 
@@ -678,7 +689,10 @@ impl OsdService {
     }
 
     /// Peers a replicated PG: takes the newest history among the up OSDs and the
-    /// OSDs of earlier intervals, then brings every up OSD level with it.
+    /// OSDs of earlier intervals, then brings every up OSD's log level with it.
+    /// Objects a copy misses after that are recovered once the PG is active (see
+    /// [`Self::recover_object`]); those only an OSD outside the up set holds are
+    /// pulled here first.
     async fn peer_replicated(
         &self,
         map: &ClusterMap,
@@ -709,11 +723,16 @@ impl OsdService {
             .max_by_key(|(_, info)| (info.last_epoch, info.last))
         {
             tracing::info!(%pg, source, from = log.last, to = info.last, "pulling newer PG history");
-            self.pull(map, pg, *source, log).await?;
+            let lazy = up.contains(&Some(*source));
+            self.pull(map, pg, (*source, &info.missing), lazy, log)
+                .await?;
         }
+        log.peer_missing.clear();
         for (osd, info) in &infos {
+            log.peer_missing
+                .insert(*osd, info.missing.iter().cloned().collect());
             if (info.last_epoch, info.last) != (log.last_epoch, log.last) {
-                self.recover_replica(map, pg, *osd).await?;
+                self.recover_replica(map, pg, *osd, log).await?;
             }
         }
         Ok(())
@@ -836,15 +855,20 @@ impl OsdService {
         Ok(prior)
     }
 
-    /// Marks the PG as recovering (or backfilling) until the returned guard drops,
-    /// once one of the OSD's `max_recovering_pgs` slots is free; until then it is
+    /// Marks the PG as recovering (or backfilling; `active`: recovering objects
+    /// in the background while it serves) until the returned guard drops, once
+    /// one of the OSD's `max_recovering_pgs` slots is free; until then it is
     /// `recovery_wait` (`backfill_wait`).
-    async fn recovering(&self, pg: PgId, backfill: bool) -> RecoveryMark<'_> {
+    async fn recovering(&self, pg: PgId, backfill: bool, active: bool) -> RecoveryMark<'_> {
         let mark = |waiting| {
-            self.recovering
-                .lock()
-                .expect("recovery table")
-                .insert(pg, Recovery { backfill, waiting });
+            self.recovering.lock().expect("recovery table").insert(
+                pg,
+                Recovery {
+                    backfill,
+                    waiting,
+                    active,
+                },
+            );
         };
         mark(true);
         let mut guard = RecoveryMark {
@@ -898,14 +922,18 @@ impl OsdService {
         }
     }
 
-    /// Makes this OSD's copy of the PG level with `source`'s newer history: the
-    /// objects its log names from where the histories part, or every object
-    /// (backfill) when its log does not reach back that far.
+    /// Makes this OSD's copy of the PG level with `source`'s newer history. With
+    /// `lazy` (the source stays up), it takes the log entries it misses and marks
+    /// their objects missing, to be recovered after the PG goes active; otherwise
+    /// it pulls those objects first. When the log does not reach back that far,
+    /// every object is pulled first (backfill). Objects the source itself misses
+    /// (`source_missing`) stay missing here.
     async fn pull(
         &self,
         map: &ClusterMap,
         pg: PgId,
-        source: u32,
+        (source, source_missing): (u32, &[Vec<u8>]),
+        lazy: bool,
         log: &mut PgLog,
     ) -> Result<(), Status> {
         let mut client = self.peer_client(map, source)?;
@@ -914,70 +942,62 @@ impl OsdService {
         let their_oldest = theirs.first().map_or(0, |entry| entry.version);
         let store = self.store.clone();
         let (mine, _) = blocking(move || pg::log_since(&store, pg, 0)).await?;
-        let (names, entries, keep, rewind_from) = match pg::catch_up(&theirs, their_oldest, &mine) {
+        let mut delivery = Delivery::default();
+        let pulled = match pg::catch_up(&theirs, their_oldest, &mine) {
             CatchUp::Level => return Ok(()),
             CatchUp::Backfill => {
                 let names = self.peer_names(&mut client, map, pg).await?;
-                (names.clone(), theirs, Some(names), None)
+                delivery.entries = theirs;
+                delivery.keep = Some(names.clone());
+                delivery.missing = source_missing.to_vec();
+                names
             }
             CatchUp::Entries {
                 from,
                 names,
                 entries,
-            } => (names, entries, None, Some(from)),
+            } => {
+                delivery.entries = entries;
+                delivery.rewind_from = Some(from);
+                let (unavailable, available): (Vec<_>, Vec<_>) = names
+                    .into_iter()
+                    .partition(|name| lazy || source_missing.contains(name));
+                delivery.missing = unavailable;
+                available
+            }
         };
-        let _recovering = self.recovering(pg, keep.is_some()).await;
-        log.dirty = true;
-        for name in &names {
-            self.recovery_pause().await;
-            self.metrics.recovered_objects.inc();
-            let objects = client
-                .pull_objects(PullRequest {
-                    pg: Some(reference),
-                    names: vec![name.clone()],
-                })
-                .await?
-                .into_inner()
-                .objects;
-            let store = self.store.clone();
-            blocking(move || pg::install(&store, pg, &objects, &[], None, None, None)).await?;
+        if !pulled.is_empty() {
+            let _recovering = self.recovering(pg, delivery.keep.is_some(), false).await;
+            log.dirty = true;
+            for name in pulled {
+                self.recovery_pause().await;
+                self.metrics.recovered_objects.inc();
+                let objects = client
+                    .pull_objects(PullRequest {
+                        pg: Some(reference),
+                        names: vec![name],
+                    })
+                    .await?
+                    .into_inner()
+                    .objects;
+                let store = self.store.clone();
+                blocking(move || pg::install(&store, pg, &Delivery::objects(objects))).await?;
+            }
         }
-        let delivery = Delivery {
-            entries,
-            keep,
-            rewind_from,
-            ..Delivery::default()
-        };
-        self.install_here(pg, delivery, None, log).await
+        self.install_here(pg, delivery, log).await
     }
 
-    /// Installs a delivery in this OSD's copy of the PG (for an erasure-coded PG,
-    /// as shard `shard`) and reloads its log.
+    /// Installs a delivery in this OSD's copy of the PG and reloads its log.
     async fn install_here(
         &self,
         pg: PgId,
         delivery: Delivery,
-        shard: Option<u32>,
         log: &mut PgLog,
     ) -> Result<(), Status> {
-        let Delivery {
-            objects,
-            entries,
-            keep,
-            rewind_from,
-        } = delivery;
         log.dirty = true;
         let store = self.store.clone();
         let fresh = blocking(move || {
-            pg::install(
-                &store,
-                pg,
-                &objects,
-                &entries,
-                keep.as_deref(),
-                rewind_from,
-                shard,
-            )?;
+            pg::install(&store, pg, &delivery)?;
             pg::load(&store, pg)
         })
         .await?;
@@ -1009,62 +1029,257 @@ impl OsdService {
             shard,
             pending,
             activated,
+            missing: log.missing.iter().cloned().collect(),
         })
     }
 
-    /// Brings replica `osd` level with this OSD: the objects named in the log
-    /// entries it misses or holds diverged (or, when this log does not reach back
-    /// that far, every object: backfill), then the entries.
-    async fn recover_replica(&self, map: &ClusterMap, pg: PgId, osd: u32) -> Result<(), Status> {
+    /// The push that installs `delivery` in a peer's copy of the PG, from this
+    /// primary's interval.
+    fn push_request(&self, map: &ClusterMap, pg: PgId, delivery: Delivery) -> PushRequest {
+        let Delivery {
+            objects,
+            entries,
+            keep,
+            rewind_from,
+            shard,
+            missing,
+        } = delivery;
+        PushRequest {
+            pg: Some(pg_ref(map, pg)),
+            objects,
+            entries,
+            full: keep.is_some(),
+            keep: keep.unwrap_or_default(),
+            rewind_from: rewind_from.unwrap_or(0),
+            interval: self.interval(pg),
+            shard,
+            missing,
+            ..PushRequest::default()
+        }
+    }
+
+    /// Brings replica `osd`'s log level with this OSD's: the entries it misses or
+    /// holds diverged, with their objects marked missing there (recovered after
+    /// the PG goes active; [`PgLog::peer_missing`] names them). When this log
+    /// does not reach back that far, every object is pushed first (backfill).
+    async fn recover_replica(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        osd: u32,
+        log: &mut PgLog,
+    ) -> Result<(), Status> {
         let mut client = self.peer_client(map, osd)?;
-        let reference = pg_ref(map, pg);
-        let theirs = whole_log(&mut client, reference).await?;
+        let theirs = whole_log(&mut client, pg_ref(map, pg)).await?;
         let store = self.store.clone();
         let (mine, my_oldest) = blocking(move || pg::log_since(&store, pg, 0)).await?;
-        let (names, entries, full, rewind_from) = match pg::catch_up(&mine, my_oldest, &theirs) {
+        let mut delivery = Delivery::default();
+        match pg::catch_up(&mine, my_oldest, &theirs) {
             CatchUp::Level => return Ok(()),
             CatchUp::Backfill => {
                 let store = self.store.clone();
                 let names = blocking(move || pg::names(&store, pg)).await?;
-                (names, mine, true, 0)
+                tracing::info!(%pg, osd, objects = names.len(), "backfilling replica");
+                let _recovering = self.recovering(pg, true, false).await;
+                for name in &names {
+                    self.recovery_pause().await;
+                    self.metrics.recovered_objects.inc();
+                    let store = self.store.clone();
+                    let name = name.clone();
+                    let object = blocking(move || pg::state(&store, pg, &name)).await?;
+                    client
+                        .push_objects(self.push_request(map, pg, Delivery::objects(vec![object])))
+                        .await?;
+                }
+                delivery.entries = mine;
+                delivery.keep = Some(names);
+                // What this copy misses, the backfilled one misses too.
+                delivery.missing = log.missing.iter().cloned().collect();
             }
             CatchUp::Entries {
                 from,
                 names,
                 entries,
-            } => (names, entries, false, from),
-        };
-        tracing::info!(%pg, osd, backfill = full, rewind_from, objects = names.len(), "recovering replica");
-        let _recovering = self.recovering(pg, full).await;
-        let interval = self.interval(pg);
-        for name in &names {
-            self.recovery_pause().await;
-            self.metrics.recovered_objects.inc();
-            let store = self.store.clone();
-            let name = name.clone();
-            let object = blocking(move || pg::state(&store, pg, &name)).await?;
-            client
-                .push_objects(PushRequest {
-                    pg: Some(reference),
-                    objects: vec![object],
-                    interval,
-                    ..PushRequest::default()
-                })
-                .await?;
+            } => {
+                tracing::info!(%pg, osd, rewind_from = from, objects = names.len(), "replica log brought level");
+                delivery.entries = entries;
+                delivery.rewind_from = Some(from);
+                delivery.missing = names;
+            }
         }
-        client
-            .push_objects(PushRequest {
-                pg: Some(reference),
-                objects: Vec::new(),
-                entries,
-                full,
-                keep: if full { names } else { Vec::new() },
-                rewind_from,
-                interval,
-                ..PushRequest::default()
-            })
-            .await?;
+        let reply = client
+            .push_objects(self.push_request(map, pg, delivery))
+            .await?
+            .into_inner();
+        log.peer_missing
+            .insert(osd, reply.missing.into_iter().collect());
+        self.queue_recovery(pg, log);
         Ok(())
+    }
+
+    /// Brings one object's newest data to every up copy of the PG that misses it:
+    /// pulled to this primary from an up OSD that holds it, then pushed to the
+    /// others. A client operation on a missing object waits for this, not for
+    /// the whole PG's recovery.
+    async fn recover_object(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        log: &mut PgLog,
+        name: &[u8],
+    ) -> Result<(), Status> {
+        if !log.is_missing(name) {
+            return Ok(());
+        }
+        let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
+        if log.missing.contains(name) {
+            let mut failures = Vec::new();
+            let holders = up.iter().filter(|&&osd| {
+                osd != self.id
+                    && log
+                        .peer_missing
+                        .get(&osd)
+                        .is_some_and(|names| !names.contains(name))
+            });
+            let mut found = None;
+            for &osd in holders {
+                match self.object_state(map, pg, name, osd).await {
+                    Ok(state) => {
+                        found = Some(state);
+                        break;
+                    }
+                    Err(status) => failures.push(format!("osd.{osd}: {}", status.message())),
+                }
+            }
+            let Some(state) = found else {
+                return Err(Status::unavailable(format!(
+                    "object '{}' of PG {pg} is unfound: no up OSD holds its newest version{}; \
+                     start the OSDs that held it",
+                    String::from_utf8_lossy(name),
+                    if failures.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", failures.join("; "))
+                    }
+                )));
+            };
+            let store = self.store.clone();
+            blocking(move || pg::install(&store, pg, &Delivery::objects(vec![state]))).await?;
+            log.missing.remove(name);
+            self.metrics.recovered_objects.inc();
+        }
+        let lacking: Vec<u32> = log
+            .peer_missing
+            .iter()
+            .filter(|(osd, names)| up.contains(osd) && names.contains(name))
+            .map(|(osd, _)| *osd)
+            .collect();
+        if lacking.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let owned = name.to_vec();
+        let state = blocking(move || pg::state(&store, pg, &owned)).await?;
+        for osd in lacking {
+            self.peer_client(map, osd)?
+                .push_objects(self.push_request(map, pg, Delivery::objects(vec![state.clone()])))
+                .await?;
+            if let Some(names) = log.peer_missing.get_mut(&osd) {
+                names.remove(name);
+            }
+            self.metrics.recovered_objects.inc();
+        }
+        Ok(())
+    }
+
+    /// Asks the background recovery (see [`Self::recover_in_background`]) to
+    /// bring the PG's missing objects to every up copy.
+    fn queue_recovery(&self, pg: PgId, log: &PgLog) {
+        if log.degraded() {
+            // The receiver lives as long as the service.
+            let _ = self.recovery_queue.send(pg);
+        }
+    }
+
+    /// Recovers, in the background, the missing objects of the PGs peering left
+    /// degraded: one object at a time under the PG lock (client operations run
+    /// between them), at most `max_recovering_pgs` PGs at once.
+    pub async fn recover_in_background(self: Arc<Self>) {
+        let Some(mut queue) = self
+            .recovery_requests
+            .lock()
+            .expect("recovery queue")
+            .take()
+        else {
+            return;
+        };
+        // The PGs being recovered, each with whether it was queued again meanwhile
+        // (a new peering may have found more to recover after the task looked).
+        let running: Arc<Mutex<HashMap<PgId, bool>>> = Arc::default();
+        while let Some(pg) = queue.recv().await {
+            if let Some(again) = running.lock().expect("recovering PGs").get_mut(&pg) {
+                *again = true;
+                continue;
+            }
+            running.lock().expect("recovering PGs").insert(pg, false);
+            let (service, running) = (self.clone(), running.clone());
+            tokio::spawn(async move {
+                let unfinished = service.recover_pg(pg).await;
+                let again = running
+                    .lock()
+                    .expect("recovering PGs")
+                    .remove(&pg)
+                    .unwrap_or(false);
+                if unfinished {
+                    // An OSD did not answer or an object has no holder up: try
+                    // again later (a map change also peers and queues it again).
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                if unfinished || again {
+                    let _ = service.recovery_queue.send(pg);
+                }
+            });
+        }
+    }
+
+    /// Recovers the PG's missing objects while this OSD stays its primary in the
+    /// interval it was peered in. True when some could not be recovered.
+    async fn recover_pg(&self, pg: PgId) -> bool {
+        let _recovering = self.recovering(pg, false, true).await;
+        let mut failed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        loop {
+            self.recovery_pause().await;
+            let map = self.current();
+            let Some(pool) = map.pools.get(&pg.pool) else {
+                return false;
+            };
+            let lock = self.pg_lock(pg);
+            let mut guard = lock.lock().await;
+            let Ok(log) = self.loaded(&mut guard, pg, pool).await else {
+                return true;
+            };
+            let up = match self.mapping(&map, pg) {
+                Ok(mapping) if mapping.primary == Some(self.id) => mapping.up,
+                _ => return false,
+            };
+            if log.peered != Some((self.interval(pg), up)) {
+                // Peering again queues what is left.
+                return false;
+            }
+            let next = log
+                .missing
+                .iter()
+                .chain(log.peer_missing.values().flatten())
+                .find(|name| !failed.contains(*name))
+                .cloned();
+            let Some(name) = next else {
+                return !failed.is_empty();
+            };
+            if let Err(status) = self.recover_object(&map, pg, log, &name).await {
+                tracing::warn!(%pg, object = %String::from_utf8_lossy(&name), error = %status.message(), "could not recover an object");
+                failed.insert(name);
+            }
+        }
     }
 
     /// The states of the PGs this OSD is primary for, for the monitors. A PG busy
@@ -1093,29 +1308,50 @@ impl OsdService {
             } else {
                 let lock = self.pg_lock(pg);
                 // A scrub holds the lock a chunk at a time, and only scrubs a peered
-                // PG; otherwise a busy lock means a request or peering is running.
-                let peered =
-                    match lock.try_lock() {
-                        Ok(guard) => Some(guard.as_ref().is_some_and(|log| {
-                            log.peered.as_ref() == Some(&(interval, up.clone()))
-                        })),
-                        Err(_) if scrubbing.is_some() => Some(true),
-                        Err(_) => None,
-                    };
-                match (peered, recovering) {
-                    (Some(true), _) if members < pool.size() => {
+                // PG, as background recovery recovers objects of an active one;
+                // otherwise a busy lock means a request or peering is running.
+                // Seen: (peered, some copy misses objects).
+                let seen = match lock.try_lock() {
+                    Ok(guard) => Some(guard.as_ref().map_or((false, false), |log| {
+                        (
+                            log.peered.as_ref() == Some(&(interval, up.clone())),
+                            log.degraded(),
+                        )
+                    })),
+                    Err(_) if scrubbing.is_some() => Some((true, false)),
+                    Err(_) if recovering.is_some_and(|recovery| recovery.active) => {
+                        Some((true, true))
+                    }
+                    Err(_) => None,
+                };
+                let undersized = if members < pool.size() {
+                    "+undersized"
+                } else {
+                    ""
+                };
+                match (seen, recovering) {
+                    (Some((true, true)), Some(recovery)) if recovery.active => {
+                        let step = if recovery.waiting {
+                            "recovery_wait"
+                        } else {
+                            "recovering"
+                        };
+                        format!("active+{step}{undersized}+degraded")
+                    }
+                    (Some((true, true)), _) => format!("active{undersized}+degraded"),
+                    (Some((true, false)), _) if members < pool.size() => {
                         "active+undersized+degraded".to_owned()
                     }
-                    (Some(true), _) => "active+clean".to_owned(),
+                    (Some((true, false)), _) => "active+clean".to_owned(),
                     // Client I/O on the PG waits while copies are brought level.
-                    (_, Some(Recovery { backfill, waiting })) => match (backfill, waiting) {
+                    (_, Some(recovery)) => match (recovery.backfill, recovery.waiting) {
                         (true, true) => "backfill_wait+degraded",
                         (true, false) => "backfilling+degraded",
                         (false, true) => "recovery_wait+degraded",
                         (false, false) => "recovering+degraded",
                     }
                     .to_owned(),
-                    (Some(false), None) => "peering".to_owned(),
+                    (Some((false, _)), None) => "peering".to_owned(),
                     (None, None) => continue,
                 }
             };
@@ -1330,6 +1566,13 @@ impl OsdService {
             let map = self.current();
             let log = self.loaded(&mut guard, pg, pool).await?;
             self.ensure_peered(&map, pool, pg, log).await?;
+            if log.degraded() {
+                // Copies that miss objects would be found inconsistent, and a repair
+                // could take an older copy for the good one.
+                return Err(Status::unavailable(format!(
+                    "PG {pg} is recovering: some of its copies miss objects; scrub it once it is clean"
+                )));
+            }
             report.epoch = map.epoch;
             let store = self.store.clone();
             let after = start_after.clone();
@@ -1435,7 +1678,7 @@ impl OsdService {
             if copy.osd == self.id {
                 let store = self.store.clone();
                 let objects = vec![good.clone()];
-                blocking(move || pg::install(&store, pg, &objects, &[], None, None, None)).await?;
+                blocking(move || pg::install(&store, pg, &Delivery::objects(objects))).await?;
             } else {
                 self.peer_client(map, copy.osd)?
                     .push_objects(PushRequest {
@@ -1484,14 +1727,23 @@ impl OsdService {
         map: &ClusterMap,
         pg: PgId,
         name: &[u8],
+        log: &PgLog,
     ) -> Result<(), Status> {
         let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
         let mut last_error = Status::data_loss(format!("no other OSD of PG {pg} is up"));
-        for &osd in up.iter().filter(|&&osd| osd != self.id) {
+        // A copy that misses the object's newest data holds an older version.
+        let holders = up.iter().filter(|&&osd| {
+            osd != self.id
+                && !log
+                    .peer_missing
+                    .get(&osd)
+                    .is_some_and(|names| names.contains(name))
+        });
+        for &osd in holders {
             match self.object_state(map, pg, name, osd).await {
                 Ok(good) => {
                     let store = self.store.clone();
-                    blocking(move || pg::install(&store, pg, &[good], &[], None, None, None))
+                    blocking(move || pg::install(&store, pg, &Delivery::objects(vec![good])))
                         .await?;
                     tracing::warn!(%pg, from = osd, object = %String::from_utf8_lossy(name), "replaced an unreadable copy");
                     return Ok(());
@@ -1689,6 +1941,9 @@ impl OsdService {
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, pool).await?;
         self.ensure_peered(&self.current(), pool, pg, log).await?;
+        // Every up copy holds the object's newest data before it changes.
+        self.recover_object(&self.current(), pg, log, &request.name)
+            .await?;
         // A retried request is answered with its version; if it had not reached every
         // replica yet, it is replicated again (never applied twice). Peering a new
         // interval brings every replica level, so an incomplete request always
@@ -1748,6 +2003,7 @@ impl OsdService {
                     ..ReplicateRequest::default()
                 },
                 pool.id,
+                log,
             )
             .await;
         match replicas {
@@ -1859,6 +2115,10 @@ impl Osd for OsdService {
             let mut guard = lock.lock().await;
             let log = self.loaded(&mut guard, pg, &pool).await?;
             self.ensure_peered(&self.current(), &pool, pg, log).await?;
+            if log.missing.contains(&request.name) {
+                self.recover_object(&self.current(), pg, log, &request.name)
+                    .await?;
+            }
             if pool.is_erasure() {
                 return self
                     .read_erasure(&pool, pg, &request, log)
@@ -1880,7 +2140,7 @@ impl Osd for OsdService {
             };
             match read().await {
                 Err(status) if status.code() == tonic::Code::DataLoss => {
-                    self.repair_from_peers(&self.current(), pg, &request.name)
+                    self.repair_from_peers(&self.current(), pg, &request.name, log)
                         .await?;
                     read().await.map_err(missing)?
                 }
@@ -1988,7 +2248,8 @@ impl Osd for OsdService {
         let up = self.mapping(&map, pg)?.up;
         let clean = primary(&up) == Some(self.id)
             && up.iter().flatten().count() as u32 >= pool.size()
-            && log.peered == Some((self.interval(pg), up));
+            && log.peered == Some((self.interval(pg), up))
+            && !log.degraded();
         Ok(Response::new(self.info_of(pg, log, clean).await?))
     }
 
@@ -2029,34 +2290,49 @@ impl Osd for OsdService {
         let log = self.loaded(&mut guard, pg, &pool).await?;
         log.check_interval(request.interval, pg)
             .map_err(|message| self.stale(message))?;
-        let store = self.store.clone();
-        let (objects, entries) = (request.objects, request.entries.clone());
-        let keep = request.full.then_some(request.keep);
-        let rewind_from = (request.rewind_from > 0).then_some(request.rewind_from);
-        let reload = request.full || rewind_from.is_some();
+        let delivery = Delivery {
+            objects: request.objects,
+            entries: request.entries,
+            keep: request.full.then_some(request.keep),
+            rewind_from: (request.rewind_from > 0).then_some(request.rewind_from),
+            shard: request.shard,
+            missing: request.missing,
+        };
+        let reload = delivery.keep.is_some()
+            || delivery.rewind_from.is_some()
+            || !delivery.missing.is_empty();
+        let entries = if reload {
+            Vec::new()
+        } else {
+            delivery.entries.clone()
+        };
+        let names: Vec<Vec<u8>> = delivery
+            .objects
+            .iter()
+            .map(|object| object.name.clone())
+            .collect();
         log.dirty = true;
-        let shard = request.shard;
-        blocking(move || {
-            pg::install(
-                &store,
-                pg,
-                &objects,
-                &entries,
-                keep.as_deref(),
-                rewind_from,
-                shard,
-            )
+        let store = self.store.clone();
+        let fresh = blocking(move || {
+            pg::install(&store, pg, &delivery)?;
+            Ok(if reload {
+                Some(pg::load(&store, pg)?)
+            } else {
+                None
+            })
         })
         .await?;
-        if reload {
-            let store = self.store.clone();
-            let fresh = blocking(move || pg::load(&store, pg)).await?;
-            log.reloaded(fresh);
-        } else {
-            for entry in &request.entries {
-                log.record(entry);
+        match fresh {
+            Some(fresh) => log.reloaded(fresh),
+            None => {
+                for entry in &entries {
+                    log.record(entry);
+                }
+                for name in &names {
+                    log.missing.remove(name);
+                }
+                log.dirty = false;
             }
-            log.dirty = false;
         }
         if request.activated > 0 {
             let store = self.store.clone();
@@ -2067,7 +2343,10 @@ impl Osd for OsdService {
             let (scrubbed, deep) = (request.scrubbed, request.deep_scrubbed);
             blocking(move || pg::set_scrub_stamps(&store, pg, scrubbed, deep)).await?;
         }
-        Ok(Response::new(PushReply { last: log.last }))
+        Ok(Response::new(PushReply {
+            last: log.last,
+            missing: log.missing.iter().cloned().collect(),
+        }))
     }
 
     async fn scrub_map(
@@ -2168,6 +2447,11 @@ impl Osd for OsdService {
             let mut guard = lock.lock().await;
             let log = self.loaded(&mut guard, pg, &pool).await?;
             self.ensure_peered(&self.current(), &pool, pg, log).await?;
+            // Objects this copy misses would be listed wrongly (or not at all).
+            let missing: Vec<Vec<u8>> = log.missing.iter().cloned().collect();
+            for name in missing {
+                self.recover_object(&self.current(), pg, log, &name).await?;
+            }
         }
         let store = self.store.clone();
         let limit = if request.limit == 0 {

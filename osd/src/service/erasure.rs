@@ -677,7 +677,7 @@ impl OsdService {
                 } => (names, entries, None, Some(from)),
             };
             tracing::info!(%pg, osd, shard = position, backfill = keep.is_some(), objects = names.len(), "rebuilding shard");
-            let _recovering = self.recovering(pg, keep.is_some()).await;
+            let _recovering = self.recovering(pg, keep.is_some(), false).await;
             for name in &names {
                 self.recovery_pause().await;
                 self.metrics.recovered_objects.inc();
@@ -770,28 +770,15 @@ impl OsdService {
         delivery: Delivery,
         log: &mut PgLog,
     ) -> Result<(), Status> {
-        let shard = Some(position as u32);
+        let delivery = Delivery {
+            shard: Some(position as u32),
+            ..delivery
+        };
         if osd == self.id {
-            return self.install_here(pg, delivery, shard, log).await;
+            return self.install_here(pg, delivery, log).await;
         }
-        let Delivery {
-            objects,
-            entries,
-            keep,
-            rewind_from,
-        } = delivery;
         self.peer_client(map, osd)?
-            .push_objects(PushRequest {
-                pg: Some(pg_ref(map, pg)),
-                objects,
-                entries,
-                full: keep.is_some(),
-                keep: keep.unwrap_or_default(),
-                rewind_from: rewind_from.unwrap_or(0),
-                interval: self.interval(pg),
-                shard,
-                ..PushRequest::default()
-            })
+            .push_objects(self.push_request(map, pg, delivery))
             .await?;
         Ok(())
     }
