@@ -1,5 +1,6 @@
-//! `lcpfs put|get|ls|stat|rm`: objects in a pool, whole or (with `--striper`) in
-//! pieces, with a progress bar on a terminal for striped transfers.
+//! `lcpfs put|get|ls|stat|rm`: objects in a pool, whole (streamed to and from the
+//! OSD in 4 MiB messages) or (with `--striper`) in pieces, with a progress bar on
+//! a terminal.
 
 use std::sync::Arc;
 
@@ -95,7 +96,7 @@ pub async fn run(
     command: ObjectCommand,
     json_output: bool,
 ) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let objects = Arc::new(ObjectClient::connect(client).await?);
     match command {
         ObjectCommand::Put {
@@ -140,7 +141,14 @@ pub async fn run(
                 std::fs::read(&file).with_context(|| format!("cannot read {file}"))?
             };
             let size = data.len() as u64;
-            objects.put(&pool, name.as_bytes(), data).await?;
+            let bar = progress_bar(Some(size));
+            let sent = bar.clone();
+            objects
+                .put_streamed(&pool, name.as_bytes(), data, move |done| {
+                    sent.set_position(done)
+                })
+                .await?;
+            bar.finish_and_clear();
             Ok(put_report(json_output, &pool, &name, size))
         }
         ObjectCommand::Get {
@@ -173,12 +181,30 @@ pub async fn run(
         ObjectCommand::Get {
             pool, name, file, ..
         } => {
-            let data = objects.get(&pool, name.as_bytes()).await?;
+            let bar = progress_bar(None);
+            let show = |done, size| {
+                bar.set_length(size);
+                bar.set_position(done);
+            };
             if file == "-" {
-                std::io::stdout().write_all(&data)?;
+                objects
+                    .get_to(&pool, name.as_bytes(), &mut tokio::io::stdout(), show)
+                    .await?;
             } else {
-                std::fs::write(&file, &data).with_context(|| format!("cannot write {file}"))?;
+                let mut output = tokio::fs::File::create(&file)
+                    .await
+                    .with_context(|| format!("cannot write {file}"))?;
+                let read = objects
+                    .get_to(&pool, name.as_bytes(), &mut output, show)
+                    .await;
+                if let Err(error) = read {
+                    // No part of an object is left behind as if it were the object.
+                    let _ = tokio::fs::remove_file(&file).await;
+                    return Err(error);
+                }
+                output.sync_all().await?;
             }
+            bar.finish_and_clear();
             Ok(String::new())
         }
         ObjectCommand::Ls { pool } => {

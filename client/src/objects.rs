@@ -31,9 +31,10 @@ use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::{
-    EchoMessage, ListRequest, ObjectOp, ObjectStat, OmapEntries, OmapEntry, OmapKeys, OmapRange,
-    OpReply, OpRequest, ScrubReply, ScrubRequest, op_result,
+    DataChunk, EchoMessage, ListRequest, ObjectOp, ObjectStat, OmapEntries, OmapEntry, OmapKeys,
+    OmapRange, OpReply, OpRequest, ScrubReply, ScrubRequest, op_result,
 };
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
@@ -43,6 +44,9 @@ const NO_ATTEMPT: &str = "no attempt";
 
 /// Largest message exchanged with an OSD.
 const MAX_MESSAGE: usize = 256 << 20;
+
+/// Bytes per message when a whole object's data is streamed.
+const STREAM_CHUNK: usize = 4 << 20;
 
 /// An object in a listing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -209,6 +213,25 @@ impl ObjectClient {
         )
     }
 
+    /// Request `tid` of this client for object `name` of `pg`, under `map`.
+    fn request(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        name: &[u8],
+        tid: u64,
+        ops: Vec<ObjectOp>,
+    ) -> OpRequest {
+        OpRequest {
+            epoch: map.epoch,
+            pool: pg.pool,
+            name: name.to_vec(),
+            client: self.client_id.clone(),
+            tid,
+            ops,
+        }
+    }
+
     /// Runs operations on one object at its PG's primary, atomically.
     pub async fn operate(
         &self,
@@ -220,14 +243,7 @@ impl ObjectClient {
         let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
         // One stuck primary must not use up the whole deadline.
         self.at_primary(locate, Duration::from_secs(20), |mut client, map, pg| {
-            let request = OpRequest {
-                epoch: map.epoch,
-                pool: pg.pool,
-                name: name.to_vec(),
-                client: self.client_id.clone(),
-                tid,
-                ops: ops.clone(),
-            };
+            let request = self.request(map, pg, name, tid, ops.clone());
             async move { client.op(request).await }
         })
         .await
@@ -285,6 +301,88 @@ impl ObjectClient {
         self.operate(pool, name, vec![op(Op::WriteFull(data))])
             .await?;
         Ok(())
+    }
+
+    /// Writes a whole object (replacing it) like [`Self::put`], sent to the OSD in
+    /// chunks of 4 MiB so that no message holds a large object whole.
+    /// `progress` hears how many bytes have gone out (from 0 again when a retry
+    /// starts over).
+    pub async fn put_streamed(
+        &self,
+        pool_name: &str,
+        name: &[u8],
+        data: Vec<u8>,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> anyhow::Result<()> {
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
+        let (data, progress) = (Arc::new(data), Arc::new(progress));
+        self.at_primary(locate, self.timeout, |mut client, map, pg| {
+            let request = self.request(map, pg, name, tid, Vec::new());
+            let (data, progress) = (data.clone(), progress.clone());
+            let size = data.len();
+            // An empty object is one empty chunk.
+            let chunks =
+                tokio_stream::iter((0..size.div_ceil(STREAM_CHUNK).max(1)).map(move |index| {
+                    let start = index * STREAM_CHUNK;
+                    let end = (start + STREAM_CHUNK).min(size);
+                    progress(end as u64);
+                    DataChunk {
+                        request: (index == 0).then(|| request.clone()),
+                        size: size as u64,
+                        epoch: 0,
+                        data: data[start..end].to_vec(),
+                    }
+                }));
+            async move { client.write_stream(chunks).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Reads a whole object into `out` as it arrives from the OSD, in chunks of
+    /// 4 MiB, and returns its size; `progress` hears (bytes written, size). A
+    /// read that breaks off half-way fails, with part of the object in `out`.
+    pub async fn get_to<W: AsyncWrite + Unpin>(
+        &self,
+        pool_name: &str,
+        name: &[u8],
+        out: &mut W,
+        mut progress: impl FnMut(u64, u64),
+    ) -> anyhow::Result<u64> {
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
+        let mut chunks = self
+            .at_primary(locate, self.timeout, |mut client, map, pg| {
+                let request = self.request(map, pg, name, tid, Vec::new());
+                async move { client.read_stream(request).await }
+            })
+            .await?;
+        let (mut size, mut done) = (None, 0);
+        let broke_off = |done: u64, size: Option<u64>| {
+            format!(
+                "the read of '{}' broke off after {done} of {} bytes",
+                String::from_utf8_lossy(name),
+                size.unwrap_or(0)
+            )
+        };
+        while let Some(chunk) = chunks
+            .message()
+            .await
+            .with_context(|| broke_off(done, size))?
+        {
+            let size = *size.get_or_insert(chunk.size);
+            out.write_all(&chunk.data).await?;
+            done += chunk.data.len() as u64;
+            progress(done, size);
+        }
+        match size {
+            Some(size) if size == done => {
+                out.flush().await?;
+                Ok(size)
+            }
+            _ => bail!("{}", broke_off(done, size)),
+        }
     }
 
     /// Appends to an object (creating it).

@@ -183,6 +183,20 @@ impl PgLog {
         !self.missing.is_empty() || self.peer_missing.values().any(|names| !names.is_empty())
     }
 
+    /// The objects this copy misses that every peer copy misses too: no up OSD
+    /// holds their newest data.
+    pub fn unfound(&self) -> Vec<Vec<u8>> {
+        self.missing
+            .iter()
+            .filter(|name| {
+                self.peer_missing
+                    .values()
+                    .all(|names| names.contains(*name))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// True when an up copy misses the newest data of `name`.
     pub fn is_missing(&self, name: &[u8]) -> bool {
         self.missing.contains(name) || self.peer_missing.values().any(|names| names.contains(name))

@@ -19,15 +19,15 @@ use lcpfs_proto::op_result;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::osd_server::Osd;
 use lcpfs_proto::{
-    EcCommitReply, EcCommitRequest, EchoMessage, Inconsistency, KeyValue, ListReply, ListRequest,
-    LogEntry, ObjectOp, ObjectState, OpReply, OpRequest, PgInfoReply, PgLogReply, PgLogRequest,
-    PgRef, PullReply, PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest,
-    ReplicateReply, ReplicateRequest, ScrubMapReply, ScrubMapRequest, ScrubObject, ScrubReply,
-    ScrubRequest,
+    DataChunk, EcCommitReply, EcCommitRequest, EchoMessage, Inconsistency, KeyValue, ListReply,
+    ListRequest, LogEntry, ObjectOp, ObjectState, OpReply, OpRequest, PgInfoReply, PgLogReply,
+    PgLogRequest, PgRef, PullReply, PullRequest, PushReply, PushRequest, ReadShardReply,
+    ReadShardRequest, ReplicateReply, ReplicateRequest, ScrubMapReply, ScrubMapRequest,
+    ScrubObject, ScrubReply, ScrubRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::ec;
 use crate::intervals::Intervals;
@@ -154,6 +154,45 @@ impl Drop for RecoveryMark<'_> {
 
 /// Objects compared per scrub chunk (the PG lock is held for one chunk at a time).
 const SCRUB_CHUNK: usize = 64;
+
+/// Bytes per message of a streamed object (`ReadStream`, `WriteStream`).
+pub const STREAM_CHUNK: usize = 4 << 20;
+
+/// A whole object's data as the chunks of a `ReadStream` reply; the first
+/// carries the object's size and the epoch.
+pub struct ReadChunks {
+    data: Vec<u8>,
+    offset: usize,
+    epoch: u64,
+}
+
+impl Iterator for ReadChunks {
+    type Item = Result<DataChunk, Status>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let first = self.offset == 0;
+        if self.offset >= self.data.len() && !(first && self.data.is_empty()) {
+            return None;
+        }
+        let end = (self.offset + STREAM_CHUNK).min(self.data.len());
+        let data = self.data[self.offset..end].to_vec();
+        // An empty object is one empty chunk.
+        self.offset = end.max(1);
+        Some(Ok(DataChunk {
+            request: None,
+            size: if first { self.data.len() as u64 } else { 0 },
+            epoch: self.epoch,
+            data,
+        }))
+    }
+}
+
+/// The refusal of a write that would make an object larger than the limit.
+fn too_big(size: u64, limit: u64) -> Status {
+    Status::invalid_argument(format!(
+        "the object would be {size} bytes, above the {limit}-byte object size limit; store it in pieces (lcpfs put --striper)"
+    ))
+}
 
 /// Seconds since the Unix epoch, as scrub stamps are kept and reported (0 for a
 /// time before it).
@@ -473,11 +512,6 @@ impl OsdService {
     /// Checks the sizes a request's writes would give the object.
     async fn check_sizes(&self, pg: PgId, name: &[u8], ops: &[ObjectOp]) -> Result<(), Status> {
         let limit = self.config.max_object_size;
-        let too_big = |size: u64| {
-            Status::invalid_argument(format!(
-                "the object would be {size} bytes, above the {limit}-byte object size limit; store it in pieces (lcpfs put --striper)"
-            ))
-        };
         let mut current = None;
         for op in ops.iter().filter_map(|op| op.op.as_ref()) {
             let end = match op {
@@ -499,7 +533,7 @@ impl OsdService {
             };
             current = Some(end);
             if end > limit {
-                return Err(too_big(end));
+                return Err(too_big(end, limit));
             }
         }
         Ok(())
@@ -664,7 +698,11 @@ impl OsdService {
         // Every up OSD now holds every write this one has.
         self.activate(map, pg, &up, interval).await?;
         log.clear_incomplete();
-        self.intervals.forget_past(pg, interval, &up);
+        // While no up copy holds some object, the OSDs of earlier intervals stay
+        // asked for it (see `prior_holder`).
+        if log.unfound().is_empty() {
+            self.intervals.forget_past(pg, interval, &up);
+        }
         log.peered = Some((interval, up));
         self.queue_recovery(pg, log);
         Ok(())
@@ -735,7 +773,50 @@ impl OsdService {
                 self.recover_replica(map, pg, *osd, log).await?;
             }
         }
+        // What no up copy holds is brought in now, if an OSD outside the up set
+        // holds it; what nobody holds stays unfound.
+        for name in log.unfound() {
+            if let Err(status) = self.recover_object(map, pg, log, &name).await {
+                tracing::warn!(%pg, object = %String::from_utf8_lossy(&name), error = %status.message(), "object unfound");
+            }
+        }
         Ok(())
+    }
+
+    /// An OSD outside the up set (of the PG's earlier intervals) that holds the
+    /// newest data of `name`: its log is a prefix of this one that reaches the
+    /// object's newest entry, and it does not miss the object.
+    async fn prior_holder(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        name: &[u8],
+    ) -> Result<Option<u32>, Status> {
+        let up = self.mapping(map, pg)?.up;
+        let store = self.store.clone();
+        let (entries, _) = blocking(move || pg::log_since(&store, pg, 0)).await?;
+        let Some(newest) = entries.iter().rev().find(|entry| entry.name == name) else {
+            return Ok(None);
+        };
+        let reference = PgRef {
+            probe: true,
+            ..pg_ref(map, pg)
+        };
+        for osd in self.intervals.prior_osds(map, pg, &up, self.id) {
+            let Ok(info) = self.peer_info(map, pg, osd, reference).await else {
+                continue;
+            };
+            let prefix = entries
+                .iter()
+                .any(|entry| entry.version == info.last && entry.epoch == info.last_epoch);
+            if prefix
+                && info.last >= newest.version
+                && !info.missing.iter().any(|held| held == name)
+            {
+                return Ok(Some(osd));
+            }
+        }
+        Ok(None)
     }
 
     /// Records, here and on every other up OSD, that peering in `interval`
@@ -860,17 +941,14 @@ impl OsdService {
     /// one of the OSD's `max_recovering_pgs` slots is free; until then it is
     /// `recovery_wait` (`backfill_wait`).
     async fn recovering(&self, pg: PgId, backfill: bool, active: bool) -> RecoveryMark<'_> {
-        let mark = |waiting| {
-            self.recovering.lock().expect("recovery table").insert(
-                pg,
-                Recovery {
-                    backfill,
-                    waiting,
-                    active,
-                },
-            );
-        };
-        mark(true);
+        self.mark_recovery(
+            pg,
+            Recovery {
+                backfill,
+                waiting: true,
+                active,
+            },
+        );
         let mut guard = RecoveryMark {
             service: self,
             pg,
@@ -883,8 +961,40 @@ impl OsdService {
                 .await
                 .expect("the recovery slots are never closed"),
         );
-        mark(false);
+        self.mark_recovery(
+            pg,
+            Recovery {
+                backfill,
+                waiting: false,
+                active,
+            },
+        );
         guard
+    }
+
+    /// Background recovery's mark, if a recovery slot is free now.
+    fn try_recovering(&self, pg: PgId) -> Option<RecoveryMark<'_>> {
+        let slot = self.recovery_slots.clone().try_acquire_owned().ok()?;
+        self.mark_recovery(
+            pg,
+            Recovery {
+                backfill: false,
+                waiting: false,
+                active: true,
+            },
+        );
+        Some(RecoveryMark {
+            service: self,
+            pg,
+            _slot: Some(slot),
+        })
+    }
+
+    fn mark_recovery(&self, pg: PgId, recovery: Recovery) {
+        self.recovering
+            .lock()
+            .expect("recovery table")
+            .insert(pg, recovery);
     }
 
     /// The configured pause between recovered objects.
@@ -950,7 +1060,11 @@ impl OsdService {
                 delivery.entries = theirs;
                 delivery.keep = Some(names.clone());
                 delivery.missing = source_missing.to_vec();
+                // The source's stale data of what it misses is not taken.
                 names
+                    .into_iter()
+                    .filter(|name| !source_missing.contains(name))
+                    .collect()
             }
             CatchUp::Entries {
                 from,
@@ -1081,7 +1195,9 @@ impl OsdService {
                 let names = blocking(move || pg::names(&store, pg)).await?;
                 tracing::info!(%pg, osd, objects = names.len(), "backfilling replica");
                 let _recovering = self.recovering(pg, true, false).await;
-                for name in &names {
+                // This copy's stale data of what it misses would lose the replica
+                // its own missing marks (the last push below sets them again).
+                for name in names.iter().filter(|name| !log.missing.contains(*name)) {
                     self.recovery_pause().await;
                     self.metrics.recovered_objects.inc();
                     let store = self.store.clone();
@@ -1148,6 +1264,14 @@ impl OsdService {
                         found = Some(state);
                         break;
                     }
+                    Err(status) => failures.push(format!("osd.{osd}: {}", status.message())),
+                }
+            }
+            if found.is_none()
+                && let Some(osd) = self.prior_holder(map, pg, name).await?
+            {
+                match self.object_state(map, pg, name, osd).await {
+                    Ok(state) => found = Some(state),
                     Err(status) => failures.push(format!("osd.{osd}: {}", status.message())),
                 }
             }
@@ -1245,7 +1369,7 @@ impl OsdService {
     /// Recovers the PG's missing objects while this OSD stays its primary in the
     /// interval it was peered in. True when some could not be recovered.
     async fn recover_pg(&self, pg: PgId) -> bool {
-        let _recovering = self.recovering(pg, false, true).await;
+        let mut recovering = self.recovering(pg, false, true).await;
         let mut failed: BTreeSet<Vec<u8>> = BTreeSet::new();
         loop {
             self.recovery_pause().await;
@@ -1254,7 +1378,26 @@ impl OsdService {
                 return false;
             };
             let lock = self.pg_lock(pg);
-            let mut guard = lock.lock().await;
+            // Peering waits for a recovery slot while it holds the PG lock, so
+            // this task never waits for the lock while it holds a slot.
+            let mut guard = match lock.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => {
+                    drop(recovering);
+                    let guard = lock.lock().await;
+                    match self.try_recovering(pg) {
+                        Some(mark) => {
+                            recovering = mark;
+                            guard
+                        }
+                        None => {
+                            drop(guard);
+                            recovering = self.recovering(pg, false, true).await;
+                            continue;
+                        }
+                    }
+                }
+            };
             let Ok(log) = self.loaded(&mut guard, pg, pool).await else {
                 return true;
             };
@@ -2155,6 +2298,86 @@ impl Osd for OsdService {
             results,
             version,
         }))
+    }
+
+    type ReadStreamStream = tokio_stream::Iter<ReadChunks>;
+
+    async fn read_stream(
+        &self,
+        request: Request<OpRequest>,
+    ) -> Result<Response<Self::ReadStreamStream>, Status> {
+        let mut request = request.into_inner();
+        if !request.ops.is_empty() {
+            return Err(Status::invalid_argument(
+                "a streamed read names only the object: it reads the whole of it",
+            ));
+        }
+        request.ops = vec![ObjectOp {
+            op: Some(Op::Read(lcpfs_proto::ReadRange {
+                offset: 0,
+                length: 0,
+            })),
+        }];
+        let reply = Osd::op(self, Request::new(request)).await?.into_inner();
+        let Some(op_result::Result::Data(data)) = reply
+            .results
+            .into_iter()
+            .next()
+            .and_then(|result| result.result)
+        else {
+            return Err(Status::internal("the read of the object returned no data"));
+        };
+        Ok(Response::new(tokio_stream::iter(ReadChunks {
+            data,
+            offset: 0,
+            epoch: reply.epoch,
+        })))
+    }
+
+    async fn write_stream(
+        &self,
+        request: Request<Streaming<DataChunk>>,
+    ) -> Result<Response<OpReply>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the write stream sent nothing"))?;
+        let mut request = first.request.ok_or_else(|| {
+            Status::invalid_argument("the first chunk of a write stream carries no request")
+        })?;
+        if !request.ops.is_empty() {
+            return Err(Status::invalid_argument(
+                "a streamed write names only the object: it replaces the whole of it",
+            ));
+        }
+        let (size, limit) = (first.size, self.config.max_object_size);
+        if size > limit {
+            return Err(too_big(size, limit));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        data.extend_from_slice(&first.data);
+        loop {
+            if data.len() as u64 > size {
+                return Err(Status::invalid_argument(format!(
+                    "the write stream sent more than the {size} bytes it announced; nothing was written"
+                )));
+            }
+            match chunks.message().await? {
+                Some(chunk) => data.extend_from_slice(&chunk.data),
+                None => break,
+            }
+        }
+        if data.len() as u64 != size {
+            return Err(Status::invalid_argument(format!(
+                "the write stream ended after {} of the {size} bytes it announced; nothing was written",
+                data.len()
+            )));
+        }
+        request.ops = vec![ObjectOp {
+            op: Some(Op::WriteFull(data)),
+        }];
+        Osd::op(self, Request::new(request)).await
     }
 
     async fn replicate(

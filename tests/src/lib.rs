@@ -238,6 +238,23 @@ pub async fn appends_survive_a_killed_primary(cluster: &mut MonCluster, pool: &s
     );
 }
 
+/// Runs the `lcpfs` command against `cluster` in `dir`, checks that it succeeds
+/// and returns what it printed.
+pub fn lcpfs(cluster: &MonCluster, dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary("lcpfs"))
+        .args(["--mon", &cluster.addrs().join(","), "--timeout", "60"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run lcpfs");
+    assert!(
+        out.status.success(),
+        "lcpfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("lcpfs prints UTF-8")
+}
+
 /// The PG of object `name` in `pool` and its up set (primary first).
 pub fn placement(
     map: &lcpfs_core::map::ClusterMap,

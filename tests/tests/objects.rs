@@ -13,7 +13,7 @@ use lcpfs_core::engine::{OpenOptions, Store};
 use lcpfs_core::map::Pool;
 use lcpfs_core::pg::object_to_pg;
 use lcpfs_tests::{
-    MonCluster, appends_survive_a_killed_primary, binary, cluster_with_pool, contents, http_get,
+    MonCluster, appends_survive_a_killed_primary, cluster_with_pool, contents, http_get, lcpfs,
     osds_up, placement, start_with_pool, status_until, wait_for,
 };
 
@@ -268,20 +268,7 @@ async fn bad_requests_get_errors_and_the_osds_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let big = contents("big", (5 << 20) + 12_345);
     std::fs::write(dir.path().join("big"), &big).unwrap();
-    let lcpfs = |args: &[&str]| {
-        let out = std::process::Command::new(binary("lcpfs"))
-            .args(["--mon", &cluster.addrs().join(","), "--timeout", "30"])
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lcpfs {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let lcpfs = |args: &[&str]| lcpfs(&cluster, dir.path(), args);
     let error = objects.put("data", b"big", big.clone()).await.unwrap_err();
     assert!(format!("{error:#}").contains("--striper"), "{error:#}");
     lcpfs(&[

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::monitor::{ClusterStatus, Query};
+use lcpfs_core::monitor::{ClusterStatus, Command, Query};
 use lcpfs_core::pg::PgId;
-use lcpfs_tests::{cluster_with_pool, contents, osd_listening, osds_up, status_until, wait_for};
+use lcpfs_tests::{
+    cluster_with_pool, contents, osd_listening, osds_up, placement, status_until, wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_osd_recovers_one_pg_at_a_time_and_the_rest_wait() {
@@ -185,4 +187,68 @@ async fn client_io_waits_for_the_object_not_the_whole_pg() {
         let read = objects.get("data", name(n).as_bytes()).await.unwrap();
         assert!(read == version(n, 2), "{} reads its third version", name(n));
     }
+}
+
+/// An object whose newest data only OSDs leaving the PG hold is taken from them
+/// when the PG moves: the copy that stays misses it, and the new OSDs have
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_only_departing_osds_hold_is_taken_from_them() {
+    // No background recovery here: only peering and client operations move objects.
+    let mut cluster = cluster_with_pool(5, &["--recovery-sleep", "3600"]).await;
+    let client = cluster.client();
+    let objects = ObjectClient::connect(client.clone()).await.unwrap();
+    let map = cluster.ready().await;
+    // An object whose third OSD becomes its primary once the first two are out.
+    let (name, up) = (0..)
+        .map(|n| format!("only-there-{n}"))
+        .find_map(|name| {
+            let (pg, up) = placement(&map, "data", name.as_bytes());
+            let mut moved = map.clone();
+            for osd in &up[..2] {
+                moved.osds.get_mut(osd).unwrap().in_ = false;
+            }
+            let primary = lcpfs_core::crush::pg_mapping(&moved, pg).unwrap().primary;
+            (up.len() == 3 && primary == Some(up[2])).then_some((name, up))
+        })
+        .unwrap();
+    objects
+        .put("data", name.as_bytes(), b"first".to_vec())
+        .await
+        .unwrap();
+
+    // The third copy misses the second version (and keeps missing it).
+    let third = cluster.osd_index(&map, up[2]);
+    cluster.kill_osd(third);
+    osds_up(&client, 4).await;
+    objects
+        .put("data", name.as_bytes(), b"second".to_vec())
+        .await
+        .unwrap();
+    cluster.start_osd(third);
+    osd_listening(&cluster, third).await;
+    osds_up(&client, 5).await;
+    wait_for(
+        "the third copy back in the PG",
+        Duration::from_secs(30),
+        || {
+            let objects = &objects;
+            let name = name.clone();
+            async move { objects.stat("data", name.as_bytes()).await.ok() }
+        },
+    )
+    .await;
+
+    // The two copies that hold it leave; the one that misses it leads the PG.
+    client
+        .run(&Command::OsdOut {
+            ids: up[..2].to_vec(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        objects.get("data", name.as_bytes()).await.unwrap(),
+        b"second",
+        "the newest version comes from the departing OSDs"
+    );
 }

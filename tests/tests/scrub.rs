@@ -4,14 +4,14 @@
 //! ls` that outlives a restart; a primary whose copy is unreadable serves a read
 //! from a replica's copy and heals its own.
 
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::map::ClusterMap;
 use lcpfs_tests::{
-    MonCluster, binary, cluster_with_pool, contents, http_get, osds_up, placement, rot,
-    status_until, wait_for,
+    MonCluster, cluster_with_pool, contents, http_get, osds_up, placement, rot, status_until,
+    wait_for,
 };
 
 /// Stops OSD `id`, rots `data` on its disks, and starts it again.
@@ -28,23 +28,9 @@ async fn rot_on(cluster: &mut MonCluster, map: &ClusterMap, id: u32, data: &[u8]
 }
 
 fn lcpfs(cluster: &MonCluster, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(binary("lcpfs"))
-        .args([
-            "--mon",
-            &cluster.addrs().join(","),
-            "--json",
-            "--timeout",
-            "60",
-        ])
-        .args(args)
-        .output()
-        .expect("run lcpfs");
-    assert!(
-        out.status.success(),
-        "lcpfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+    let args = [&["--json"], args].concat();
+    let out = lcpfs_tests::lcpfs(cluster, Path::new("."), &args);
+    serde_json::from_str(&out).expect("JSON output")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

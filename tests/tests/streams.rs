@@ -1,0 +1,133 @@
+//! Whole objects streamed to and from the OSDs in 4 MiB messages: a large object
+//! and an empty one make the round trip through the library and the `lcpfs`
+//! command, and a malformed stream (no request, more or fewer bytes than it
+//! announced, above the size limit) is refused without changing the object.
+
+use lcpfs_client::objects::ObjectClient;
+use lcpfs_proto::osd_client::OsdClient;
+use lcpfs_proto::{DataChunk, OpRequest};
+use lcpfs_tests::{cluster_with_pool, contents, lcpfs, placement};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_stream_whole_and_bad_streams_change_nothing() {
+    let cluster = cluster_with_pool(3, &["--max-object-mib", "32"]).await;
+    let objects = ObjectClient::connect(cluster.client()).await.unwrap();
+
+    // 18 MiB and a bit: five messages each way.
+    let big = contents("big", (18 << 20) + 4321);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    objects
+        .put_streamed("data", b"big", big.clone(), move |done| {
+            counter.fetch_max(done, std::sync::atomic::Ordering::SeqCst);
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.load(std::sync::atomic::Ordering::SeqCst),
+        big.len() as u64
+    );
+    let mut read = Vec::new();
+    let mut heard = Vec::new();
+    let size = objects
+        .get_to("data", b"big", &mut read, |done, size| {
+            heard.push((done, size))
+        })
+        .await
+        .unwrap();
+    assert_eq!(size, big.len() as u64);
+    assert!(read == big, "the streamed read returns the object");
+    assert_eq!(heard.len(), 5, "one progress report per message: {heard:?}");
+    assert!(objects.get("data", b"big").await.unwrap() == big);
+
+    objects
+        .put_streamed("data", b"empty", Vec::new(), |_| {})
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    assert_eq!(
+        objects
+            .get_to("data", b"empty", &mut read, |_, _| {})
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(objects.stat("data", b"empty").await.unwrap().size, 0);
+
+    // Above the limit: refused before the data is sent.
+    let error = objects
+        .put_streamed("data", b"huge", vec![1; 33 << 20], |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("object size limit"),
+        "{error:#}"
+    );
+
+    // Malformed streams straight to the primary: each is refused, and the object
+    // keeps its data.
+    let map = cluster.ready().await;
+    let (pg, up) = placement(&map, "data", b"big");
+    let addr = map.osds[&up[0]].addr.clone();
+    let mut osd = OsdClient::connect(format!("http://{addr}")).await.unwrap();
+    let request = OpRequest {
+        epoch: map.epoch,
+        pool: pg.pool,
+        name: b"big".to_vec(),
+        client: "streams-test".into(),
+        tid: 1,
+        ops: Vec::new(),
+    };
+    let chunk = |request: Option<OpRequest>, size: u64, data: &[u8]| DataChunk {
+        request,
+        size,
+        epoch: 0,
+        data: data.to_vec(),
+    };
+    let bad_streams = [
+        (vec![chunk(None, 3, b"abc")], "carries no request"),
+        (
+            vec![
+                chunk(Some(request.clone()), 3, b"ab"),
+                chunk(None, 0, b"cd"),
+            ],
+            "more than the 3 bytes",
+        ),
+        (
+            vec![chunk(Some(request.clone()), 10, b"abc")],
+            "ended after 3 of the 10 bytes",
+        ),
+        (
+            vec![chunk(Some(request.clone()), 40 << 20, b"abc")],
+            "object size limit",
+        ),
+    ];
+    for (chunks, expected) in bad_streams {
+        let status = osd
+            .write_stream(tokio_stream::iter(chunks))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    let mut with_ops = request.clone();
+    with_ops.ops = vec![lcpfs_proto::ObjectOp {
+        op: Some(lcpfs_proto::object_op::Op::Stat(true)),
+    }];
+    let status = osd.read_stream(with_ops).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        objects.get("data", b"big").await.unwrap() == big,
+        "unchanged"
+    );
+
+    // The command line streams a whole object both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let file = contents("file", (9 << 20) + 1);
+    std::fs::write(dir.path().join("in"), &file).unwrap();
+    let lcpfs = |args: &[&str]| lcpfs(&cluster, dir.path(), args);
+    lcpfs(&["put", "data", "file", "in"]);
+    lcpfs(&["get", "data", "file", "out"]);
+    assert!(std::fs::read(dir.path().join("out")).unwrap() == file);
+    assert!(objects.get("data", b"file").await.unwrap() == file);
+}
