@@ -679,17 +679,13 @@ pub fn synthetic_map(params: &SyntheticCluster) -> Result<(ClusterMap, u32), Map
                 .and_then(|first| first.checked_add(index))
                 .ok_or(MapError::OsdIdTooLarge(u32::MAX))?;
             map.add_osd(OsdInfo {
-                id,
-                addr: format!("127.0.0.1:{}", 6800u64 + u64::from(id)),
-                host: format!("host{host}"),
                 zone: (params.zones > 0).then(|| format!("zone{}", host % params.zones)),
-                device_class: "hdd".to_owned(),
                 weight: params.osd_weight,
-                up: true,
-                in_: true,
-                reweight: 1.0,
-                lost: false,
-                full: false,
+                ..OsdInfo::new(
+                    id,
+                    format!("127.0.0.1:{}", 6800u64 + u64::from(id)),
+                    format!("host{host}"),
+                )
             })?;
         }
     }
@@ -861,17 +857,10 @@ pub fn utilization_report(
             let new_id = map.osds.keys().next_back().map_or(0, |&id| id + 1);
             let mut grown = map.clone();
             grown.add_osd(OsdInfo {
-                id: new_id,
-                addr: String::new(),
-                host: format!("crush-test-new-host-{new_id}"),
                 zone: template.zone.clone(),
                 device_class: template.device_class.clone(),
                 weight,
-                up: true,
-                in_: true,
-                reweight: 1.0,
-                lost: false,
-                full: false,
+                ..OsdInfo::new(new_id, "", format!("crush-test-new-host-{new_id}"))
             })?;
             let after = map_all(&PoolPlacement::new(&grown, pool_id)?, num_pgs);
             let total_crush: f64 = in_osds.iter().map(|osd| osd.weight).sum();

@@ -110,6 +110,24 @@ fn full_reweight() -> f64 {
 }
 
 impl OsdInfo {
+    /// A new OSD at `addr` on `host`, up and in: device class `hdd`, CRUSH weight
+    /// 1, no zone, no flags.
+    pub fn new(id: u32, addr: impl Into<String>, host: impl Into<String>) -> Self {
+        OsdInfo {
+            id,
+            addr: addr.into(),
+            host: host.into(),
+            zone: None,
+            device_class: "hdd".to_owned(),
+            weight: 1.0,
+            up: true,
+            in_: true,
+            reweight: 1.0,
+            lost: false,
+            full: false,
+        }
+    }
+
     /// The zone name, with `"default"` for an OSD that has none.
     pub fn zone_name(&self) -> &str {
         self.zone.as_deref().unwrap_or(DEFAULT_BUCKET_NAME)
@@ -1210,19 +1228,7 @@ pub(crate) mod tests {
 
     /// An up, in OSD of weight 1 on `host` in the default zone.
     pub(crate) fn osd(id: u32, host: &str) -> OsdInfo {
-        OsdInfo {
-            id,
-            addr: format!("10.0.0.{id}:6800"),
-            host: host.to_owned(),
-            zone: None,
-            device_class: "hdd".to_owned(),
-            weight: 1.0,
-            up: true,
-            in_: true,
-            reweight: 1.0,
-            lost: false,
-            full: false,
-        }
+        OsdInfo::new(id, format!("10.0.0.{id}:6800"), host)
     }
 
     pub(crate) fn replicated(

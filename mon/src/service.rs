@@ -259,23 +259,12 @@ impl MonitorRpc for MonitorService {
             return leader.osd_boot(forwarded(request.into_inner())).await;
         }
         let boot = request.into_inner();
-        let osd = OsdInfo {
-            id: 0,
-            addr: boot.addr,
-            host: boot.host,
-            zone: (!boot.zone.is_empty()).then_some(boot.zone),
-            device_class: if boot.device_class.is_empty() {
-                "hdd".into()
-            } else {
-                boot.device_class
-            },
-            weight: boot.weight,
-            up: true,
-            in_: true,
-            reweight: 1.0,
-            lost: false,
-            full: false,
-        };
+        let mut osd = OsdInfo::new(0, boot.addr, boot.host);
+        osd.zone = (!boot.zone.is_empty()).then_some(boot.zone);
+        if !boot.device_class.is_empty() {
+            osd.device_class = boot.device_class;
+        }
+        osd.weight = boot.weight;
         let (osd_id, epoch) = self.0.osd_boot(boot.uuid, osd).await?;
         Ok(Response::new(OsdBootReply { epoch, osd_id }))
     }

@@ -378,19 +378,7 @@ mod tests {
     }
 
     fn osd_on(host: &str) -> OsdInfo {
-        OsdInfo {
-            id: 0,
-            addr: "127.0.0.1:2".into(),
-            host: host.into(),
-            zone: None,
-            device_class: "hdd".into(),
-            weight: 1.0,
-            up: true,
-            in_: true,
-            reweight: 1.0,
-            lost: false,
-            full: false,
-        }
+        OsdInfo::new(0, "127.0.0.1:2", host)
     }
 
     fn boot(state: &mut MonState, uuid: &str, host: &str) -> u32 {

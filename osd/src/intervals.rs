@@ -334,19 +334,11 @@ mod tests {
     fn cluster() -> (ClusterMap, PgId) {
         let mut map = ClusterMap::new("fsid");
         for id in 0..5 {
-            map.add_osd(OsdInfo {
+            map.add_osd(OsdInfo::new(
                 id,
-                addr: format!("127.0.0.1:{}", 6800 + id),
-                host: format!("h{id}"),
-                zone: None,
-                device_class: "hdd".into(),
-                weight: 1.0,
-                up: true,
-                in_: true,
-                reweight: 1.0,
-                lost: false,
-                full: false,
-            })
+                format!("127.0.0.1:{}", 6800 + id),
+                format!("h{id}"),
+            ))
             .unwrap();
         }
         let (pool, _) = map

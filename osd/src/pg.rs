@@ -30,11 +30,11 @@ const SHARD_XATTR: &[u8] = b"shard";
 /// Xattr of the log object: the interval (its first epoch) in which a peering
 /// that brought this copy level last completed (8 bytes, little endian).
 const ACTIVATED_XATTR: &str = "activated";
+/// Xattr of the log object: the newest interval whose primary peered this copy.
+const ACCEPTED_XATTR: &str = "accepted";
 /// Xattrs of the log object: when the PG was last scrubbed and deep-scrubbed
 /// (seconds since the Unix epoch, 8 bytes, little endian).
 const SCRUBBED_XATTR: &str = "scrubbed";
-/// Xattr of the log object: the newest interval whose primary peered this copy.
-const ACCEPTED_XATTR: &str = "accepted";
 const DEEP_SCRUBBED_XATTR: &str = "deep-scrubbed";
 /// The object holding an erasure-coded PG's prepared, uncommitted shard write.
 const PENDING_OBJECT: &[u8] = b"m/pending";

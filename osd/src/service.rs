@@ -162,7 +162,9 @@ pub const STREAM_CHUNK: usize = 4 << 20;
 /// carries the object's size and the epoch.
 pub struct ReadChunks {
     data: Vec<u8>,
-    offset: usize,
+    /// Where the next chunk starts; `None` before the first (an empty object is
+    /// one empty chunk).
+    offset: Option<usize>,
     epoch: u64,
 }
 
@@ -170,19 +172,23 @@ impl Iterator for ReadChunks {
     type Item = Result<DataChunk, Status>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let first = self.offset == 0;
-        if self.offset >= self.data.len() && !(first && self.data.is_empty()) {
-            return None;
-        }
-        let end = (self.offset + STREAM_CHUNK).min(self.data.len());
-        let data = self.data[self.offset..end].to_vec();
-        // An empty object is one empty chunk.
-        self.offset = end.max(1);
+        let start = match self.offset {
+            Some(offset) if offset >= self.data.len() => return None,
+            Some(offset) => offset,
+            None => 0,
+        };
+        let end = (start + STREAM_CHUNK).min(self.data.len());
+        let size = if self.offset.is_none() {
+            self.data.len() as u64
+        } else {
+            0
+        };
+        self.offset = Some(end);
         Some(Ok(DataChunk {
             request: None,
-            size: if first { self.data.len() as u64 } else { 0 },
+            size,
             epoch: self.epoch,
-            data,
+            data: self.data[start..end].to_vec(),
         }))
     }
 }
@@ -831,17 +837,46 @@ impl OsdService {
     ) -> Result<(), Status> {
         let store = self.store.clone();
         blocking(move || pg::set_activated(&store, pg, interval)).await?;
-        for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
-            self.peer_client(map, osd)?
-                .push_objects(PushRequest {
-                    pg: Some(pg_ref(map, pg)),
-                    interval,
-                    activated: interval,
-                    ..PushRequest::default()
-                })
-                .await?;
+        let push = PushRequest {
+            interval,
+            activated: interval,
+            ..PushRequest::default()
+        };
+        match self
+            .push_to_peers(map, pg, up, push)
+            .await
+            .into_iter()
+            .next()
+        {
+            Some((_, status)) => Err(status),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Sends `push` (a marker for the PG's copies, such as `activated` or scrub
+    /// stamps) to every other OSD of `up`; returns those that did not take it.
+    async fn push_to_peers(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        up: &UpSet,
+        push: PushRequest,
+    ) -> Vec<(u32, Status)> {
+        let push = PushRequest {
+            pg: Some(pg_ref(map, pg)),
+            ..push
+        };
+        let mut failures = Vec::new();
+        for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
+            let pushed = match self.peer_client(map, osd) {
+                Ok(mut client) => client.push_objects(push.clone()).await.map(|_| ()),
+                Err(status) => Err(status),
+            };
+            if let Err(status) = pushed {
+                failures.push((osd, status));
+            }
+        }
+        failures
     }
 
     /// Fails (and marks the PG `down`) while an earlier interval of the PG may
@@ -1481,11 +1516,10 @@ impl OsdService {
                         };
                         format!("active+{step}{undersized}+degraded")
                     }
-                    (Some((true, true)), _) => format!("active{undersized}+degraded"),
-                    (Some((true, false)), _) if members < pool.size() => {
-                        "active+undersized+degraded".to_owned()
+                    (Some((true, degraded)), _) if degraded || !undersized.is_empty() => {
+                        format!("active{undersized}+degraded")
                     }
-                    (Some((true, false)), _) => "active+clean".to_owned(),
+                    (Some((true, _)), _) => "active+clean".to_owned(),
                     // Client I/O on the PG waits while copies are brought level.
                     (_, Some(recovery)) => match (recovery.backfill, recovery.waiting) {
                         (true, true) => "backfill_wait+degraded",
@@ -1663,28 +1697,18 @@ impl OsdService {
             failures.push(format!("osd.{}: {}", self.id, status.message()));
         }
         let map = self.current();
-        let interval = self.interval(pg);
         let up = self
             .mapping(&map, pg)
             .map(|mapping| mapping.up)
             .unwrap_or_default();
-        for &osd in up.iter().flatten().filter(|&&osd| osd != self.id) {
-            let pushed = match self.peer_client(&map, osd) {
-                Ok(mut client) => client
-                    .push_objects(PushRequest {
-                        pg: Some(pg_ref(&map, pg)),
-                        interval,
-                        scrubbed,
-                        deep_scrubbed,
-                        ..PushRequest::default()
-                    })
-                    .await
-                    .map(|_| ()),
-                Err(status) => Err(status),
-            };
-            if let Err(status) = pushed {
-                failures.push(format!("osd.{osd}: {}", status.message()));
-            }
+        let push = PushRequest {
+            interval: self.interval(pg),
+            scrubbed,
+            deep_scrubbed,
+            ..PushRequest::default()
+        };
+        for (osd, status) in self.push_to_peers(&map, pg, &up, push).await {
+            failures.push(format!("osd.{osd}: {}", status.message()));
         }
         if !failures.is_empty() {
             tracing::warn!(%pg, failures = %failures.join("; "), "scrub stamps not recorded everywhere");
@@ -2329,7 +2353,7 @@ impl Osd for OsdService {
         };
         Ok(Response::new(tokio_stream::iter(ReadChunks {
             data,
-            offset: 0,
+            offset: None,
             epoch: reply.epoch,
         })))
     }
