@@ -245,6 +245,15 @@ impl Pool {
         }
     }
 
+    /// Copies of an object that must be read to have it whole: one for replicated
+    /// pools, `k` shards for erasure-coded ones.
+    pub fn shards_needed(&self) -> usize {
+        match self.kind {
+            PoolKind::Replicated { .. } => 1,
+            PoolKind::Erasure { k, .. } => k as usize,
+        }
+    }
+
     /// True for erasure-coded pools, whose PG members have fixed shard positions.
     pub fn is_erasure(&self) -> bool {
         matches!(self.kind, PoolKind::Erasure { .. })

@@ -705,8 +705,8 @@ impl OsdService {
         self.activate(map, pg, &up, interval).await?;
         log.clear_incomplete();
         // While no up copy holds some object, the OSDs of earlier intervals stay
-        // asked for it (see `prior_holder`).
-        if log.unfound().is_empty() {
+        // asked for it (see `prior_holders`).
+        if log.unfound(pool.shards_needed()).is_empty() {
             self.intervals.forget_past(pg, interval, &up);
         }
         log.peered = Some((interval, up));
@@ -781,7 +781,7 @@ impl OsdService {
         }
         // What no up copy holds is brought in now, if an OSD outside the up set
         // holds it; what nobody holds stays unfound.
-        for name in log.unfound() {
+        for name in log.unfound(1) {
             if let Err(status) = self.recover_object(map, pg, log, &name).await {
                 tracing::warn!(%pg, object = %String::from_utf8_lossy(&name), error = %status.message(), "object unfound");
             }
@@ -789,25 +789,26 @@ impl OsdService {
         Ok(())
     }
 
-    /// An OSD outside the up set (of the PG's earlier intervals) that holds the
-    /// newest data of `name`: its log is a prefix of this one that reaches the
-    /// object's newest entry, and it does not miss the object.
-    async fn prior_holder(
+    /// The OSDs outside the up set (of the PG's earlier intervals) that hold the
+    /// newest data of `name`, with their infos: their logs are prefixes of this
+    /// one that reach the object's newest entry, and they do not miss it.
+    async fn prior_holders(
         &self,
         map: &ClusterMap,
         pg: PgId,
         name: &[u8],
-    ) -> Result<Option<u32>, Status> {
+    ) -> Result<Vec<(u32, PgInfoReply)>, Status> {
         let up = self.mapping(map, pg)?.up;
         let store = self.store.clone();
         let (entries, _) = blocking(move || pg::log_since(&store, pg, 0)).await?;
         let Some(newest) = entries.iter().rev().find(|entry| entry.name == name) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let reference = PgRef {
             probe: true,
             ..pg_ref(map, pg)
         };
+        let mut holders = Vec::new();
         for osd in self.intervals.prior_osds(map, pg, &up, self.id) {
             let Ok(info) = self.peer_info(map, pg, osd, reference).await else {
                 continue;
@@ -819,10 +820,10 @@ impl OsdService {
                 && info.last >= newest.version
                 && !info.missing.iter().any(|held| held == name)
             {
-                return Ok(Some(osd));
+                holders.push((osd, info));
             }
         }
-        Ok(None)
+        Ok(holders)
     }
 
     /// Records, here and on every other up OSD, that peering in `interval`
@@ -897,13 +898,13 @@ impl OsdService {
             .map(|info| info.activated.max(info.last_epoch))
             .max()
             .unwrap_or(0);
-        let needed = match pool.kind {
-            PoolKind::Erasure { k, .. } => k,
-            PoolKind::Replicated { .. } => 1,
-        };
-        let unreachable = self
-            .intervals
-            .unreachable(map, pg, since, pool.min_size(), needed);
+        let unreachable = self.intervals.unreachable(
+            map,
+            pg,
+            since,
+            pool.min_size(),
+            pool.shards_needed() as u32,
+        );
         let mut down = self.down.lock().expect("down PGs");
         if unreachable.is_empty() {
             down.remove(&pg);
@@ -1282,6 +1283,11 @@ impl OsdService {
         if !log.is_missing(name) {
             return Ok(());
         }
+        if let Some(pool) = map.pools.get(&pg.pool)
+            && pool.is_erasure()
+        {
+            return self.recover_shards(map, pool, pg, log, name).await;
+        }
         let up: Vec<u32> = self.mapping(map, pg)?.up.into_iter().flatten().collect();
         if log.missing.contains(name) {
             let mut failures = Vec::new();
@@ -1302,12 +1308,15 @@ impl OsdService {
                     Err(status) => failures.push(format!("osd.{osd}: {}", status.message())),
                 }
             }
-            if found.is_none()
-                && let Some(osd) = self.prior_holder(map, pg, name).await?
-            {
-                match self.object_state(map, pg, name, osd).await {
-                    Ok(state) => found = Some(state),
-                    Err(status) => failures.push(format!("osd.{osd}: {}", status.message())),
+            if found.is_none() {
+                for (osd, _) in self.prior_holders(map, pg, name).await? {
+                    match self.object_state(map, pg, name, osd).await {
+                        Ok(state) => {
+                            found = Some(state);
+                            break;
+                        }
+                        Err(status) => failures.push(format!("osd.{osd}: {}", status.message())),
+                    }
                 }
             }
             let Some(state) = found else {
@@ -2107,10 +2116,12 @@ impl OsdService {
         let lock = self.pg_lock(pg);
         let mut guard = lock.lock().await;
         let log = self.loaded(&mut guard, pg, pool).await?;
-        self.ensure_peered(&self.current(), pool, pg, log).await?;
+        // Peering and recovery see one map: recovery trusts what peering found
+        // of the up set's copies.
+        let map = self.current();
+        self.ensure_peered(&map, pool, pg, log).await?;
         // Every up copy holds the object's newest data before it changes.
-        self.recover_object(&self.current(), pg, log, &request.name)
-            .await?;
+        self.recover_object(&map, pg, log, &request.name).await?;
         // A retried request is answered with its version; if it had not reached every
         // replica yet, it is replicated again (never applied twice). Peering a new
         // interval brings every replica level, so an incomplete request always
@@ -2281,10 +2292,17 @@ impl Osd for OsdService {
             let lock = self.pg_lock(pg);
             let mut guard = lock.lock().await;
             let log = self.loaded(&mut guard, pg, &pool).await?;
-            self.ensure_peered(&self.current(), &pool, pg, log).await?;
-            if log.missing.contains(&request.name) {
-                self.recover_object(&self.current(), pg, log, &request.name)
-                    .await?;
+            let map = self.current();
+            self.ensure_peered(&map, &pool, pg, log).await?;
+            // A replicated read needs only this copy; an erasure-coded one reads
+            // the other shards too.
+            let lacking = if pool.is_erasure() {
+                log.is_missing(&request.name)
+            } else {
+                log.missing.contains(&request.name)
+            };
+            if lacking {
+                self.recover_object(&map, pg, log, &request.name).await?;
             }
             if pool.is_erasure() {
                 return self
@@ -2693,11 +2711,12 @@ impl Osd for OsdService {
             let lock = self.pg_lock(pg);
             let mut guard = lock.lock().await;
             let log = self.loaded(&mut guard, pg, &pool).await?;
-            self.ensure_peered(&self.current(), &pool, pg, log).await?;
+            let current = self.current();
+            self.ensure_peered(&current, &pool, pg, log).await?;
             // Objects this copy misses would be listed wrongly (or not at all).
             let missing: Vec<Vec<u8>> = log.missing.iter().cloned().collect();
             for name in missing {
-                self.recover_object(&self.current(), pg, log, &name).await?;
+                self.recover_object(&current, pg, log, &name).await?;
             }
         }
         let store = self.store.clone();

@@ -238,6 +238,115 @@ pub async fn appends_survive_a_killed_primary(cluster: &mut MonCluster, pool: &s
     );
 }
 
+/// The OSD of index `lagging` misses the second version of `count` objects of
+/// `pool` (as a replica or shard, and as the primary of the first object's PG
+/// when it is that), then returns with background recovery pausing 30 s before
+/// each object (the cluster's OSDs run with `--recovery-sleep 30`). Checks that
+/// the PGs go active while they recover and that operations on the missing
+/// objects finish before that recovery could: half of them read their newest
+/// version and take a third while a PG still reports recovering. Writing the
+/// other half recovers the rest; then all `pgs` PGs are active+clean, a deep
+/// scrub finds every copy agreeing and every object reads its third version.
+pub async fn pgs_serve_while_they_recover(
+    cluster: &mut MonCluster,
+    pool: &str,
+    pgs: u64,
+    count: usize,
+    lagging: u32,
+) {
+    use lcpfs_client::objects::ObjectClient;
+    use lcpfs_core::pg::PgId;
+
+    let client = cluster.client();
+    let objects = ObjectClient::connect(client.clone()).await.unwrap();
+    let name = |n: usize| format!("object-{n:02}");
+    let version = |n: usize, v: usize| contents(&format!("{}-v{v}", name(n)), 3000 + n * 997);
+    for n in 0..count {
+        objects
+            .put(pool, name(n).as_bytes(), version(n, 0))
+            .await
+            .unwrap();
+    }
+    cluster.kill_osd(lagging);
+    let osds = cluster.osds.len();
+    osds_up(&client, osds - 1).await;
+    for n in 0..count {
+        objects
+            .put(pool, name(n).as_bytes(), version(n, 1))
+            .await
+            .unwrap();
+    }
+    cluster.start_osd(lagging);
+    osd_listening(cluster, lagging).await;
+    osds_up(&client, osds).await;
+    let recovering_while_active = |status: &ClusterStatus| {
+        status
+            .pg_states
+            .keys()
+            .any(|state| state.starts_with("active+") && state.contains("recover"))
+    };
+    status_until(
+        cluster,
+        "PGs active while they recover",
+        recovering_while_active,
+    )
+    .await;
+
+    // Half of the objects read their newest version (recovered first where the
+    // read needs it) and take a third one.
+    let half = count / 2;
+    for n in 0..half {
+        let read = objects.get(pool, name(n).as_bytes()).await.unwrap();
+        assert!(
+            read == version(n, 1),
+            "{} reads its newest version",
+            name(n)
+        );
+        objects
+            .put(pool, name(n).as_bytes(), version(n, 2))
+            .await
+            .unwrap();
+        let read = objects.get(pool, name(n).as_bytes()).await.unwrap();
+        assert!(read == version(n, 2), "{} reads its third version", name(n));
+    }
+    let status: ClusterStatus = client.query(&Query::Status).await.unwrap();
+    assert!(
+        recovering_while_active(&status),
+        "the operations finished before the background recovery: {:?}",
+        status.pg_states
+    );
+
+    // Writing the other half recovers the last missing objects; then every copy
+    // agrees, byte for byte.
+    for n in half..count {
+        objects
+            .put(pool, name(n).as_bytes(), version(n, 2))
+            .await
+            .unwrap();
+    }
+    status_until(cluster, "every PG active+clean", |status| {
+        status.pg_states.get("active+clean") == Some(&pgs)
+    })
+    .await;
+    let pool = objects.map().pool_by_name(pool).unwrap().clone();
+    for seed in 0..pool.pg_num {
+        let report = objects
+            .scrub(PgId::new(pool.id, seed), true, false)
+            .await
+            .unwrap();
+        assert!(
+            report.inconsistencies.is_empty(),
+            "PG {}.{seed:x}: {:?}",
+            pool.id,
+            report.inconsistencies
+        );
+    }
+    for n in 0..count {
+        let read = objects.get(&pool.name, name(n).as_bytes()).await.unwrap();
+        assert!(read == version(n, 2), "{} reads its third version", name(n));
+    }
+}
+
 /// Runs the `lcpfs` command against `cluster` in `dir`, checks that it succeeds
 /// and returns what it printed.
 pub fn lcpfs(cluster: &MonCluster, dir: &Path, args: &[&str]) -> String {

@@ -5,7 +5,8 @@
 //! shard through the engines; a shard rotted on one OSD's disk is found by deep
 //! scrub and rebuilt by repair, and so is a parity shard holding other bytes
 //! (found by re-encoding the data shards); appends through a primary killed
-//! mid-write are neither lost nor doubled.
+//! mid-write are neither lost nor doubled; a PG whose shards miss objects serves
+//! while they are rebuilt, an object at a time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use lcpfs_osd::ec::Code;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{ObjectOp, WriteAt};
 use lcpfs_tests::{
-    MonCluster, appends_survive_a_killed_primary, contents, osd_listening, osds_up, rot,
-    start_with, status_until, wait_for,
+    MonCluster, appends_survive_a_killed_primary, contents, osd_listening, osds_up,
+    pgs_serve_while_they_recover, rot, start_with, status_until, wait_for,
 };
 
 fn erasure_pool(name: &str, k: u32, m: u32, pg_num: u32) -> Command {
@@ -434,4 +435,23 @@ async fn appends_through_a_killed_primary_are_neither_lost_nor_doubled() {
     let mon_flags = ["--osd-heartbeat-grace", "2", "--osd-down-out-interval", "3"];
     let mut cluster = cluster(4, erasure_pool("ec", 2, 1, 4), &mon_flags).await;
     appends_survive_a_killed_primary(&mut cluster, "ec", 4).await;
+}
+
+/// An erasure-coded PG whose shards miss objects goes active at once: a read or
+/// write of an object rebuilds that object's missing shards first (a read
+/// gathers shards, so it waits for them too), and background recovery does the
+/// rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_coded_pg_serves_while_its_shards_recover() {
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
+    cluster.osd_disk_size = "512M".to_owned();
+    cluster.osd_flags = vec!["--recovery-sleep".to_owned(), "30".to_owned()];
+    // 2+2 over 4 OSDs: every PG has a shard on every OSD, and stays writable
+    // (min_size 3) with one of them down.
+    let mut cluster = start_with(cluster, 4, &erasure_pool("ec", 2, 2, 4)).await;
+    // The primary of the first object's PG lags: its own copy misses objects.
+    let map = cluster.ready().await;
+    let (_, up) = lcpfs_tests::placement(&map, "ec", b"object-00");
+    let lagging = cluster.osd_index(&map, up[0]);
+    pgs_serve_while_they_recover(&mut cluster, "ec", 4, 24, lagging).await;
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::monitor::{ClusterStatus, Command, Query};
-use lcpfs_core::pg::PgId;
 use lcpfs_tests::{
-    cluster_with_pool, contents, osd_listening, osds_up, placement, status_until, wait_for,
+    cluster_with_pool, contents, osd_listening, osds_up, pgs_serve_while_they_recover, placement,
+    wait_for,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,102 +91,12 @@ async fn each_osd_recovers_one_pg_at_a_time_and_the_rest_wait() {
 
 /// A PG whose copies miss objects goes active at once and recovers them in the
 /// background; a client operation on a missing object waits for that object
-/// only. Background recovery here pauses 30 s before each object, so every
-/// operation below that returns before that did not wait for its PG's recovery.
+/// only. osd.2 misses 48 objects, as a replica and, for about a third of the
+/// PGs, as their primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_io_waits_for_the_object_not_the_whole_pg() {
     let mut cluster = cluster_with_pool(3, &["--recovery-sleep", "30"]).await;
-    let client = cluster.client();
-    let objects = ObjectClient::connect(client.clone()).await.unwrap();
-    let name = |n: usize| format!("object-{n:02}");
-    let version = |n: usize, v: usize| contents(&format!("{}-v{v}", name(n)), 3000 + n);
-
-    // osd.2 misses the second version of 48 objects: as a replica it misses them,
-    // and as the primary of about a third of the PGs its own copy does.
-    for n in 0..48 {
-        objects
-            .put("data", name(n).as_bytes(), version(n, 0))
-            .await
-            .unwrap();
-    }
-    cluster.kill_osd(2);
-    osds_up(&client, 2).await;
-    for n in 0..48 {
-        objects
-            .put("data", name(n).as_bytes(), version(n, 1))
-            .await
-            .unwrap();
-    }
-    cluster.start_osd(2);
-    osd_listening(&cluster, 2).await;
-    osds_up(&client, 3).await;
-    let recovering_while_active = |status: &ClusterStatus| {
-        status
-            .pg_states
-            .keys()
-            .any(|state| state.starts_with("active+") && state.contains("recover"))
-    };
-    status_until(
-        &cluster,
-        "PGs active while they recover",
-        recovering_while_active,
-    )
-    .await;
-
-    // Every object reads back its newest version (pulled first where the primary
-    // misses it), and half of them take a third version.
-    for n in 0..48 {
-        let read = objects.get("data", name(n).as_bytes()).await.unwrap();
-        assert!(
-            read == version(n, 1),
-            "{} reads its newest version",
-            name(n)
-        );
-    }
-    for n in 0..24 {
-        objects
-            .put("data", name(n).as_bytes(), version(n, 2))
-            .await
-            .unwrap();
-        let read = objects.get("data", name(n).as_bytes()).await.unwrap();
-        assert!(read == version(n, 2), "{} reads its third version", name(n));
-    }
-    let status: ClusterStatus = client.query(&Query::Status).await.unwrap();
-    assert!(
-        recovering_while_active(&status),
-        "the operations finished before the background recovery: {:?}",
-        status.pg_states
-    );
-
-    // Writing the other half recovers the last missing objects; then every copy
-    // agrees, byte for byte.
-    for n in 24..48 {
-        objects
-            .put("data", name(n).as_bytes(), version(n, 2))
-            .await
-            .unwrap();
-    }
-    status_until(&cluster, "every PG active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&16)
-    })
-    .await;
-    let pool = objects.map().pool_by_name("data").unwrap().clone();
-    for seed in 0..pool.pg_num {
-        let report = objects
-            .scrub(PgId::new(pool.id, seed), true, false)
-            .await
-            .unwrap();
-        assert!(
-            report.inconsistencies.is_empty(),
-            "PG {}.{seed:x}: {:?}",
-            pool.id,
-            report.inconsistencies
-        );
-    }
-    for n in 0..48 {
-        let read = objects.get("data", name(n).as_bytes()).await.unwrap();
-        assert!(read == version(n, 2), "{} reads its third version", name(n));
-    }
+    pgs_serve_while_they_recover(&mut cluster, "data", 16, 48, 2).await;
 }
 
 /// An object whose newest data only OSDs leaving the PG hold is taken from them

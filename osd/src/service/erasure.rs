@@ -637,6 +637,25 @@ impl OsdService {
             let oldest = entries.first().map_or(0, |entry| entry.version);
             (entries, oldest)
         };
+        // The objects each copy misses (left by an earlier peering whose recovery
+        // has not finished): a copy is no source for those.
+        let mut missing_of: BTreeMap<u32, BTreeSet<Vec<u8>>> = infos
+            .iter()
+            .chain(&prior)
+            .map(|((_, osd), info)| (*osd, info.missing.iter().cloned().collect()))
+            .collect();
+        let holding =
+            |sources: &[Member], missing_of: &BTreeMap<u32, BTreeSet<Vec<u8>>>, name: &[u8]| {
+                sources
+                    .iter()
+                    .copied()
+                    .filter(|(_, osd)| {
+                        !missing_of
+                            .get(osd)
+                            .is_some_and(|names| names.contains(name))
+                    })
+                    .collect::<Vec<Member>>()
+            };
         // Copies that are sources for another position are rebuilt last: until
         // then their shards serve the others' rebuilds.
         let mut targets: Vec<&(Member, PgInfoReply)> = infos
@@ -667,7 +686,12 @@ impl OsdService {
             let (names, entries, keep, rewind_from) = match plan {
                 CatchUp::Level => continue,
                 CatchUp::Backfill => {
-                    let names = self.names_at(map, pg, source).await?;
+                    // The source's own missing objects are named too: their
+                    // newest data is elsewhere.
+                    let mut names = self.names_at(map, pg, source).await?;
+                    names.extend(missing_of.get(&source).into_iter().flatten().cloned());
+                    names.sort_unstable();
+                    names.dedup();
                     (names.clone(), auth.clone(), Some(names), None)
                 }
                 CatchUp::Entries {
@@ -676,31 +700,130 @@ impl OsdService {
                     entries,
                 } => (names, entries, None, Some(from)),
             };
-            tracing::info!(%pg, osd, shard = position, backfill = keep.is_some(), objects = names.len(), "rebuilding shard");
-            let _recovering = self.recovering(pg, keep.is_some(), false).await;
-            for name in &names {
-                self.recovery_pause().await;
-                self.metrics.recovered_objects.inc();
-                let state = self
-                    .rebuild_shard(map, code, pg, name, &sources, *position)
-                    .await?;
-                let delivery = Delivery {
-                    objects: vec![state],
-                    ..Delivery::default()
-                };
-                self.install_shard(map, pg, (*position, *osd), delivery, log)
-                    .await?;
-            }
-            let delivery = Delivery {
+            // The copy takes the entries now, and the shards of their objects
+            // after the PG goes active (see `recover_shards`), when enough up
+            // shards at their own positions hold them; the others are rebuilt
+            // first, from every source, earlier intervals' OSDs among them.
+            let (lazy, eager): (Vec<Vec<u8>>, Vec<Vec<u8>>) = names.into_iter().partition(|name| {
+                let up_holders: Vec<Member> = holding(&sources, &missing_of, name)
+                    .into_iter()
+                    .filter(|member| shards.contains(member))
+                    .collect();
+                positions(&up_holders) >= code.k
+            });
+            tracing::info!(%pg, osd, shard = position, backfill = keep.is_some(), lazy = lazy.len(), eager = eager.len(), "bringing a shard level");
+            let mut delivery = Delivery {
                 entries,
                 keep,
                 rewind_from,
+                missing: lazy,
                 ..Delivery::default()
             };
-            self.install_shard(map, pg, (*position, *osd), delivery, log)
+            if !eager.is_empty() {
+                let _recovering = self.recovering(pg, delivery.keep.is_some(), false).await;
+                for name in eager {
+                    let holders = holding(&sources, &missing_of, &name);
+                    if positions(&holders) < code.k {
+                        // Unfound until OSDs that hold it come back.
+                        delivery.missing.push(name);
+                        continue;
+                    }
+                    self.recovery_pause().await;
+                    self.metrics.recovered_objects.inc();
+                    let state = self
+                        .rebuild_shard(map, code, pg, &name, &holders, *position)
+                        .await?;
+                    self.install_shard(
+                        map,
+                        pg,
+                        (*position, *osd),
+                        Delivery::objects(vec![state]),
+                        log,
+                    )
+                    .await?;
+                }
+            }
+            let missing = self
+                .install_shard(map, pg, (*position, *osd), delivery, log)
                 .await?;
+            missing_of.insert(*osd, missing);
             // Level now, at its own position.
             sources.push((*position, *osd));
+        }
+        log.peer_missing = shards
+            .iter()
+            .filter(|(_, osd)| *osd != self.id)
+            .map(|(_, osd)| (*osd, missing_of.remove(osd).unwrap_or_default()))
+            .collect();
+        Ok(())
+    }
+
+    /// Brings the newest data of one object of an erasure-coded PG to every up
+    /// shard that misses it, rebuilt from `k` shards that hold it. A client
+    /// operation on the object waits for this, not for the whole PG's recovery.
+    pub(super) async fn recover_shards(
+        &self,
+        map: &ClusterMap,
+        pool: &Pool,
+        pg: PgId,
+        log: &mut PgLog,
+        name: &[u8],
+    ) -> Result<(), Status> {
+        let code = code(pool);
+        // Whether an up copy misses the object, as peering found it (`None`: a
+        // copy this peering did not hear from, which is neither source nor target).
+        let lacks = |osd: u32| {
+            if osd == self.id {
+                Some(log.missing.contains(name))
+            } else {
+                log.peer_missing.get(&osd).map(|names| names.contains(name))
+            }
+        };
+        let up = members(&self.mapping(map, pg)?.up);
+        let lacking: Vec<Member> = up
+            .iter()
+            .copied()
+            .filter(|(_, osd)| lacks(*osd) == Some(true))
+            .collect();
+        let mut holders: Vec<Member> = up
+            .iter()
+            .copied()
+            .filter(|(_, osd)| lacks(*osd) == Some(false))
+            .collect();
+        if holders.len() < code.k {
+            // OSDs of earlier intervals, at the positions no up holder has.
+            for (osd, info) in self.prior_holders(map, pg, name).await? {
+                if let Some(shard) = info.shard.map(|shard| shard as usize)
+                    && !holders.iter().any(|(position, _)| *position == shard)
+                {
+                    holders.push((shard, osd));
+                }
+            }
+        }
+        if holders.len() < code.k {
+            let held: Vec<String> = holders
+                .iter()
+                .map(|(position, osd)| format!("shard {position} on osd.{osd}"))
+                .collect();
+            return Err(Status::unavailable(format!(
+                "object '{}' of PG {pg} is unfound: {} shards of its newest version are up ({}) and {} are needed; \
+                 start the OSDs that held it",
+                String::from_utf8_lossy(name),
+                holders.len(),
+                held.join(", "),
+                code.k
+            )));
+        }
+        for member in lacking {
+            let state = self
+                .rebuild_shard(map, code, pg, name, &holders, member.0)
+                .await?;
+            self.install_shard(map, pg, member, Delivery::objects(vec![state]), log)
+                .await?;
+            if let Some(names) = log.peer_missing.get_mut(&member.1) {
+                names.remove(name);
+            }
+            self.metrics.recovered_objects.inc();
         }
         Ok(())
     }
@@ -761,7 +884,7 @@ impl OsdService {
     }
 
     /// Installs a delivery in a shard's copy of the PG (this OSD's own, or a
-    /// peer's by a push).
+    /// peer's by a push). Returns the objects that copy still misses.
     async fn install_shard(
         &self,
         map: &ClusterMap,
@@ -769,18 +892,21 @@ impl OsdService {
         (position, osd): Member,
         delivery: Delivery,
         log: &mut PgLog,
-    ) -> Result<(), Status> {
+    ) -> Result<BTreeSet<Vec<u8>>, Status> {
         let delivery = Delivery {
             shard: Some(position as u32),
             ..delivery
         };
         if osd == self.id {
-            return self.install_here(pg, delivery, log).await;
+            self.install_here(pg, delivery, log).await?;
+            return Ok(log.missing.clone());
         }
-        self.peer_client(map, osd)?
+        let reply = self
+            .peer_client(map, osd)?
             .push_objects(self.push_request(map, pg, delivery))
-            .await?;
-        Ok(())
+            .await?
+            .into_inner();
+        Ok(reply.missing.into_iter().collect())
     }
 
     /// Rebuilds the bad shards scrub found of one object from the good ones; marks
