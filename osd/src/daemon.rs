@@ -86,6 +86,11 @@ pub struct DaemonArgs {
     /// `recovery_wait` / `backfill_wait`).
     #[arg(long, default_value_t = 2)]
     pub max_recovering_pgs: usize,
+    /// Log entries each PG keeps (older ones are trimmed); a copy that missed
+    /// more writes than this is backfilled (every object compared) instead of
+    /// recovering only the objects the entries name.
+    #[arg(long, default_value_t = crate::pg::LOG_KEEP, value_parser = clap::value_parser!(u64).range(16..))]
+    pub pg_log_entries: u64,
     /// Seconds a peer OSD (one sharing a PG) may go unanswered before this OSD
     /// reports it failed to the monitors (which mark it down once OSDs on two hosts
     /// report it).
@@ -386,6 +391,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         recovery_sleep: Duration::try_from_secs_f64(args.recovery_sleep)
             .context("--recovery-sleep must be a number of seconds")?,
         max_recovering_pgs: args.max_recovering_pgs.max(1),
+        pg_log_entries: args.pg_log_entries,
         intervals_file: Some(data.join(INTERVALS_FILE)),
         ..OsdConfig::default()
     };

@@ -43,7 +43,9 @@ const PENDING_OBJECT: &[u8] = b"m/pending";
 const MISSING_OBJECT: &[u8] = b"m/missing";
 /// Prefix of client objects in a PG's collection (keeps them apart from the log).
 const OBJECT_PREFIX: &[u8] = b"o/";
-/// Log entries kept per PG (older ones are trimmed).
+/// Log entries kept per PG by default (older ones are trimmed; a copy whose log
+/// ends before the oldest kept entry is backfilled). Also how many client
+/// requests an OSD remembers per PG, to answer retries.
 pub const LOG_KEEP: u64 = 2048;
 
 /// The engine collection of a PG, e.g. `pg.3.1f`.
@@ -143,6 +145,10 @@ pub struct PgLog {
     /// On a primary, the objects each other up OSD's copy misses, as peering
     /// found them; kept for the interval in `peered`.
     pub peer_missing: BTreeMap<u32, BTreeSet<Vec<u8>>>,
+    /// On a primary, the up OSDs (this one among them) whose copies peering
+    /// backfilled in the interval in `peered`: every object of theirs was
+    /// marked missing, to be compared and sent again.
+    pub backfilled: BTreeSet<u32>,
 }
 
 impl PgLog {
@@ -171,10 +177,26 @@ impl PgLog {
     pub fn reloaded(&mut self, fresh: PgLog) {
         let (peered, accepted) = (self.peered.take(), self.accepted_interval);
         let peer_missing = std::mem::take(&mut self.peer_missing);
+        let backfilled = std::mem::take(&mut self.backfilled);
         *self = fresh;
         self.peered = peered;
         self.accepted_interval = accepted;
         self.peer_missing = peer_missing;
+        self.backfilled = backfilled;
+    }
+
+    /// True while a copy backfilled in this interval (see `backfilled`) still
+    /// misses objects; `me` is this OSD.
+    pub fn backfilling(&self, me: u32) -> bool {
+        self.backfilled.iter().any(|osd| {
+            if *osd == me {
+                !self.missing.is_empty()
+            } else {
+                self.peer_missing
+                    .get(osd)
+                    .is_some_and(|names| !names.is_empty())
+            }
+        })
     }
 
     /// True when some up copy (this one, or a peer's as peering found it) misses
@@ -319,7 +341,13 @@ pub fn is_mutation(op: &Op) -> bool {
 }
 
 /// Applies the mutations of a request with its log entry, atomically and durably.
-pub fn apply(store: &Store, pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> engine::Result<()> {
+pub fn apply(
+    store: &Store,
+    pg: PgId,
+    entry: &WireEntry,
+    ops: &[ObjectOp],
+    log_entries: u64,
+) -> engine::Result<()> {
     // The same version twice: the same request (a retry after a cancelled call) is
     // already applied; another request means diverging histories.
     let version = entry.version;
@@ -331,11 +359,14 @@ pub fn apply(store: &Store, pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> en
             "PG {pg} log version {version} holds another request"
         )));
     }
-    store.commit(mutation(pg, entry, ops)).map(|_| ())
+    store
+        .commit(mutation(pg, entry, ops, log_entries))
+        .map(|_| ())
 }
 
-/// The engine transaction of a mutation and its log entry.
-fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> Transaction {
+/// The engine transaction of a mutation and its log entry; every eighth of
+/// `log_entries` versions, it trims the log to the newest `log_entries`.
+fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp], log_entries: u64) -> Transaction {
     let version = entry.version;
     let key = object_key(&entry.name);
     let mut txn = Transaction::new(collection(pg));
@@ -368,11 +399,11 @@ fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp]) -> Transaction {
     }
     txn.create(LOG_OBJECT, false)
         .omap_set(LOG_OBJECT, vec![encode_entry(entry)]);
-    if version > LOG_KEEP && version.is_multiple_of(256) {
+    if version > log_entries && version.is_multiple_of((log_entries / 8).max(1)) {
         txn.omap_rm_range(
             LOG_OBJECT,
             &0u64.to_be_bytes(),
-            &(version - LOG_KEEP).to_be_bytes(),
+            &(version - log_entries).to_be_bytes(),
         );
     }
     txn
@@ -417,7 +448,13 @@ pub fn pending(store: &Store, pg: PgId) -> engine::Result<Option<PendingWrite>> 
 /// Erasure-coded pools, phase two: applies the pending write of `entry` with its
 /// log entry (`commit`), or drops it. Committing a write already applied succeeds;
 /// committing one this copy does not hold fails with `NotFound`.
-pub fn resolve(store: &Store, pg: PgId, entry: &WireEntry, commit: bool) -> engine::Result<()> {
+pub fn resolve(
+    store: &Store,
+    pg: PgId,
+    entry: &WireEntry,
+    commit: bool,
+    log_entries: u64,
+) -> engine::Result<()> {
     let held = pending(store, pg)?.filter(|pending| {
         pending
             .entry
@@ -437,7 +474,7 @@ pub fn resolve(store: &Store, pg: PgId, entry: &WireEntry, commit: bool) -> engi
         return Ok(());
     };
     let mut txn = if commit {
-        mutation(pg, entry, &pending.ops)
+        mutation(pg, entry, &pending.ops, log_entries)
     } else {
         Transaction::new(collection(pg))
     };
@@ -1082,21 +1119,21 @@ mod tests {
         assert_eq!(size(&store, pg, b"a").unwrap(), 0);
         assert_eq!(load(&store, pg).unwrap().last, 0);
 
-        resolve(&store, pg, &first, true).unwrap();
+        resolve(&store, pg, &first, true, LOG_KEEP).unwrap();
         assert_eq!(state(&store, pg, b"a").unwrap().data, b"one");
         assert_eq!(load(&store, pg).unwrap().last, 1);
         assert!(pending(&store, pg).unwrap().is_none());
         // A commit asked again (a retried phase two) finds it done.
-        resolve(&store, pg, &first, true).unwrap();
+        resolve(&store, pg, &first, true, LOG_KEEP).unwrap();
 
         // A write dropped leaves nothing; committing it then is refused.
         let second = entry(2, 5, "a");
         prepare(&store, pg, &second, &write_full(b"two"), 2).unwrap();
-        resolve(&store, pg, &second, false).unwrap();
+        resolve(&store, pg, &second, false, LOG_KEEP).unwrap();
         assert!(pending(&store, pg).unwrap().is_none());
         assert_eq!(state(&store, pg, b"a").unwrap().data, b"one");
         assert!(matches!(
-            resolve(&store, pg, &second, true),
+            resolve(&store, pg, &second, true, LOG_KEEP),
             Err(engine::Error::NotFound(_))
         ));
     }
@@ -1145,7 +1182,14 @@ mod tests {
         let pg = PgId::new(1, 0);
         let store = open(dir.path(), true);
         ensure(&store, pg, None).unwrap();
-        apply(&store, pg, &entry(1, 5, "a"), &write_full(b"old a")).unwrap();
+        apply(
+            &store,
+            pg,
+            &entry(1, 5, "a"),
+            &write_full(b"old a"),
+            LOG_KEEP,
+        )
+        .unwrap();
         // The log takes entries 2 and 3 (objects a and b); their data comes later.
         let delivery = Delivery {
             entries: vec![entry(2, 5, "a"), entry(3, 5, "b")],

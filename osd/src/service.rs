@@ -64,6 +64,9 @@ pub struct OsdConfig {
     /// PGs this OSD, as their primary, brings level at once (like Ceph's
     /// `osd_max_backfills`); others wait their turn.
     pub max_recovering_pgs: usize,
+    /// Log entries kept per PG (like Ceph's `osd_max_pg_log_entries`): a copy
+    /// that missed more writes than this is backfilled.
+    pub pg_log_entries: u64,
     /// Where the PG intervals this OSD saw are saved, so that a restarted OSD
     /// still knows them (`None`: kept in memory only).
     pub intervals_file: Option<std::path::PathBuf>,
@@ -80,6 +83,7 @@ impl Default for OsdConfig {
             auto_repair: false,
             recovery_sleep: Duration::ZERO,
             max_recovering_pgs: 2,
+            pg_log_entries: pg::LOG_KEEP,
             intervals_file: None,
         }
     }
@@ -132,6 +136,18 @@ struct Recovery {
     /// The PG is active meanwhile: objects are recovered one at a time in the
     /// background, and a client operation on a missing one recovers it first.
     active: bool,
+}
+
+impl Recovery {
+    /// The PG state word for it.
+    fn step(&self) -> &'static str {
+        match (self.backfill, self.waiting) {
+            (true, true) => "backfill_wait",
+            (true, false) => "backfilling",
+            (false, true) => "recovery_wait",
+            (false, false) => "recovering",
+        }
+    }
 }
 
 /// Holds a recovery slot and clears the PG's recovery mark when recovery ends,
@@ -694,6 +710,7 @@ impl OsdService {
             probe: false,
         };
         self.accept_interval(pg, log, interval).await?;
+        log.backfilled.clear();
         if pool.is_erasure() {
             self.peer_erasure(map, pool, pg, log, &up, reference)
                 .await?;
@@ -1092,15 +1109,25 @@ impl OsdService {
         let pulled = match pg::catch_up(&theirs, their_oldest, &mine) {
             CatchUp::Level => return Ok(()),
             CatchUp::Backfill => {
-                let names = self.peer_names(&mut client, map, pg).await?;
+                let mut names = self.peer_names(&mut client, map, pg).await?;
+                names.extend(source_missing.iter().cloned());
+                names.sort_unstable();
+                names.dedup();
                 delivery.entries = theirs;
                 delivery.keep = Some(names.clone());
-                delivery.missing = source_missing.to_vec();
-                // The source's stale data of what it misses is not taken.
-                names
-                    .into_iter()
-                    .filter(|name| !source_missing.contains(name))
-                    .collect()
+                if lazy {
+                    // Every object is compared after the PG goes active.
+                    log.backfilled.insert(self.id);
+                    delivery.missing = names;
+                    Vec::new()
+                } else {
+                    delivery.missing = source_missing.to_vec();
+                    // The source's stale data of what it misses is not taken.
+                    names
+                        .into_iter()
+                        .filter(|name| !source_missing.contains(name))
+                        .collect()
+                }
             }
             CatchUp::Entries {
                 from,
@@ -1227,26 +1254,19 @@ impl OsdService {
         match pg::catch_up(&mine, my_oldest, &theirs) {
             CatchUp::Level => return Ok(()),
             CatchUp::Backfill => {
+                // The replica takes the whole log, keeps only the objects named
+                // (this copy's and those it misses itself), and every one of
+                // them is compared and sent after the PG goes active.
                 let store = self.store.clone();
-                let names = blocking(move || pg::names(&store, pg)).await?;
+                let mut names = blocking(move || pg::names(&store, pg)).await?;
+                names.extend(log.missing.iter().cloned());
+                names.sort_unstable();
+                names.dedup();
                 tracing::info!(%pg, osd, objects = names.len(), "backfilling replica");
-                let _recovering = self.recovering(pg, true, false).await;
-                // This copy's stale data of what it misses would lose the replica
-                // its own missing marks (the last push below sets them again).
-                for name in names.iter().filter(|name| !log.missing.contains(*name)) {
-                    self.recovery_pause().await;
-                    self.metrics.recovered_objects.inc();
-                    let store = self.store.clone();
-                    let name = name.clone();
-                    let object = blocking(move || pg::state(&store, pg, &name)).await?;
-                    client
-                        .push_objects(self.push_request(map, pg, Delivery::objects(vec![object])))
-                        .await?;
-                }
+                log.backfilled.insert(osd);
                 delivery.entries = mine;
-                delivery.keep = Some(names);
-                // What this copy misses, the backfilled one misses too.
-                delivery.missing = log.missing.iter().cloned().collect();
+                delivery.keep = Some(names.clone());
+                delivery.missing = names;
             }
             CatchUp::Entries {
                 from,
@@ -1415,8 +1435,13 @@ impl OsdService {
     async fn recover_pg(&self, pg: PgId) -> bool {
         let mut recovering = self.recovering(pg, false, true).await;
         let mut failed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut first = true;
         loop {
-            self.recovery_pause().await;
+            // Between objects, not before the first: the PG's state tells at
+            // once whether a copy is being backfilled.
+            if !std::mem::take(&mut first) {
+                self.recovery_pause().await;
+            }
             let map = self.current();
             let Some(pool) = map.pools.get(&pg.pool) else {
                 return false;
@@ -1445,6 +1470,14 @@ impl OsdService {
             let Ok(log) = self.loaded(&mut guard, pg, pool).await else {
                 return true;
             };
+            self.mark_recovery(
+                pg,
+                Recovery {
+                    backfill: log.backfilling(self.id),
+                    waiting: false,
+                    active: true,
+                },
+            );
             let up = match self.mapping(&map, pg) {
                 Ok(mapping) if mapping.primary == Some(self.id) => mapping.up,
                 _ => return false,
@@ -1518,25 +1551,14 @@ impl OsdService {
                 };
                 match (seen, recovering) {
                     (Some((true, true)), Some(recovery)) if recovery.active => {
-                        let step = if recovery.waiting {
-                            "recovery_wait"
-                        } else {
-                            "recovering"
-                        };
-                        format!("active+{step}{undersized}+degraded")
+                        format!("active+{}{undersized}+degraded", recovery.step())
                     }
                     (Some((true, degraded)), _) if degraded || !undersized.is_empty() => {
                         format!("active{undersized}+degraded")
                     }
                     (Some((true, _)), _) => "active+clean".to_owned(),
                     // Client I/O on the PG waits while copies are brought level.
-                    (_, Some(recovery)) => match (recovery.backfill, recovery.waiting) {
-                        (true, true) => "backfill_wait+degraded",
-                        (true, false) => "backfilling+degraded",
-                        (false, true) => "recovery_wait+degraded",
-                        (false, false) => "recovering+degraded",
-                    }
-                    .to_owned(),
+                    (_, Some(recovery)) => format!("{}+degraded", recovery.step()),
                     (Some((false, _)), None) => "peering".to_owned(),
                     (None, None) => continue,
                 }
@@ -2148,9 +2170,9 @@ impl OsdService {
         // cancelled) replicates it again instead of answering early.
         if fresh {
             log.dirty = true;
-            let store = self.store.clone();
+            let (store, log_entries) = (self.store.clone(), self.config.pg_log_entries);
             let (applied, ops) = (entry.clone(), request.ops.clone());
-            match blocking(move || pg::apply(&store, pg, &applied, &ops)).await {
+            match blocking(move || pg::apply(&store, pg, &applied, &ops, log_entries)).await {
                 Ok(()) => {}
                 Err(status) if status.code() == tonic::Code::AlreadyExists => {
                     // The store's log is ahead of this copy: it reloads on next use.
@@ -2471,7 +2493,8 @@ impl Osd for OsdService {
                 blocking(move || pg::prepare(&store, pg, &applied, &ops, shard)).await?;
             } else {
                 log.dirty = true;
-                blocking(move || pg::apply(&store, pg, &applied, &ops)).await?;
+                let log_entries = self.config.pg_log_entries;
+                blocking(move || pg::apply(&store, pg, &applied, &ops, log_entries)).await?;
                 log.record(&entry);
             }
         }
@@ -2666,9 +2689,9 @@ impl Osd for OsdService {
         log.check_interval(reference.interval, pg)
             .map_err(|message| self.stale(message))?;
         log.dirty = true;
-        let store = self.store.clone();
+        let (store, log_entries) = (self.store.clone(), self.config.pg_log_entries);
         let resolved = entry.clone();
-        blocking(move || pg::resolve(&store, pg, &resolved, request.commit)).await?;
+        blocking(move || pg::resolve(&store, pg, &resolved, request.commit, log_entries)).await?;
         if request.commit {
             log.record(&entry);
         }

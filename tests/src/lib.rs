@@ -239,20 +239,21 @@ pub async fn appends_survive_a_killed_primary(cluster: &mut MonCluster, pool: &s
 }
 
 /// The OSD of index `lagging` misses the second version of `count` objects of
-/// `pool` (as a replica or shard, and as the primary of the first object's PG
-/// when it is that), then returns with background recovery pausing 30 s before
-/// each object (the cluster's OSDs run with `--recovery-sleep 30`). Checks that
-/// the PGs go active while they recover and that operations on the missing
-/// objects finish before that recovery could: half of them read their newest
-/// version and take a third while a PG still reports recovering. Writing the
-/// other half recovers the rest; then all `pgs` PGs are active+clean, a deep
-/// scrub finds every copy agreeing and every object reads its third version.
+/// `pool` (written `rewrites` times each; as a replica or shard, and as the
+/// primary of the PGs it leads), then returns with background recovery pausing
+/// 30 s before each object (the cluster's OSDs run with `--recovery-sleep 30`).
+/// Checks that the PGs go active while they recover (their state names
+/// `step`: `recover` or `backfill`) and that operations on the missing objects
+/// finish before that recovery could: half of them read their newest version
+/// and take a third while a PG still reports `step`. Writing the other half
+/// recovers the rest; then all `pgs` PGs are active+clean, a deep scrub finds
+/// every copy agreeing and every object reads its third version.
 pub async fn pgs_serve_while_they_recover(
     cluster: &mut MonCluster,
-    pool: &str,
-    pgs: u64,
-    count: usize,
+    (pool, pgs): (&str, u64),
+    (count, rewrites): (usize, usize),
     lagging: u32,
+    step: &str,
 ) {
     use lcpfs_client::objects::ObjectClient;
     use lcpfs_core::pg::PgId;
@@ -270,11 +271,13 @@ pub async fn pgs_serve_while_they_recover(
     cluster.kill_osd(lagging);
     let osds = cluster.osds.len();
     osds_up(&client, osds - 1).await;
-    for n in 0..count {
-        objects
-            .put(pool, name(n).as_bytes(), version(n, 1))
-            .await
-            .unwrap();
+    for _ in 0..rewrites {
+        for n in 0..count {
+            objects
+                .put(pool, name(n).as_bytes(), version(n, 1))
+                .await
+                .unwrap();
+        }
     }
     cluster.start_osd(lagging);
     osd_listening(cluster, lagging).await;
@@ -283,11 +286,11 @@ pub async fn pgs_serve_while_they_recover(
         status
             .pg_states
             .keys()
-            .any(|state| state.starts_with("active+") && state.contains("recover"))
+            .any(|state| state.starts_with("active+") && state.contains(step))
     };
     status_until(
         cluster,
-        "PGs active while they recover",
+        &format!("PGs active while they {step}"),
         recovering_while_active,
     )
     .await;

@@ -453,5 +453,5 @@ async fn an_erasure_coded_pg_serves_while_its_shards_recover() {
     let map = cluster.ready().await;
     let (_, up) = lcpfs_tests::placement(&map, "ec", b"object-00");
     let lagging = cluster.osd_index(&map, up[0]);
-    pgs_serve_while_they_recover(&mut cluster, "ec", 4, 24, lagging).await;
+    pgs_serve_while_they_recover(&mut cluster, ("ec", 4), (24, 1), lagging, "recover").await;
 }

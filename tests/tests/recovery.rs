@@ -1,7 +1,8 @@
 //! Recovery is throttled: an OSD brings at most `--max-recovering-pgs` PGs level
 //! at once as their primary, the others wait their turn (`recovery_wait`), and
 //! client reads of every PG during it get every object back. PGs serve while
-//! they recover: an operation on a missing object waits for that object only.
+//! they recover or backfill: an operation on a missing object waits for that
+//! object only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::monitor::{ClusterStatus, Command, Query};
+use lcpfs_core::pg::PgId;
 use lcpfs_tests::{
-    cluster_with_pool, contents, osd_listening, osds_up, pgs_serve_while_they_recover, placement,
-    wait_for,
+    MonCluster, cluster_with_pool, contents, osd_listening, osds_up, pgs_serve_while_they_recover,
+    placement, replicated_pool, start_with, wait_for,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +98,35 @@ async fn each_osd_recovers_one_pg_at_a_time_and_the_rest_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_io_waits_for_the_object_not_the_whole_pg() {
     let mut cluster = cluster_with_pool(3, &["--recovery-sleep", "30"]).await;
-    pgs_serve_while_they_recover(&mut cluster, "data", 16, 48, 2).await;
+    pgs_serve_while_they_recover(&mut cluster, ("data", 16), (48, 1), 2, "recover").await;
+}
+
+/// A copy that missed more writes than the PG log keeps is backfilled: it takes
+/// the whole log and every object is compared and sent again, after the PG goes
+/// active, so clients are served meanwhile. The returning OSD leads one PG
+/// (its own copy is backfilled from a replica) and is a replica of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_copy_serves_while_it_fills() {
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
+    cluster.osd_flags = ["--recovery-sleep", "30", "--pg-log-entries", "16"]
+        .map(str::to_owned)
+        .to_vec();
+    let mut cluster = start_with(cluster, 3, &replicated_pool("data", 4)).await;
+    let map = cluster.ready().await;
+    let (_, up) = placement(&map, "data", b"object-00");
+    let lagging = up[0];
+    let led = (0..4)
+        .map(|seed| {
+            let pg = PgId::new(map.pool_by_name("data").unwrap().id, seed);
+            lcpfs_core::crush::pg_mapping(&map, pg).unwrap().primary
+        })
+        .filter(|primary| *primary == Some(lagging))
+        .count();
+    assert!(led < 4, "osd.{lagging} is a replica of some PG");
+    let index = cluster.osd_index(&map, lagging);
+    // 24 objects over 4 PGs, each written 12 times: about 72 entries per PG,
+    // far more than the 16 kept.
+    pgs_serve_while_they_recover(&mut cluster, ("data", 4), (24, 12), index, "backfill").await;
 }
 
 /// An object whose newest data only OSDs leaving the PG hold is taken from them

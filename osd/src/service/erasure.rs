@@ -366,8 +366,9 @@ impl OsdService {
     ) -> Result<ShardCall<()>, Status> {
         if osd == self.id {
             let (store, entry) = (self.store.clone(), entry.clone());
+            let log_entries = self.config.pg_log_entries;
             return Ok(Box::pin(blocking(move || {
-                pg::resolve(&store, pg, &entry, commit)
+                pg::resolve(&store, pg, &entry, commit, log_entries)
             })));
         }
         let mut client = self.peer_client(map, osd)?;
@@ -712,6 +713,9 @@ impl OsdService {
                 positions(&up_holders) >= code.k
             });
             tracing::info!(%pg, osd, shard = position, backfill = keep.is_some(), lazy = lazy.len(), eager = eager.len(), "bringing a shard level");
+            if keep.is_some() && !lazy.is_empty() {
+                log.backfilled.insert(*osd);
+            }
             let mut delivery = Delivery {
                 entries,
                 keep,
