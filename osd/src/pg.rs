@@ -205,22 +205,15 @@ impl PgLog {
         !self.missing.is_empty() || self.peer_missing.values().any(|names| !names.is_empty())
     }
 
-    /// The missing objects fewer than `needed` up copies (this one and the peers
-    /// in `peer_missing`) hold the newest data of: one for a replicated PG, `k`
-    /// shards for an erasure-coded one.
-    pub fn unfound(&self, needed: usize) -> Vec<Vec<u8>> {
-        let mut names: BTreeSet<&Vec<u8>> = self.missing.iter().collect();
-        names.extend(self.peer_missing.values().flatten());
-        names
-            .into_iter()
+    /// The objects this copy misses that every peer copy misses too: no up OSD
+    /// holds their newest data.
+    pub fn unfound(&self) -> Vec<Vec<u8>> {
+        self.missing
+            .iter()
             .filter(|name| {
-                let here = usize::from(!self.missing.contains(*name));
-                let peers = self
-                    .peer_missing
+                self.peer_missing
                     .values()
-                    .filter(|names| !names.contains(*name))
-                    .count();
-                here + peers < needed
+                    .all(|names| names.contains(*name))
             })
             .cloned()
             .collect()
@@ -964,8 +957,12 @@ pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<(
         }
     }
     if let Some(keep) = keep {
+        let kept: HashSet<&Vec<u8>> = keep
+            .iter()
+            .chain(objects.iter().map(|object| &object.name))
+            .collect();
         for name in names(store, pg)? {
-            if !keep.contains(&name) && !objects.iter().any(|object| object.name == name) {
+            if !kept.contains(&name) {
                 txn.remove(&object_key(&name));
             }
         }
@@ -1161,19 +1158,6 @@ mod tests {
             xattrs: Vec::new(),
             omap: Vec::new(),
         }
-    }
-
-    #[test]
-    fn an_object_is_unfound_while_fewer_copies_than_needed_hold_it() {
-        let set = |list: &[&str]| names(list).into_iter().collect::<BTreeSet<_>>();
-        let log = PgLog {
-            missing: set(&["a", "b"]),
-            peer_missing: BTreeMap::from([(1, set(&["a"])), (2, set(&["a", "c"]))]),
-            ..PgLog::default()
-        };
-        assert_eq!(log.unfound(1), names(&["a"]), "one copy is enough");
-        assert_eq!(log.unfound(2), names(&["a"]), "b and c have two holders");
-        assert_eq!(log.unfound(3), names(&["a", "b", "c"]));
     }
 
     #[test]

@@ -721,9 +721,11 @@ impl OsdService {
         // Every up OSD now holds every write this one has.
         self.activate(map, pg, &up, interval).await?;
         log.clear_incomplete();
-        // While no up copy holds some object, the OSDs of earlier intervals stay
-        // asked for it (see `prior_holders`).
-        if log.unfound(pool.shards_needed()).is_empty() {
+        // Until every up copy holds every object, the OSDs of earlier intervals
+        // stay asked (see `prior_holders`): up copies that miss objects are not
+        // their holders yet (like Ceph, which keeps past intervals back to the
+        // PG's last clean epoch).
+        if !log.degraded() {
             self.intervals.forget_past(pg, interval, &up);
         }
         log.peered = Some((interval, up));
@@ -798,7 +800,7 @@ impl OsdService {
         }
         // What no up copy holds is brought in now, if an OSD outside the up set
         // holds it; what nobody holds stays unfound.
-        for name in log.unfound(1) {
+        for name in log.unfound() {
             if let Err(status) = self.recover_object(map, pg, log, &name).await {
                 tracing::warn!(%pg, object = %String::from_utf8_lossy(&name), error = %status.message(), "object unfound");
             }
@@ -818,9 +820,13 @@ impl OsdService {
         let up = self.mapping(map, pg)?.up;
         let store = self.store.clone();
         let (entries, _) = blocking(move || pg::log_since(&store, pg, 0)).await?;
-        let Some(newest) = entries.iter().rev().find(|entry| entry.name == name) else {
-            return Ok(Vec::new());
-        };
+        // The object's newest entry; none when its last change is older than
+        // this log (a backfilled copy misses every object).
+        let newest = entries
+            .iter()
+            .rev()
+            .find(|entry| entry.name == name)
+            .map_or(0, |entry| entry.version);
         let reference = PgRef {
             probe: true,
             ..pg_ref(map, pg)
@@ -833,10 +839,7 @@ impl OsdService {
             let prefix = entries
                 .iter()
                 .any(|entry| entry.version == info.last && entry.epoch == info.last_epoch);
-            if prefix
-                && info.last >= newest.version
-                && !info.missing.iter().any(|held| held == name)
-            {
+            if prefix && info.last >= newest && !info.missing.iter().any(|held| held == name) {
                 holders.push((osd, info));
             }
         }
@@ -1482,7 +1485,8 @@ impl OsdService {
                 Ok(mapping) if mapping.primary == Some(self.id) => mapping.up,
                 _ => return false,
             };
-            if log.peered != Some((self.interval(pg), up)) {
+            let interval = self.interval(pg);
+            if log.peered.as_ref() != Some(&(interval, up.clone())) {
                 // Peering again queues what is left.
                 return false;
             }
@@ -1493,6 +1497,10 @@ impl OsdService {
                 .find(|name| !failed.contains(*name))
                 .cloned();
             let Some(name) = next else {
+                if failed.is_empty() {
+                    // Clean: every up copy holds every write of earlier intervals.
+                    self.intervals.forget_past(pg, interval, &up);
+                }
                 return !failed.is_empty();
             };
             if let Err(status) = self.recover_object(&map, pg, log, &name).await {
@@ -2736,7 +2744,21 @@ impl Osd for OsdService {
             let log = self.loaded(&mut guard, pg, &pool).await?;
             let current = self.current();
             self.ensure_peered(&current, &pool, pg, log).await?;
-            // Objects this copy misses would be listed wrongly (or not at all).
+            // Objects this copy misses would be listed wrongly (or not at all):
+            // an up copy that misses nothing lists them, or else they are
+            // recovered here first.
+            if !log.missing.is_empty() {
+                let complete = log
+                    .peer_missing
+                    .iter()
+                    .find(|(_, names)| names.is_empty())
+                    .map(|(osd, _)| *osd);
+                if let Some(osd) = complete {
+                    let mut client = self.peer_client(&current, osd)?;
+                    let reply = client.list(request).await?.into_inner();
+                    return Ok(Response::new(reply));
+                }
+            }
             let missing: Vec<Vec<u8>> = log.missing.iter().cloned().collect();
             for name in missing {
                 self.recover_object(&current, pg, log, &name).await?;

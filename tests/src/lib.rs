@@ -240,12 +240,13 @@ pub async fn appends_survive_a_killed_primary(cluster: &mut MonCluster, pool: &s
 
 /// The OSD of index `lagging` misses the second version of `count` objects of
 /// `pool` (written `rewrites` times each; as a replica or shard, and as the
-/// primary of the PGs it leads), then returns with background recovery pausing
+/// primary of the PGs it leads) and the removal of another, then returns with background recovery pausing
 /// 30 s before each object (the cluster's OSDs run with `--recovery-sleep 30`).
 /// Checks that the PGs go active while they recover (their state names
 /// `step`: `recover` or `backfill`) and that operations on the missing objects
 /// finish before that recovery could: half of them read their newest version
-/// and take a third while a PG still reports `step`. Writing the other half
+/// and take a third, and the pool lists every object with its size, while a PG
+/// still reports `step`. Writing the other half
 /// recovers the rest; then all `pgs` PGs are active+clean, a deep scrub finds
 /// every copy agreeing and every object reads its third version.
 pub async fn pgs_serve_while_they_recover(
@@ -268,9 +269,14 @@ pub async fn pgs_serve_while_they_recover(
             .await
             .unwrap();
     }
+    objects
+        .put(pool, b"gone", b"removed".to_vec())
+        .await
+        .unwrap();
     cluster.kill_osd(lagging);
     let osds = cluster.osds.len();
     osds_up(&client, osds - 1).await;
+    objects.remove(pool, b"gone").await.unwrap();
     for _ in 0..rewrites {
         for n in 0..count {
             objects
@@ -312,6 +318,17 @@ pub async fn pgs_serve_while_they_recover(
         let read = objects.get(pool, name(n).as_bytes()).await.unwrap();
         assert!(read == version(n, 2), "{} reads its third version", name(n));
     }
+    let listed: Vec<(String, u64)> = objects
+        .list(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| (entry.name, entry.size))
+        .collect();
+    let expected: Vec<(String, u64)> = (0..count)
+        .map(|n| (name(n), version(n, 1).len() as u64))
+        .collect();
+    assert_eq!(listed, expected, "the listing while PGs recover");
     let status: ClusterStatus = client.query(&Query::Status).await.unwrap();
     assert!(
         recovering_while_active(&status),
@@ -348,6 +365,10 @@ pub async fn pgs_serve_while_they_recover(
         let read = objects.get(&pool.name, name(n).as_bytes()).await.unwrap();
         assert!(read == version(n, 2), "{} reads its third version", name(n));
     }
+    assert!(
+        objects.get(&pool.name, b"gone").await.is_err(),
+        "the object removed while the OSD was down stays removed"
+    );
 }
 
 /// Runs the `lcpfs` command against `cluster` in `dir`, checks that it succeeds
