@@ -145,9 +145,9 @@ pub struct PgLog {
     /// On a primary, the objects each other up OSD's copy misses, as peering
     /// found them; kept for the interval in `peered`.
     pub peer_missing: BTreeMap<u32, BTreeSet<Vec<u8>>>,
-    /// On a primary, the up OSDs (this one among them) whose copies peering
-    /// backfilled in the interval in `peered`: every object of theirs was
-    /// marked missing, to be compared and sent again.
+    /// On a primary, the OSDs (this one among them) whose copies peering
+    /// backfilled (every object of theirs was marked missing, to be compared
+    /// and sent again) and that may still miss objects.
     pub backfilled: BTreeSet<u32>,
 }
 
@@ -185,18 +185,18 @@ impl PgLog {
         self.backfilled = backfilled;
     }
 
-    /// True while a copy backfilled in this interval (see `backfilled`) still
-    /// misses objects; `me` is this OSD.
-    pub fn backfilling(&self, me: u32) -> bool {
-        self.backfilled.iter().any(|osd| {
+    /// True while a backfilled copy (see `backfilled`) of an up OSD still
+    /// misses objects; forgets the others. `me` is this OSD.
+    pub fn backfilling(&mut self, me: u32) -> bool {
+        let (missing, peer_missing) = (&self.missing, &self.peer_missing);
+        self.backfilled.retain(|osd| {
             if *osd == me {
-                !self.missing.is_empty()
+                !missing.is_empty()
             } else {
-                self.peer_missing
-                    .get(osd)
-                    .is_some_and(|names| !names.is_empty())
+                peer_missing.get(osd).is_some_and(|names| !names.is_empty())
             }
-        })
+        });
+        !self.backfilled.is_empty()
     }
 
     /// True when some up copy (this one, or a peer's as peering found it) misses

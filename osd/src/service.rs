@@ -104,6 +104,9 @@ pub struct OsdService {
     down: Mutex<HashSet<PgId>>,
     /// PGs bringing a copy level, or waiting for a recovery slot to.
     recovering: Mutex<HashMap<PgId, Recovery>>,
+    /// The PGs whose recovery backfills a copy, as their logs last said (for
+    /// the state of a PG waiting for a recovery slot).
+    backfilling: Mutex<HashSet<PgId>>,
     /// One per PG allowed to move objects at once (`max_recovering_pgs`).
     recovery_slots: Arc<tokio::sync::Semaphore>,
     /// PGs peering left with missing objects, for the background recovery.
@@ -299,6 +302,7 @@ impl OsdService {
             peers: Mutex::new(HashMap::new()),
             scrubs: Mutex::new(HashMap::new()),
             recovering: Mutex::new(HashMap::new()),
+            backfilling: Mutex::new(HashSet::new()),
             recovery_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_recovering_pgs.max(1),
             )),
@@ -710,7 +714,6 @@ impl OsdService {
             probe: false,
         };
         self.accept_interval(pg, log, interval).await?;
-        log.backfilled.clear();
         if pool.is_erasure() {
             self.peer_erasure(map, pool, pg, log, &up, reference)
                 .await?;
@@ -1034,7 +1037,7 @@ impl OsdService {
         self.mark_recovery(
             pg,
             Recovery {
-                backfill: false,
+                backfill: self.backfills(pg),
                 waiting: false,
                 active: true,
             },
@@ -1385,11 +1388,32 @@ impl OsdService {
 
     /// Asks the background recovery (see [`Self::recover_in_background`]) to
     /// bring the PG's missing objects to every up copy.
-    fn queue_recovery(&self, pg: PgId, log: &PgLog) {
+    fn queue_recovery(&self, pg: PgId, log: &mut PgLog) {
+        self.note_backfill(pg, log);
         if log.degraded() {
             // The receiver lives as long as the service.
             let _ = self.recovery_queue.send(pg);
         }
+    }
+
+    /// Records whether the PG's recovery backfills a copy; returns it.
+    fn note_backfill(&self, pg: PgId, log: &mut PgLog) -> bool {
+        let backfill = log.backfilling(self.id);
+        let mut backfilling = self.backfilling.lock().expect("backfilling PGs");
+        if backfill {
+            backfilling.insert(pg);
+        } else {
+            backfilling.remove(&pg);
+        }
+        backfill
+    }
+
+    /// True when the PG's recovery backfills a copy, as its log last said.
+    fn backfills(&self, pg: PgId) -> bool {
+        self.backfilling
+            .lock()
+            .expect("backfilling PGs")
+            .contains(&pg)
     }
 
     /// Recovers, in the background, the missing objects of the PGs peering left
@@ -1436,7 +1460,7 @@ impl OsdService {
     /// Recovers the PG's missing objects while this OSD stays its primary in the
     /// interval it was peered in. True when some could not be recovered.
     async fn recover_pg(&self, pg: PgId) -> bool {
-        let mut recovering = self.recovering(pg, false, true).await;
+        let mut recovering = self.recovering(pg, self.backfills(pg), true).await;
         let mut failed: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut first = true;
         loop {
@@ -1464,7 +1488,7 @@ impl OsdService {
                         }
                         None => {
                             drop(guard);
-                            recovering = self.recovering(pg, false, true).await;
+                            recovering = self.recovering(pg, self.backfills(pg), true).await;
                             continue;
                         }
                     }
@@ -1476,7 +1500,7 @@ impl OsdService {
             self.mark_recovery(
                 pg,
                 Recovery {
-                    backfill: log.backfilling(self.id),
+                    backfill: self.note_backfill(pg, log),
                     waiting: false,
                     active: true,
                 },
