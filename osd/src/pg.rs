@@ -899,6 +899,18 @@ impl Delivery {
     }
 }
 
+/// The objects a backfill from a copy names: those the copy holds and those it
+/// misses (their newest data is elsewhere), sorted, each once.
+pub fn backfill_names<'a>(
+    mut held: Vec<Vec<u8>>,
+    missing: impl IntoIterator<Item = &'a Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    held.extend(missing.into_iter().cloned());
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
 /// Installs a delivery in this OSD's copy of the PG, in one transaction.
 pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<()> {
     let Delivery {

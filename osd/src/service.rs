@@ -1115,10 +1115,10 @@ impl OsdService {
         let pulled = match pg::catch_up(&theirs, their_oldest, &mine) {
             CatchUp::Level => return Ok(()),
             CatchUp::Backfill => {
-                let mut names = self.peer_names(&mut client, map, pg).await?;
-                names.extend(source_missing.iter().cloned());
-                names.sort_unstable();
-                names.dedup();
+                let names = pg::backfill_names(
+                    self.peer_names(&mut client, map, pg).await?,
+                    source_missing,
+                );
                 delivery.entries = theirs;
                 delivery.keep = Some(names.clone());
                 if lazy {
@@ -1264,10 +1264,8 @@ impl OsdService {
                 // (this copy's and those it misses itself), and every one of
                 // them is compared and sent after the PG goes active.
                 let store = self.store.clone();
-                let mut names = blocking(move || pg::names(&store, pg)).await?;
-                names.extend(log.missing.iter().cloned());
-                names.sort_unstable();
-                names.dedup();
+                let held = blocking(move || pg::names(&store, pg)).await?;
+                let names = pg::backfill_names(held, &log.missing);
                 tracing::info!(%pg, osd, objects = names.len(), "backfilling replica");
                 log.backfilled.insert(osd);
                 delivery.entries = mine;

@@ -689,10 +689,10 @@ impl OsdService {
                 CatchUp::Backfill => {
                     // The source's own missing objects are named too: their
                     // newest data is elsewhere.
-                    let mut names = self.names_at(map, pg, source).await?;
-                    names.extend(missing_of.get(&source).into_iter().flatten().cloned());
-                    names.sort_unstable();
-                    names.dedup();
+                    let names = pg::backfill_names(
+                        self.names_at(map, pg, source).await?,
+                        missing_of.get(&source).into_iter().flatten(),
+                    );
                     (names.clone(), auth.clone(), Some(names), None)
                 }
                 CatchUp::Entries {
