@@ -203,6 +203,52 @@ fn bitrot_single_fails_with_data_loss_never_wrong_bytes() {
     );
 }
 
+/// A read longer than the cache's share streams from the disks past the cache: it
+/// still verifies every block, repairs what the layout's redundancy can (so that a
+/// scrub afterwards finds nothing left to repair), and fails with data loss rather
+/// than return wrong bytes where nothing can rebuild a block.
+#[test]
+fn a_streamed_read_repairs_damage_and_never_returns_wrong_bytes() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let big: Vec<u8> = (0..12 << 20).map(|_| rng.random()).collect();
+    for (kind, width) in [
+        (VdevKind::Raidz1, 3),
+        (VdevKind::Mirror, 2),
+        (VdevKind::Single, 1),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = create(dir.path(), kind, width, DISK_SIZE);
+            put(&store, "big", big.clone()).unwrap();
+        }
+        // The first disk holds a full copy or the first data column of every block.
+        let first_disk = &disk_paths(dir.path(), width)[0];
+        for k in 0..10 {
+            let offset = LABEL_AREA + rng.random_range(0..6 << 20);
+            smash(first_disk, offset, 5_000, k);
+        }
+        let store = reopen(dir.path());
+        let mut out = Vec::new();
+        let read = store
+            .head("c")
+            .unwrap()
+            .read_to(b"big", 0, u64::MAX, &mut out);
+        assert!(out[..] == big[..out.len()], "{kind:?} returned wrong bytes");
+        if kind == VdevKind::Single {
+            assert!(matches!(read, Err(Error::DataLoss(_))), "got {read:?}");
+            continue;
+        }
+        assert_eq!(read.unwrap(), big.len() as u64);
+        assert!(checksum_errors(&store) > 0, "damage must be counted");
+        let report = store.scrub(&AtomicBool::new(false), |_| {}).unwrap();
+        assert_eq!(
+            (report.repaired_blocks, report.unrecoverable_blocks),
+            (0, 0),
+            "the streamed read left damage on {kind:?}: {report:?}"
+        );
+    }
+}
+
 #[test]
 fn full_store_refuses_writes_cleanly_and_still_deletes() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,6 +352,60 @@ fn missing_disk_opens_degraded_and_replace_resilvers() {
         Err(Error::Unavailable(message)) => assert!(message.contains("lost more disks")),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a raidz1 with two disks gone must not open"),
+    }
+}
+
+/// Writes go on while a missing disk is replaced, and then while its replacements are
+/// replaced: every block, written before a new disk was attached or after, ends up on
+/// it, so a scrub afterwards repairs nothing and
+/// the store then serves everything with another disk gone.
+#[test]
+fn a_disk_replaced_under_writes_gets_every_block() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(create(dir.path(), VdevKind::Raidz1, 3, 64 << 20));
+    let disks = disk_paths(dir.path(), 3);
+    std::fs::remove_file(&disks[0]).unwrap();
+    let store = reopen(dir.path());
+    let stop = AtomicBool::new(false);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || written < 8 {
+                let data = vec![written as u8; 1 << 20];
+                put(&store, &format!("w{written}"), data).unwrap();
+                written += 1;
+            }
+            written
+        });
+        // The missing disk, then its replacements in turn.
+        let mut current = disks[0].clone();
+        for k in 0..4 {
+            let replacement = dir.path().join(format!("new-disk{k}"));
+            let report = store
+                .replace_disk(current.to_str().unwrap(), &replacement, Some(64 << 20))
+                .unwrap();
+            assert_eq!(report.unrecoverable_blocks, 0);
+            current = replacement;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    let report = store.scrub(&AtomicBool::new(false), |_| {}).unwrap();
+    assert_eq!(
+        (report.repaired_blocks, report.unrecoverable_blocks),
+        (0, 0),
+        "the replaced disk missed blocks: {report:?}"
+    );
+    drop(store);
+    std::fs::remove_file(&disks[1]).unwrap();
+    let store = reopen(dir.path());
+    for i in 0..written {
+        let data = store
+            .head("c")
+            .unwrap()
+            .read(format!("w{i}").as_bytes(), 0, u64::MAX)
+            .unwrap();
+        assert!(data == vec![i as u8; 1 << 20], "w{i} reads back wrong");
     }
 }
 

@@ -312,3 +312,46 @@ fn a_view_of_a_destroyed_snapshot_reads_nothing() {
     ));
     assert_eq!(store.head("c").unwrap().read(b"o", 0, 10).unwrap(), b"new");
 }
+
+/// A read longer than the cache's share streams past it: holes read as zeros, blocks
+/// the cache holds come from it, the rest from the disks, all in order; a range
+/// starting and ending inside blocks is clipped right.
+#[test]
+fn a_streamed_read_fills_holes_and_uses_cached_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = create(dir.path(), None);
+    store
+        .create_collection(
+            "s",
+            CollectionSettings {
+                record_size: 64 << 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let data = noise(10 << 20, 9);
+    let hole = (12 << 20)..(20 << 20);
+    let mut txn = Transaction::new("s");
+    txn.write(b"sparse", 0, data.clone())
+        .write(b"sparse", hole.end, data.clone());
+    store.commit(txn).unwrap();
+    let mut expected = data.clone();
+    expected.resize(hole.end as usize, 0);
+    expected.extend_from_slice(&data);
+
+    let view = store.head("s").unwrap();
+    // Some blocks in the cache first, from short reads here and there.
+    for offset in [0u64, 3 << 20, 25 << 20] {
+        assert_eq!(
+            view.read(b"sparse", offset, 100_000).unwrap(),
+            expected[offset as usize..offset as usize + 100_000]
+        );
+    }
+    assert!(view.read(b"sparse", 0, u64::MAX).unwrap() == expected);
+    let (from, to) = (70_001usize, expected.len() - 12_345);
+    assert!(
+        view.read(b"sparse", from as u64, (to - from) as u64)
+            .unwrap()
+            == expected[from..to]
+    );
+}

@@ -21,6 +21,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use super::Shared;
 use super::alloc::{self, Run};
 use super::error::{Error, Result};
+use super::vdev::{self, Disk};
 
 /// One metadata change.
 #[derive(Debug, Clone)]
@@ -103,9 +104,11 @@ fn commit_group(shared: &Shared, group: &[Submission], crash_point: Option<&str>
         .iter()
         .flat_map(|(p, _)| p.vdevs_written.iter().copied())
         .collect();
-    for vdev in written {
-        shared.vdevs[vdev as usize].sync()?;
-    }
+    let disks: Vec<&Disk> = written
+        .into_iter()
+        .flat_map(|vdev| shared.vdevs[vdev as usize].disks.iter().map(Arc::as_ref))
+        .collect();
+    vdev::sync_disks(&disks)?;
     if crash_point == Some("after-data-flush") {
         std::process::abort();
     }

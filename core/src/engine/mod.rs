@@ -35,8 +35,10 @@ pub mod txn;
 pub mod vdev;
 pub mod view;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
 
 use rocksdb::{DB, WriteBatch};
 
@@ -54,6 +56,8 @@ use alloc::{Allocator, Run};
 use blkptr::BlockPtr;
 use vdev::{Extent, Vdev};
 
+/// Blocks a streaming read has on their way from the disks at once.
+const STREAM_DEPTH: usize = 8;
 /// RocksDB key of the last committed transaction group.
 pub(crate) const KEY_LAST_TXG: &[u8] = b"glast_txg";
 
@@ -64,6 +68,11 @@ pub(crate) struct Shared {
     pub alloc: Arc<Allocator>,
     pub cache: arc::BlockCache,
     pub l2: Option<Arc<l2arc::L2Cache>>,
+    /// Held shared by every transaction from its first block write until it is
+    /// durable, and exclusively while a replaced disk is attached: a block written
+    /// while the disk was missing then belongs to a transaction committed before the
+    /// resilver walks the store, and every block after the attach reaches the new disk.
+    pub writes: RwLock<()>,
     last_txg: AtomicU64,
 }
 
@@ -110,7 +119,10 @@ impl Shared {
         let from_l2 = self.l2.as_ref().and_then(|l2| l2.get(&key));
         let block = Arc::new(match from_l2 {
             Some(block) => block,
-            None => self.read_block_uncached(bp)?,
+            None => {
+                let (vdev, extent) = self.locate(bp)?;
+                blkptr::decompress(bp.codec, vdev.read_block(&extent)?, bp.lsize as usize)?
+            }
         });
         let evicted = self.cache.insert(key, Arc::clone(&block));
         if let Some(l2) = &self.l2 {
@@ -121,18 +133,111 @@ impl Shared {
         Ok(block)
     }
 
-    fn read_block_uncached(&self, bp: &BlockPtr) -> Result<Vec<u8>> {
+    fn locate<'b>(&self, bp: &'b BlockPtr) -> Result<(&Vdev, Extent<'b>)> {
         let vdev = self
             .vdevs
             .get(bp.vdev as usize)
             .ok_or_else(|| Error::Corrupt(format!("block pointer names vdev {}", bp.vdev)))?;
-        let stored = vdev.read_block(&Extent {
+        let extent = Extent {
             row: bp.row,
             nrows: bp.nrows,
             psize: bp.psize,
             checksum: &bp.checksum,
-        })?;
-        blkptr::decompress(bp.codec, stored, bp.lsize as usize)
+        };
+        Ok((vdev, extent))
+    }
+
+    /// Streams blocks in order for a long sequential read: `pointer` names each index's
+    /// block (`None`: a hole), `each` gets its decoded bytes (empty for a hole).
+    ///
+    /// Blocks the cache holds come from it. The others are read by one thread, in
+    /// order, straight from the disks into memory recycled from the blocks before them
+    /// (a sequential reader keeps the disks' read-ahead working and touches no fresh
+    /// memory), while this thread verifies each one, repairs it from the vdev's
+    /// redundancy when it fails, and hands it on. They are not added to the cache: a
+    /// large sequential read would only push out blocks worth keeping, and the page
+    /// cache keeps the disks' bytes for a second pass.
+    pub fn stream_blocks(
+        &self,
+        indexes: RangeInclusive<u64>,
+        mut pointer: impl FnMut(u64) -> Result<Option<BlockPtr>>,
+        mut each: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        enum Next {
+            Hole,
+            Cached(Arc<Vec<u8>>),
+            Disk(BlockPtr),
+        }
+        std::thread::scope(|scope| {
+            let (requests, to_read) = mpsc::sync_channel::<(BlockPtr, Vec<u8>)>(STREAM_DEPTH);
+            let (done, reads) = mpsc::sync_channel(STREAM_DEPTH);
+            scope.spawn(move || {
+                for (bp, spare) in to_read {
+                    let stored = self
+                        .locate(&bp)
+                        .and_then(|(vdev, extent)| vdev.read_stored(&extent, spare));
+                    if done.send(stored).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut queue = VecDeque::new();
+            let mut reading = 0;
+            let mut spares: Vec<Vec<u8>> = Vec::new();
+            let mut following = *indexes.start();
+            loop {
+                while following <= *indexes.end()
+                    && reading < STREAM_DEPTH
+                    && queue.len() < 2 * STREAM_DEPTH
+                {
+                    let next = match pointer(following)? {
+                        None => Next::Hole,
+                        Some(bp) => match self.cached(&bp) {
+                            Some(block) => Next::Cached(block),
+                            None => {
+                                let spare = spares.pop().unwrap_or_default();
+                                requests.send((bp, spare)).map_err(|_| {
+                                    Error::Invalid("the block reader stopped".into())
+                                })?;
+                                reading += 1;
+                                Next::Disk(bp)
+                            }
+                        },
+                    };
+                    queue.push_back((following, next));
+                    following += 1;
+                }
+                let Some((index, next)) = queue.pop_front() else {
+                    return Ok(());
+                };
+                match next {
+                    Next::Hole => each(index, &[])?,
+                    Next::Cached(block) => each(index, &block)?,
+                    Next::Disk(bp) => {
+                        reading -= 1;
+                        let stored = reads
+                            .recv()
+                            .map_err(|_| Error::Invalid("the block reader stopped".into()))??;
+                        let (vdev, extent) = self.locate(&bp)?;
+                        let stored = match stored {
+                            Some(stored) if extent.verifies(&stored) => stored,
+                            _ => vdev.read_repairing(&extent)?,
+                        };
+                        let block = blkptr::decompress(bp.codec, stored, bp.lsize as usize)?;
+                        each(index, &block)?;
+                        spares.push(block);
+                    }
+                }
+            }
+        })
+    }
+
+    /// A block from the cache or the cache device, if either holds it.
+    fn cached(&self, bp: &BlockPtr) -> Option<Arc<Vec<u8>>> {
+        let key = arc::BlockKey::of(bp);
+        self.cache
+            .get(&key)
+            .or_else(|| Some(Arc::new(self.l2.as_ref()?.get(&key)?)))
     }
 }
 

@@ -30,8 +30,9 @@ pub const MAX_OBJECT_NAME: usize = 4096;
 const KEY_CONFIG: &[u8] = b"gconfig";
 const KEY_NEXT_COLL: &[u8] = b"gnext_collection";
 const OBJECT_LOCK_STRIPES: usize = 1024;
-/// Blocks a streaming read fetches and verifies at once.
-const READ_AHEAD: u64 = 8;
+/// Bytes beyond which a read streams from the disks past the cache (see
+/// `Shared::stream_blocks`); shorter reads go through it.
+const STREAM_BYTES: u64 = 8 << 20;
 
 /// Where a disk of a new store comes from.
 #[derive(Clone, Debug)]
@@ -604,6 +605,7 @@ impl Store {
             vdevs,
             alloc,
             cache: super::arc::block_cache(options.cache_bytes),
+            writes: RwLock::new(()),
             last_txg: AtomicU64::new(last_txg),
         });
         let (sender, receiver) = mpsc::sync_channel(1024);
@@ -1322,7 +1324,12 @@ impl Store {
             ..new_config.clone()
         };
         let disk = &vdev.disks[child];
-        disk.attach(new_path.to_path_buf(), file);
+        {
+            // Transactions that wrote blocks while the disk was missing commit first, so
+            // that the walk below finds their blocks; later ones write the new disk too.
+            let _quiet = self.shared.writes.write().expect("writes lock poisoned");
+            disk.attach(new_path.to_path_buf(), file);
+        }
         let report = super::scrub::resilver(self, v, child)?;
         let txg = self.next_txg();
         self.submit(Prepared {
@@ -1475,8 +1482,10 @@ impl View<'_> {
         Ok(out)
     }
 
-    /// Streams `len` bytes at `offset` into `sink`, one block at a time; returns the bytes
-    /// written.
+    /// Streams `len` bytes at `offset` into `sink`; returns the bytes written. A read of
+    /// up to [`STREAM_BYTES`] fetches its blocks at once through the cache, verified on
+    /// every core; a longer one streams them from the disks (see
+    /// `Shared::stream_blocks`).
     pub fn read_to(
         &self,
         name: &[u8],
@@ -1492,43 +1501,33 @@ impl View<'_> {
             return Ok(0);
         }
         let bs = record.block_size as u64;
-        let mut position = offset;
-        while position < end {
-            // Fetch a window of blocks at once, verified on every core, then emit in order.
-            let first = position / bs;
-            let last = (end - 1) / bs;
-            let window: Vec<(u64, Option<BlockPtr>)> = (first..=last.min(first + READ_AHEAD - 1))
-                .map(|index| {
-                    let bp = reader.get(&self.lineage, &keys::block_item(name, index))?;
-                    Ok((index, bp.map(|bp| BlockPtr::decode(&bp)).transpose()?))
-                })
-                .collect::<Result<_>>()?;
-            let shared = &self.store.shared;
-            let blocks = super::parallel_map(window, |(index, bp)| {
-                let data = match bp {
-                    Some(bp) => shared.read_block(&bp)?,
-                    None => Arc::new(Vec::new()),
-                };
-                Ok::<_, Error>((index, data))
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let pointer = |index: u64| -> Result<Option<BlockPtr>> {
+            reader
+                .get(&self.lineage, &keys::block_item(name, index))?
+                .map(|bp| BlockPtr::decode(&bp))
+                .transpose()
+        };
+        let mut out = Emitter {
+            sink,
+            position: offset,
+            end,
+            block_size: bs,
+        };
+        let shared = &self.store.shared;
+        if end - offset <= STREAM_BYTES {
+            let pointers = (first..=last)
+                .map(|index| Ok((index, pointer(index)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let blocks = super::parallel_map(pointers, |(index, bp)| {
+                Ok::<_, Error>((index, bp.map(|bp| shared.read_block(&bp)).transpose()?))
             });
             for block in blocks {
                 let (index, data) = block?;
-                let block_start = index * bs;
-                let block_end = (block_start + bs).min(end);
-                let from = (position - block_start) as usize;
-                let to = (block_end - block_start) as usize;
-                let have = data.len().min(to);
-                if from < have {
-                    sink.write_all(&data[from..have])
-                        .ctx(|| "writing object data".into())?;
-                }
-                let zeros = to - have.max(from);
-                if zeros > 0 {
-                    sink.write_all(&vec![0u8; zeros])
-                        .ctx(|| "writing object data".into())?;
-                }
-                position = block_end;
+                out.emit(index, data.as_deref().map_or(&[], Vec::as_slice))?;
             }
+        } else {
+            shared.stream_blocks(first..=last, pointer, |index, data| out.emit(index, data))?;
         }
         Ok(end - offset)
     }
@@ -1614,5 +1613,37 @@ impl View<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Writes an object's blocks to a sink in order, clipped to the range read: a block
+/// shorter than the record size, or absent, reads as zeros up to where the range ends.
+struct Emitter<'w> {
+    sink: &'w mut dyn std::io::Write,
+    position: u64,
+    end: u64,
+    block_size: u64,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, index: u64, data: &[u8]) -> Result<()> {
+        let block_start = index * self.block_size;
+        let block_end = (block_start + self.block_size).min(self.end);
+        let from = (self.position - block_start) as usize;
+        let to = (block_end - block_start) as usize;
+        let have = data.len().min(to);
+        if from < have {
+            self.sink
+                .write_all(&data[from..have])
+                .ctx(|| "writing object data".into())?;
+        }
+        let zeros = to - have.max(from);
+        if zeros > 0 {
+            self.sink
+                .write_all(&vec![0u8; zeros])
+                .ctx(|| "writing object data".into())?;
+        }
+        self.position = block_end;
+        Ok(())
     }
 }

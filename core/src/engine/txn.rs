@@ -1,7 +1,8 @@
 //! Transactions: any operations on objects of one collection, committed atomically.
 //!
-//! A transaction is prepared on the caller's thread: data blocks are compressed,
-//! checksummed and written to newly allocated rows (never over a live block), and the
+//! A transaction is prepared on the caller's thread: data blocks are compressed and
+//! checksummed on every core and written to newly allocated rows (never over a live
+//! block) by a background thread while the next batch is encoded, and the
 //! metadata changes are computed against the collection's head as this transaction will
 //! leave it. Then the committer makes it durable together with whatever else is waiting
 //! (see [`super::commit`]). Until that batch is durable nothing refers to the new rows,
@@ -13,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
+use std::sync::Arc;
 
 use super::alloc::Run;
 use super::blkptr::{self, BlockPtr};
@@ -364,6 +366,7 @@ impl Store {
         }
         let _dedup = self.dedup_lock(info.settings.dedup);
         let _locks = self.lock_objects(info.id, names.iter().map(Vec::as_slice));
+        let _writes = self.shared.writes.read().expect("writes lock poisoned");
         let txg = self.next_txg();
         let pin = self.shared.alloc.pin();
         let reader = Reader::new(&self.shared.db);
@@ -382,6 +385,8 @@ impl Store {
             dedup: DedupChanges::default(),
             freed: Vec::new(),
             vdevs_written: BTreeSet::new(),
+            placing: None,
+            spares: Vec::new(),
         };
         let outcome = txn.ops.into_iter().try_for_each(|op| prep.apply(op));
         let prepared = outcome.and_then(|()| prep.finish());
@@ -415,6 +420,17 @@ struct Prep<'s> {
     dedup: DedupChanges,
     freed: Vec<Run>,
     vdevs_written: BTreeSet<u32>,
+    /// The batch of blocks being written in the background, if any.
+    placing: Option<Placing>,
+    /// Buffers of blocks already written, to read the next blocks into: a large
+    /// write then touches no fresh memory after its first batches.
+    spares: Vec<Vec<u8>>,
+}
+
+/// A batch of an object's blocks being written to disk on a background thread.
+struct Placing {
+    name: Vec<u8>,
+    worker: std::thread::JoinHandle<Vec<(Encoded, Result<Run>)>>,
 }
 
 impl Prep<'_> {
@@ -490,17 +506,23 @@ impl Prep<'_> {
         }
     }
 
+    /// Writes one block and points the object at it before returning.
     fn write_block(&mut self, name: &[u8], index: u64, data: Vec<u8>) -> Result<()> {
-        self.write_blocks(name, vec![(index, data)])
+        self.queue_blocks(name, vec![(index, data)])
     }
 
-    /// Compresses, checksums and writes blocks to newly allocated rows, several at once
-    /// on the machine's cores, and points the object's block items at them.
-    fn write_blocks(&mut self, name: &[u8], blocks: Vec<(u64, Vec<u8>)>) -> Result<()> {
+    /// Compresses and checksums blocks on the machine's cores, then writes them to newly
+    /// allocated rows. A full batch ([`WRITE_BATCH`]) is written on a background thread
+    /// while the caller reads and encodes the next one, and [`Prep::finish_placing`]
+    /// points the object's block items at it; a shorter batch, and every batch with
+    /// dedup (each block may match one before it), is written here before returning.
+    fn queue_blocks(&mut self, name: &[u8], batch: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let blocks = batch.len();
         let compression = self.settings.compression;
-        let encoded = parallel_map(blocks, |(index, data)| {
+        let encoded = parallel_map(batch, |(index, data)| {
             Encoded::new(index, data, compression)
         });
+        self.finish_placing()?;
         if self.settings.dedup {
             for block in encoded {
                 let key = (block.checksum, block.codec as u8, block.lsize);
@@ -521,17 +543,50 @@ impl Prep<'_> {
             }
             return Ok(());
         }
-        let shared = &self.store.shared;
-        // Placement runs in order on this thread: writes to one disk file serialize on
-        // its inode lock anyway, and threads spinning on it only steal the cores that
-        // encode the next batch.
-        let placed: Vec<_> = encoded
-            .into_iter()
-            .map(|block| {
-                let run = place(shared, &block);
-                (block, run)
-            })
-            .collect();
+        // One thread places a batch in order: writes to one disk file serialize on its
+        // inode lock anyway, and more writers would only steal the cores that encode the
+        // next batch. A batch short of a full one is the last of its write (or a small
+        // write): it is placed here, as a thread would only add its start-up.
+        let shared = Arc::clone(&self.store.shared);
+        let place_all = move || {
+            encoded
+                .into_iter()
+                .map(|block| {
+                    let run = place(&shared, &block);
+                    (block, run)
+                })
+                .collect()
+        };
+        if blocks < WRITE_BATCH {
+            return self.point_at(name, place_all());
+        }
+        let worker = std::thread::Builder::new()
+            .name("lcpfs-place".into())
+            .spawn(place_all)
+            .ctx(|| "starting a block writer".into())?;
+        self.placing = Some(Placing {
+            name: name.to_vec(),
+            worker,
+        });
+        Ok(())
+    }
+
+    /// Waits for the batch being placed in the background, if any, and points its
+    /// object's block items at the rows it got.
+    fn finish_placing(&mut self) -> Result<()> {
+        let Some(Placing { name, worker }) = self.placing.take() else {
+            return Ok(());
+        };
+        let placed = worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        self.point_at(&name, placed)
+    }
+
+    /// Points an object's block items at the rows its blocks were written to. Rows of
+    /// blocks that were written are recorded even when another block of the batch
+    /// failed, so that a failed transaction gives them all back.
+    fn point_at(&mut self, name: &[u8], placed: Vec<(Encoded, Result<Run>)>) -> Result<()> {
         let mut first_error = None;
         let mut pointers = Vec::with_capacity(placed.len());
         for (block, run) in placed {
@@ -540,6 +595,9 @@ impl Prep<'_> {
                     self.allocated.insert((run.vdev, run.row), run);
                     self.vdevs_written.insert(run.vdev);
                     pointers.push((block.index, block.pointer(run, self.txg, false)));
+                    if self.spares.len() < 2 * WRITE_BATCH {
+                        self.spares.push(block.stored);
+                    }
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -648,6 +706,13 @@ impl Prep<'_> {
     }
 
     fn write(&mut self, name: &[u8], offset: u64, data: Data) -> Result<()> {
+        let written = self.stream_in(name, offset, data);
+        let placed = self.finish_placing();
+        written.and(placed)
+    }
+
+    /// Writes `data` at `offset`, whole blocks in batches placed in the background.
+    fn stream_in(&mut self, name: &[u8], offset: u64, data: Data) -> Result<()> {
         let mut record = self.record_or_new(name)?;
         let (mut source, expected) = data.into_source();
         let too_big = || Error::Invalid(format!("a write ending past {MAX_OBJECT_SIZE} bytes"));
@@ -664,7 +729,13 @@ impl Prep<'_> {
             let index = position / bs;
             let block_start = index * bs;
             let want = (block_start + bs - position) as usize;
-            let mut chunk = Vec::with_capacity(want);
+            let mut chunk = match self.spares.pop() {
+                Some(mut spare) => {
+                    spare.clear();
+                    spare
+                }
+                None => Vec::with_capacity(want),
+            };
             let got = read_up_to(&mut source, &mut chunk, want)
                 .ctx(|| "reading the data to write".into())?;
             if got == 0 {
@@ -678,9 +749,10 @@ impl Prep<'_> {
             if position == block_start && write_end >= logical_end {
                 whole_blocks.push((index, chunk));
                 if whole_blocks.len() == WRITE_BATCH {
-                    self.write_blocks(name, std::mem::take(&mut whole_blocks))?;
+                    self.queue_blocks(name, std::mem::take(&mut whole_blocks))?;
                 }
             } else {
+                self.finish_placing()?;
                 let mut content = self.read_block(name, index)?;
                 let from = (position - block_start) as usize;
                 let to = (write_end - block_start) as usize;
@@ -695,7 +767,7 @@ impl Prep<'_> {
                 break;
             }
         }
-        self.write_blocks(name, whole_blocks)?;
+        self.queue_blocks(name, whole_blocks)?;
         if let Some(len) = expected
             && position - offset != len
         {

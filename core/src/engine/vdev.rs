@@ -19,7 +19,9 @@
 //! Each disk carries four copies of its label (two at the front, two at the end), so one
 //! damaged area does not lose the disk's identity.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,11 @@ const LABEL_AREA: u64 = 2 * LABEL_SLOT;
 const LABEL_MAGIC: &str = "lcpfs-disk-label";
 /// The smallest disk the engine accepts.
 pub const MIN_DISK_SIZE: u64 = 1 << 20;
+/// Bytes written to a disk since its last flush after which the disk starts writing them
+/// back on its own (like RocksDB's `bytes_per_sync`): a large write then reaches the
+/// device while the next blocks are still being encoded, and the flush at commit waits
+/// only for the tail.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 
 /// How a top-level vdev protects its blocks.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +182,8 @@ pub struct Disk {
     path: RwLock<PathBuf>,
     file: RwLock<Option<Arc<File>>>,
     problem: RwLock<Option<String>>,
+    /// Bytes written since write-back was last started or the disk flushed.
+    unflushed: AtomicU64,
     /// Error counters since the pool was created.
     pub counters: DiskCounters,
 }
@@ -229,7 +238,14 @@ impl Disk {
             return false;
         };
         match file.write_all_at(buf, LABEL_AREA + offset) {
-            Ok(()) => true,
+            Ok(()) => {
+                let len = buf.len() as u64;
+                if self.unflushed.fetch_add(len, Ordering::Relaxed) + len >= WRITEBACK_BYTES {
+                    self.unflushed.store(0, Ordering::Relaxed);
+                    start_writeback(&file);
+                }
+                true
+            }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(disk = %self.path().display(), offset, "write failed: {e}");
@@ -240,11 +256,38 @@ impl Disk {
 
     fn sync(&self) -> Result<()> {
         if let Some(file) = self.file() {
+            self.unflushed.store(0, Ordering::Relaxed);
             file.sync_data()
                 .ctx(|| format!("flushing disk {}", self.path().display()))?;
         }
         Ok(())
     }
+}
+
+/// Starts writing a disk's dirty pages back without waiting for them: a hint, the flush
+/// at commit is what makes them durable and reports errors.
+fn start_writeback(file: &File) {
+    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Flushes disks, each on its own thread when there are several, so that their devices
+/// work at once; returns the first failure.
+pub(crate) fn sync_disks(disks: &[&Disk]) -> Result<()> {
+    if let [disk] = disks {
+        return disk.sync();
+    }
+    std::thread::scope(|scope| {
+        let flushes: Vec<_> = disks
+            .iter()
+            .map(|disk| scope.spawn(move || disk.sync()))
+            .collect();
+        flushes
+            .into_iter()
+            .map(|flush| flush.join().expect("a disk flush panicked"))
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
 }
 
 /// The number of whole sectors between the label areas of a disk of `size` bytes.
@@ -368,6 +411,7 @@ pub(crate) fn open_disk(config: &DiskConfig, pool_id: &str) -> Disk {
         path: RwLock::new(config.path.clone()),
         file: RwLock::new(None),
         problem: RwLock::new(None),
+        unflushed: AtomicU64::new(0),
         counters: DiskCounters::default(),
     };
     match check_disk(config, pool_id) {
@@ -431,6 +475,13 @@ pub struct Extent<'a> {
     pub psize: u32,
     /// BLAKE3 of the stored bytes.
     pub checksum: &'a [u8; 32],
+}
+
+impl Extent<'_> {
+    /// Whether `stored` are the bytes the checksum names.
+    pub fn verifies(&self, stored: &[u8]) -> bool {
+        blake3::hash(stored).as_bytes() == self.checksum
+    }
 }
 
 impl Vdev {
@@ -513,24 +564,34 @@ impl Vdev {
     }
 
     /// The bytes each disk holds for a block: the full padded copy for single and mirror,
-    /// one column per disk for raidz.
-    fn encode(&self, data: &[u8], nrows: u32) -> Result<Vec<Vec<u8>>> {
+    /// one column per disk for raidz. Whole columns borrow `data`; only a short last
+    /// column is copied to pad it.
+    fn encode<'a>(&self, data: &'a [u8], nrows: u32) -> Result<Vec<Cow<'a, [u8]>>> {
         let column = nrows as usize * SECTOR as usize;
-        match &self.codec {
-            None => {
+        let padded = |chunk: &'a [u8]| -> Cow<'a, [u8]> {
+            if chunk.len() == column {
+                Cow::Borrowed(chunk)
+            } else {
                 let mut copy = vec![0u8; column];
-                copy[..data.len()].copy_from_slice(data);
-                Ok(vec![copy; self.disks.len()])
+                copy[..chunk.len()].copy_from_slice(chunk);
+                Cow::Owned(copy)
             }
+        };
+        match &self.codec {
+            None => Ok(vec![padded(data); self.disks.len()]),
             Some(codec) => {
-                let mut shards = vec![vec![0u8; column]; self.disks.len()];
-                for (i, chunk) in data.chunks(column).enumerate() {
-                    shards[i][..chunk.len()].copy_from_slice(chunk);
-                }
+                let mut columns: Vec<Cow<'a, [u8]>> = (0..self.data_columns())
+                    .map(|i| {
+                        let rest = data.get(i * column..).unwrap_or_default();
+                        padded(&rest[..rest.len().min(column)])
+                    })
+                    .collect();
+                let mut parity = vec![vec![0u8; column]; self.disks.len() - columns.len()];
                 codec
-                    .encode(&mut shards)
+                    .encode_sep(&columns, &mut parity)
                     .map_err(|e| Error::Invalid(format!("parity encode: {e:?}")))?;
-                Ok(shards)
+                columns.extend(parity.into_iter().map(Cow::Owned));
+                Ok(columns)
             }
         }
     }
@@ -559,7 +620,7 @@ impl Vdev {
             self.disks
                 .iter()
                 .zip(&shards)
-                .filter(|(disk, shard)| !disk.write_at(shard, offset))
+                .filter(|(disk, shard)| !disk.write_at(shard.as_ref(), offset))
                 .count()
         };
         if failed > self.kind.redundancy(self.disks.len()) {
@@ -573,12 +634,9 @@ impl Vdev {
         Ok(())
     }
 
-    /// Flushes every serving disk of the vdev.
+    /// Flushes every serving disk of the vdev, all at once.
     pub fn sync(&self) -> Result<()> {
-        for disk in &self.disks {
-            disk.sync()?;
-        }
-        Ok(())
+        sync_disks(&self.disks.iter().map(Arc::as_ref).collect::<Vec<_>>())
     }
 
     fn read_columns(&self, extent: &Extent, which: impl Fn(usize) -> bool) -> Vec<Option<Vec<u8>>> {
@@ -631,40 +689,47 @@ impl Vdev {
 
     /// Reads and verifies a block, rebuilding and rewriting damaged copies.
     pub fn read_block(&self, extent: &Extent) -> Result<Vec<u8>> {
+        match self.read_stored(extent, Vec::new())? {
+            Some(data) if extent.verifies(&data) => Ok(data),
+            _ => self.read_repairing(extent),
+        }
+    }
+
+    /// The common case of a read, not yet verified: the first readable copy, or the
+    /// data columns straight into one buffer (no parity read, no copy). `buf` is
+    /// memory a caller reading many blocks passes in again. `None` when a disk this
+    /// needs failed the read.
+    pub fn read_stored(&self, extent: &Extent, mut buf: Vec<u8>) -> Result<Option<Vec<u8>>> {
         self.check_extent(extent)?;
         let psize = extent.psize as usize;
-        if self.codec.is_some() {
-            let data_columns = self.data_columns();
-            let needed = psize.div_ceil(extent.nrows as usize * SECTOR as usize);
-            let columns = self.read_columns(extent, |i| i < needed.min(data_columns));
-            if let Some(data) = self.assemble(&columns, psize)
-                && blake3::hash(&data).as_bytes() == extent.checksum
-            {
-                return Ok(data);
-            }
+        let column = extent.nrows as usize * SECTOR as usize;
+        let offset = extent.row * SECTOR;
+        buf.clear();
+        let complete = if self.codec.is_some() {
+            let needed = psize.div_ceil(column).min(self.data_columns());
+            buf.resize(needed * column, 0);
+            buf.chunks_mut(column)
+                .zip(&self.disks)
+                .all(|(part, disk)| disk.read_at(part, offset))
         } else {
-            for i in 0..self.disks.len() {
-                let Some(mut copy) = self.read_columns(extent, |c| c == i).swap_remove(i) else {
-                    continue;
-                };
-                copy.truncate(psize);
-                if blake3::hash(&copy).as_bytes() == extent.checksum {
-                    if i > 0 {
-                        // Earlier copies failed: heal them from this one.
-                        self.check_block(extent)?;
-                    }
-                    return Ok(copy);
-                }
-            }
-        }
+            buf.resize(column, 0);
+            self.disks.iter().any(|disk| disk.read_at(&mut buf, offset))
+        };
+        buf.truncate(psize);
+        Ok(complete.then_some(buf))
+    }
+
+    /// Reads a block whose common-case read failed or did not verify: every copy or
+    /// column, rebuilt from the good ones, the damaged ones rewritten.
+    pub fn read_repairing(&self, extent: &Extent) -> Result<Vec<u8>> {
+        self.check_extent(extent)?;
         let (check, data) = self.verify_all(extent)?;
-        match data {
-            Some(data) => Ok(data),
-            None => Err(Error::DataLoss(format!(
+        data.ok_or_else(|| {
+            Error::DataLoss(format!(
                 "block at vdev {} row {} fails its checksum on every copy ({} repaired)",
                 self.index, extent.row, check.repaired
-            ))),
-        }
+            ))
+        })
     }
 
     /// Scrubs one block: reads every copy or column (parity included), verifies, and
@@ -705,7 +770,7 @@ impl Vdev {
         let mut repaired = 0;
         for ((disk, column), want) in self.disks.iter().zip(&columns).zip(&expected) {
             let Some(column) = column else { continue };
-            if column != want {
+            if column.as_slice() != want.as_ref() {
                 disk.counters
                     .checksum_errors
                     .fetch_add(1, Ordering::Relaxed);
@@ -715,7 +780,7 @@ impl Vdev {
                     row = extent.row,
                     "checksum mismatch; rewriting from good copy"
                 );
-                if disk.write_at(want, extent.row * SECTOR) {
+                if disk.write_at(want.as_ref(), extent.row * SECTOR) {
                     disk.sync()?;
                     repaired += 1;
                 }
@@ -784,7 +849,7 @@ impl Vdev {
             return Ok(false);
         };
         let expected = self.encode(&good, extent.nrows)?;
-        if !self.disks[child].write_at(&expected[child], extent.row * SECTOR) {
+        if !self.disks[child].write_at(expected[child].as_ref(), extent.row * SECTOR) {
             return Err(Error::Unavailable(format!(
                 "cannot write to {}",
                 self.disks[child].path().display()
