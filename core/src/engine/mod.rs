@@ -35,10 +35,11 @@ pub mod txn;
 pub mod vdev;
 pub mod view;
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use rocksdb::{DB, WriteBatch};
 
@@ -68,11 +69,8 @@ pub(crate) struct Shared {
     pub alloc: Arc<Allocator>,
     pub cache: arc::BlockCache,
     pub l2: Option<Arc<l2arc::L2Cache>>,
-    /// Held shared by every transaction from its first block write until it is
-    /// durable, and exclusively while a replaced disk is attached: a block written
-    /// while the disk was missing then belongs to a transaction committed before the
-    /// resilver walks the store, and every block after the attach reaches the new disk.
-    pub writes: RwLock<()>,
+    /// Transactions being prepared or committed (see [`InFlight`]).
+    pub transactions: InFlight,
     last_txg: AtomicU64,
 }
 
@@ -238,6 +236,71 @@ impl Shared {
         self.cache
             .get(&key)
             .or_else(|| Some(Arc::new(self.l2.as_ref()?.get(&key)?)))
+    }
+}
+
+/// Transactions in flight, by the generation they started in. Replacing a disk attaches
+/// the new one, starts a generation, and waits for the transactions of the earlier ones
+/// to end: their blocks may have skipped the new disk, and once they are committed the
+/// resilver that follows finds them. No transaction ever waits for a replace.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    state: Mutex<Generations>,
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: u64,
+    /// Transactions in flight per generation; generations with none are removed.
+    active: BTreeMap<u64, usize>,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.state.lock().expect("transactions lock poisoned")
+    }
+
+    /// Counts a transaction in the current generation until the guard drops.
+    pub fn enter(&self) -> Transacting<'_> {
+        let mut state = self.lock();
+        let generation = state.current;
+        *state.active.entry(generation).or_default() += 1;
+        Transacting {
+            owner: self,
+            generation,
+        }
+    }
+
+    /// Starts a new generation and waits until every transaction of the earlier ones
+    /// has ended.
+    pub fn drain(&self) {
+        let mut state = self.lock();
+        state.current += 1;
+        let current = state.current;
+        while state.active.range(..current).next().is_some() {
+            state = self.ended.wait(state).expect("transactions lock poisoned");
+        }
+    }
+}
+
+/// A transaction counted by [`InFlight`].
+pub(crate) struct Transacting<'a> {
+    owner: &'a InFlight,
+    generation: u64,
+}
+
+impl Drop for Transacting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.owner.lock();
+        if let Some(count) = state.active.get_mut(&self.generation) {
+            *count -= 1;
+            if *count == 0 {
+                state.active.remove(&self.generation);
+            }
+        }
+        drop(state);
+        self.owner.ended.notify_all();
     }
 }
 

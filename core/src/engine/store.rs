@@ -605,7 +605,7 @@ impl Store {
             vdevs,
             alloc,
             cache: super::arc::block_cache(options.cache_bytes),
-            writes: RwLock::new(()),
+            transactions: super::InFlight::default(),
             last_txg: AtomicU64::new(last_txg),
         });
         let (sender, receiver) = mpsc::sync_channel(1024);
@@ -1324,12 +1324,10 @@ impl Store {
             ..new_config.clone()
         };
         let disk = &vdev.disks[child];
-        {
-            // Transactions that wrote blocks while the disk was missing commit first, so
-            // that the walk below finds their blocks; later ones write the new disk too.
-            let _quiet = self.shared.writes.write().expect("writes lock poisoned");
-            disk.attach(new_path.to_path_buf(), file);
-        }
+        disk.attach(new_path.to_path_buf(), file);
+        // Blocks written from now on reach the new disk; those of transactions already
+        // under way may have skipped it: once they have ended, the walk finds them.
+        self.shared.transactions.drain();
         let report = super::scrub::resilver(self, v, child)?;
         let txg = self.next_txg();
         self.submit(Prepared {

@@ -29,7 +29,8 @@ use super::view::{Lineage, Reader};
 /// Largest object size the engine accepts (far beyond any disk).
 const MAX_OBJECT_SIZE: u64 = 1 << 60;
 /// Whole blocks a streaming write gathers before encoding them in parallel: enough to
-/// keep every core busy, little enough to bound memory (8 records).
+/// keep every core busy, little enough to bound memory (a large write holds three
+/// batches: one being written, one being encoded, and the buffers kept for the next).
 const WRITE_BATCH: usize = 8;
 
 /// A block compressed and checksummed, not yet placed on disk.
@@ -366,7 +367,7 @@ impl Store {
         }
         let _dedup = self.dedup_lock(info.settings.dedup);
         let _locks = self.lock_objects(info.id, names.iter().map(Vec::as_slice));
-        let _writes = self.shared.writes.read().expect("writes lock poisoned");
+        let _transacting = self.shared.transactions.enter();
         let txg = self.next_txg();
         let pin = self.shared.alloc.pin();
         let reader = Reader::new(&self.shared.db);
@@ -595,7 +596,7 @@ impl Prep<'_> {
                     self.allocated.insert((run.vdev, run.row), run);
                     self.vdevs_written.insert(run.vdev);
                     pointers.push((block.index, block.pointer(run, self.txg, false)));
-                    if self.spares.len() < 2 * WRITE_BATCH {
+                    if self.spares.len() < WRITE_BATCH {
                         self.spares.push(block.stored);
                     }
                 }

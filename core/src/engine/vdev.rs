@@ -266,28 +266,43 @@ impl Disk {
 
 /// Starts writing a disk's dirty pages back without waiting for them: a hint, the flush
 /// at commit is what makes them durable and reports errors.
+#[cfg(target_os = "linux")]
 fn start_writeback(file: &File) {
     // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
     unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-/// Flushes disks, each on its own thread when there are several, so that their devices
-/// work at once; returns the first failure.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File) {}
+
+/// Flushes disks at once: the first on this thread, each other one on a thread of its
+/// own (or here too when no thread can be started); returns the first failure.
 pub(crate) fn sync_disks(disks: &[&Disk]) -> Result<()> {
-    if let [disk] = disks {
-        return disk.sync();
-    }
+    let Some((first, others)) = disks.split_first() else {
+        return Ok(());
+    };
     std::thread::scope(|scope| {
-        let flushes: Vec<_> = disks
+        let flushes: Vec<_> = others
             .iter()
-            .map(|disk| scope.spawn(move || disk.sync()))
+            .map(|disk| {
+                let flush = std::thread::Builder::new()
+                    .name("lcpfs-flush".into())
+                    .spawn_scoped(scope, move || disk.sync());
+                (disk, flush)
+            })
             .collect();
-        flushes
-            .into_iter()
-            .map(|flush| flush.join().expect("a disk flush panicked"))
-            .collect::<Result<Vec<()>>>()
-    })?;
-    Ok(())
+        let mut outcome = first.sync();
+        for (disk, flush) in flushes {
+            let flushed = match flush {
+                Ok(flush) => flush
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => disk.sync(),
+            };
+            outcome = outcome.and(flushed);
+        }
+        outcome
+    })
 }
 
 /// The number of whole sectors between the label areas of a disk of `size` bytes.
