@@ -227,7 +227,7 @@ pub async fn run(
                 let layout = Striper::new(objects.clone(), &pool)
                     .layout(name.as_bytes())
                     .await?;
-                let first = crate::striper::piece_name(name.as_bytes(), 0);
+                let first = crate::striper::head_name(name.as_bytes());
                 (layout.size, objects.stat(&pool, &first).await?.mtime_ns)
             } else {
                 let stat = objects.stat(&pool, name.as_bytes()).await?;

@@ -1,13 +1,22 @@
 //! Data larger than one object, like libradosstriper: a striped object `NAME` is
-//! stored as pieces `NAME.0000000000000000`, `NAME.0000000000000001`, ... of a fixed
-//! size (4 MiB by default), written and read several at a time.
+//! stored as a head `NAME.0000000000000000` holding the first piece and the layout
+//! (`striper.size`, `striper.piece_size`, `striper.generation` xattrs), and pieces
+//! `NAME.<index>.<generation>` (16 hex digits each) of a fixed size (4 MiB by
+//! default) for the rest, written and read several at a time.
 //!
-//! The first piece carries the layout (`striper.size`, `striper.piece_size`
-//! xattrs) and is written last, with its data and the new size in one atomic
-//! operation: until then readers see the previous size, and a write that fails
-//! half-way leaves the previous size in place. Pieces beyond a shorter new size are
-//! removed after it. A reader running during an overwrite may see pieces of both
-//! versions; writers of one name must not overlap.
+//! Every write picks a new generation, so its pieces never overwrite those of the
+//! version readers see. The head is written last, its data and the new layout in one
+//! atomic operation: until then readers see the previous version whole, and a write
+//! that fails half-way leaves it in place (and removes what it wrote). The previous
+//! version's pieces are removed after the head. A reader takes the layout and the
+//! first piece in one operation and reads only pieces of that generation: it returns
+//! one version whole, or, when a newer version replaced it while it read, fails
+//! saying so, never a mix. Writers of one name must not overlap (the pieces of an
+//! overlapping writer that loses may stay behind).
+//!
+//! Objects striped before generations existed (no `striper.generation`) keep their
+//! pieces named `NAME.<index>` and read as before; writing them again moves them to
+//! the new naming.
 //!
 //! ```no_run
 //! # async fn demo(objects: std::sync::Arc<lcpfs_client::objects::ObjectClient>) -> anyhow::Result<()> {
@@ -27,7 +36,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use lcpfs_proto::object_op::Op;
-use lcpfs_proto::{KeyValue, ObjectOp, op_result};
+use lcpfs_proto::{KeyValue, ObjectOp, ReadRange, op_result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::objects::ObjectClient;
@@ -36,14 +45,18 @@ use crate::objects::ObjectClient;
 pub const DEFAULT_PIECE_SIZE: u64 = 4 << 20;
 const SIZE_XATTR: &str = "striper.size";
 const PIECE_XATTR: &str = "striper.piece_size";
+const GENERATION_XATTR: &str = "striper.generation";
 
-/// How a striped object is laid out, read from its first piece.
+/// How a striped object is laid out, read from its head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Logical size in bytes.
     pub size: u64,
     /// Size of each piece (the last may be shorter).
     pub piece_size: u64,
+    /// The write that stored this version; it names the pieces after the first. 0:
+    /// an object striped before generations, whose pieces carry no generation.
+    pub generation: u64,
 }
 
 impl Layout {
@@ -51,11 +64,27 @@ impl Layout {
     pub fn pieces(&self) -> u64 {
         self.size.div_ceil(self.piece_size).max(1)
     }
+
+    /// The name of piece `index` of striped object `name` in this version.
+    pub fn piece_name(&self, name: &[u8], index: u64) -> Vec<u8> {
+        let suffix = if index == 0 || self.generation == 0 {
+            format!(".{index:016x}")
+        } else {
+            format!(".{index:016x}.{:016x}", self.generation)
+        };
+        [name, suffix.as_bytes()].concat()
+    }
+
+    /// Bytes of piece `index`.
+    fn piece_length(&self, index: u64) -> u64 {
+        self.piece_size
+            .min(self.size.saturating_sub(index * self.piece_size))
+    }
 }
 
-/// The name of piece `index` of striped object `name`.
-pub fn piece_name(name: &[u8], index: u64) -> Vec<u8> {
-    [name, format!(".{index:016x}").as_bytes()].concat()
+/// The name of the head of striped object `name`: its first piece, with the layout.
+pub fn head_name(name: &[u8]) -> Vec<u8> {
+    [name, format!(".{:016x}", 0).as_bytes()].concat()
 }
 
 fn op(op: Op) -> ObjectOp {
@@ -67,6 +96,21 @@ fn parse_u64(value: &[u8], what: &str) -> anyhow::Result<u64> {
         .ok()
         .and_then(|text| text.parse().ok())
         .with_context(|| format!("the striped object's {what} is not a number"))
+}
+
+fn get_xattr(key: &str) -> ObjectOp {
+    op(Op::GetXattr(key.to_owned()))
+}
+
+fn set_xattr(key: &str, value: u64) -> ObjectOp {
+    op(Op::SetXattr(KeyValue {
+        key: key.to_owned(),
+        value: value.to_string().into_bytes(),
+    }))
+}
+
+fn is_missing(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("does not exist")
 }
 
 /// Striped objects of one pool.
@@ -96,37 +140,64 @@ impl Striper {
 
     /// The layout of striped object `name`.
     pub async fn layout(&self, name: &[u8]) -> anyhow::Result<Layout> {
-        let reply = self
+        Ok(self.head(name, false).await?.0)
+    }
+
+    /// The layout of striped object `name` and, with `data`, its first piece, read in
+    /// one operation so that both belong to the same version.
+    async fn head(&self, name: &[u8], data: bool) -> anyhow::Result<(Layout, Vec<u8>)> {
+        let mut ops = vec![
+            get_xattr(SIZE_XATTR),
+            get_xattr(PIECE_XATTR),
+            get_xattr(GENERATION_XATTR),
+        ];
+        if data {
+            ops.push(op(Op::Read(ReadRange {
+                offset: 0,
+                length: 0,
+            })));
+        }
+        let reply = match self
             .objects
-            .operate(
-                &self.pool,
-                &piece_name(name, 0),
-                vec![
-                    op(Op::GetXattr(SIZE_XATTR.to_owned())),
-                    op(Op::GetXattr(PIECE_XATTR.to_owned())),
-                ],
-            )
+            .operate(&self.pool, &head_name(name), ops.clone())
             .await
-            .map_err(|error| self.not_striped(name, error))?;
-        let values: Vec<Vec<u8>> = reply
-            .results
-            .into_iter()
-            .filter_map(|result| match result.result {
-                Some(op_result::Result::Xattr(value)) => Some(value),
-                _ => None,
-            })
-            .collect();
-        let [size, piece_size] = &values[..] else {
-            bail!("the OSD sent an incomplete striper layout");
+        {
+            Err(error) if format!("{error:#}").contains(GENERATION_XATTR) => {
+                // Striped before generations existed.
+                ops.remove(2);
+                self.objects
+                    .operate(&self.pool, &head_name(name), ops)
+                    .await
+            }
+            reply => reply,
+        }
+        .map_err(|error| self.not_striped(name, error))?;
+        let mut numbers = Vec::new();
+        let mut first = Vec::new();
+        for result in reply.results {
+            match result.result {
+                Some(op_result::Result::Xattr(value)) => numbers.push(value),
+                Some(op_result::Result::Data(bytes)) => first = bytes,
+                _ => {}
+            }
+        }
+        let (size, piece_size, generation) = match &numbers[..] {
+            [size, piece_size] => (size, piece_size, None),
+            [size, piece_size, generation] => (size, piece_size, Some(generation)),
+            _ => bail!("the OSD sent an incomplete striper layout"),
         };
         let layout = Layout {
             size: parse_u64(size, "size")?,
             piece_size: parse_u64(piece_size, "piece size")?,
+            generation: generation
+                .map(|value| parse_u64(value, "generation"))
+                .transpose()?
+                .unwrap_or(0),
         };
         if layout.piece_size == 0 {
             bail!("the striped object has a piece size of 0");
         }
-        Ok(layout)
+        Ok((layout, first))
     }
 
     fn not_striped(&self, name: &[u8], error: anyhow::Error) -> anyhow::Error {
@@ -147,13 +218,74 @@ impl Striper {
     pub async fn write(
         &self,
         name: &[u8],
-        mut reader: impl AsyncRead + Unpin,
+        reader: impl AsyncRead + Unpin,
         progress: impl Fn(u64),
     ) -> anyhow::Result<u64> {
-        let old = self.layout(name).await.ok();
-        let piece_size = self.piece_size;
-        let mut first: Option<Vec<u8>> = None;
-        let mut size = 0u64;
+        let old = match self.layout(name).await {
+            Ok(layout) => Some(layout),
+            Err(error) if is_missing(&error) => None,
+            Err(error) => return Err(error),
+        };
+        let mut layout = Layout {
+            size: 0,
+            piece_size: self.piece_size,
+            generation: loop {
+                let generation: u64 = rand::random();
+                if generation != 0 && old.is_none_or(|old| old.generation != generation) {
+                    break generation;
+                }
+            },
+        };
+        let mut written = 0;
+        let stored = self
+            .write_pieces(name, reader, &mut layout, &mut written, &progress)
+            .await;
+        let (first, stored) = match stored {
+            Ok(done) => done,
+            Err(error) => {
+                // Nothing refers to this generation's pieces yet: take them back.
+                for index in 1..=written {
+                    let _ = self.remove_piece(&layout.piece_name(name, index)).await;
+                }
+                return Err(error);
+            }
+        };
+        // The head commits the new version: its first piece and layout at once.
+        let first_length = first.len() as u64;
+        self.objects
+            .operate(
+                &self.pool,
+                &head_name(name),
+                vec![
+                    op(Op::WriteFull(first)),
+                    set_xattr(SIZE_XATTR, layout.size),
+                    set_xattr(PIECE_XATTR, layout.piece_size),
+                    set_xattr(GENERATION_XATTR, layout.generation),
+                ],
+            )
+            .await?;
+        progress(stored + first_length);
+        if let Some(old) = old {
+            for index in 1..old.pieces() {
+                self.remove_piece(&old.piece_name(name, index)).await?;
+            }
+        }
+        Ok(layout.size)
+    }
+
+    /// Reads `reader` to its end, storing every piece but the first (returned, with
+    /// the bytes stored) under `layout`'s generation and counting its size there;
+    /// `written` counts the pieces stored, for a failed write to take back.
+    async fn write_pieces(
+        &self,
+        name: &[u8],
+        mut reader: impl AsyncRead + Unpin,
+        layout: &mut Layout,
+        written: &mut u64,
+        progress: &impl Fn(u64),
+    ) -> anyhow::Result<(Vec<u8>, u64)> {
+        let piece_size = layout.piece_size;
+        let mut first = Vec::new();
         let mut index = 0u64;
         let mut stored = 0u64;
         let mut in_flight = tokio::task::JoinSet::new();
@@ -168,16 +300,17 @@ impl Striper {
                 break;
             }
             let length = piece.len() as u64;
-            size += length;
+            layout.size += length;
             if index == 0 {
-                first = Some(piece);
+                first = piece;
             } else {
                 while in_flight.len() >= self.parallel {
                     stored += in_flight.join_next().await.expect("a write in flight")??;
                     progress(stored);
                 }
                 let objects = self.objects.clone();
-                let (pool, piece_name) = (self.pool.clone(), piece_name(name, index));
+                let (pool, piece_name) = (self.pool.clone(), layout.piece_name(name, index));
+                *written = index;
                 in_flight.spawn(async move {
                     objects.put(&pool, &piece_name, piece).await?;
                     anyhow::Ok(length)
@@ -192,67 +325,45 @@ impl Striper {
             stored += done??;
             progress(stored);
         }
-        // The first piece commits the new size with its data.
-        let first = first.unwrap_or_default();
-        let first_length = first.len() as u64;
-        self.objects
-            .operate(
-                &self.pool,
-                &piece_name(name, 0),
-                vec![
-                    op(Op::WriteFull(first)),
-                    op(Op::SetXattr(KeyValue {
-                        key: SIZE_XATTR.to_owned(),
-                        value: size.to_string().into_bytes(),
-                    })),
-                    op(Op::SetXattr(KeyValue {
-                        key: PIECE_XATTR.to_owned(),
-                        value: piece_size.to_string().into_bytes(),
-                    })),
-                ],
-            )
-            .await?;
-        progress(stored + first_length);
-        if let Some(old) = old {
-            let new_pieces = Layout { size, piece_size }.pieces();
-            for stale in new_pieces..old.pieces() {
-                self.remove_piece(name, stale).await?;
-            }
-        }
-        Ok(size)
+        Ok((first, stored))
     }
 
-    async fn remove_piece(&self, name: &[u8], index: u64) -> anyhow::Result<()> {
-        match self
-            .objects
-            .remove(&self.pool, &piece_name(name, index))
-            .await
-        {
-            Err(error) if format!("{error:#}").contains("does not exist") => Ok(()),
+    async fn remove_piece(&self, piece_name: &[u8]) -> anyhow::Result<()> {
+        match self.objects.remove(&self.pool, piece_name).await {
+            Err(error) if is_missing(&error) => Ok(()),
             result => result,
         }
     }
 
     /// Writes striped object `name` to `writer`; calls `progress` with the bytes
-    /// written so far. Returns the size.
+    /// written so far. Returns the size. Fails, rather than mix versions, when a newer
+    /// version replaces the object during the read.
     pub async fn read(
         &self,
         name: &[u8],
         mut writer: impl AsyncWrite + Unpin,
         progress: impl Fn(u64),
     ) -> anyhow::Result<u64> {
-        let layout = self.layout(name).await?;
+        let (layout, mut first) = self.head(name, true).await?;
+        let length = layout.piece_length(0);
+        if (first.len() as u64) < length {
+            bail!(
+                "piece 0 holds {} bytes, the layout says {length}",
+                first.len()
+            );
+        }
+        first.truncate(length as usize);
+        writer.write_all(&first).await?;
+        let mut written = first.len() as u64;
+        progress(written);
         let pieces = layout.pieces();
         let mut fetches = VecDeque::new();
-        let mut next = 0u64;
-        let mut written = 0u64;
-        for index in 0..pieces {
+        let mut next = 1u64;
+        for index in 1..pieces {
             while next < pieces && fetches.len() < self.parallel {
                 let objects = self.objects.clone();
-                let (pool, piece_name) = (self.pool.clone(), piece_name(name, next));
-                let length = layout
-                    .piece_size
-                    .min(layout.size.saturating_sub(next * layout.piece_size));
+                let (pool, piece_name) = (self.pool.clone(), layout.piece_name(name, next));
+                let length = layout.piece_length(next);
                 fetches.push_back(tokio::spawn(async move {
                     let data = objects.read(&pool, &piece_name, 0, length).await?;
                     if (data.len() as u64) < length {
@@ -265,12 +376,19 @@ impl Striper {
                 }));
                 next += 1;
             }
-            let data = fetches
+            let data = match fetches
                 .pop_front()
                 .expect("a fetch per piece")
                 .await
                 .context("piece fetch")?
-                .with_context(|| format!("piece {index}"))?;
+            {
+                Err(error) if is_missing(&error) => bail!(
+                    "striped object '{}' in pool '{}' was replaced by a newer version while it was read; read it again",
+                    String::from_utf8_lossy(name),
+                    self.pool
+                ),
+                fetched => fetched.with_context(|| format!("piece {index}"))?,
+            };
             writer.write_all(&data).await?;
             written += data.len() as u64;
             progress(written);
@@ -283,8 +401,8 @@ impl Striper {
     pub async fn remove(&self, name: &[u8]) -> anyhow::Result<()> {
         let layout = self.layout(name).await?;
         for index in (1..layout.pieces()).rev() {
-            self.remove_piece(name, index).await?;
+            self.remove_piece(&layout.piece_name(name, index)).await?;
         }
-        self.objects.remove(&self.pool, &piece_name(name, 0)).await
+        self.objects.remove(&self.pool, &head_name(name)).await
     }
 }

@@ -2,10 +2,16 @@
 //! and an empty one make the round trip through the library and the `lcpfs`
 //! command, and a malformed stream (no request, more or fewer bytes than it
 //! announced, above the size limit) is refused without changing the object.
+//! Striped objects are read whole, one version at a time, while they are rewritten.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lcpfs_client::objects::ObjectClient;
+use lcpfs_client::striper::{Layout, Striper, head_name};
+use lcpfs_proto::object_op::Op;
 use lcpfs_proto::osd_client::OsdClient;
-use lcpfs_proto::{DataChunk, OpRequest};
+use lcpfs_proto::{DataChunk, KeyValue, ObjectOp, OpRequest};
 use lcpfs_tests::{cluster_with_pool, contents, lcpfs, placement};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,4 +136,136 @@ async fn objects_stream_whole_and_bad_streams_change_nothing() {
     lcpfs(&["get", "data", "file", "out"]);
     assert!(std::fs::read(dir.path().join("out")).unwrap() == file);
     assert!(objects.get("data", b"file").await.unwrap() == file);
+}
+
+/// Version `k` of the striped object: its own size and its own byte throughout.
+fn version(k: u8) -> Vec<u8> {
+    vec![k; (3 << 20) + (k as usize % 4) * 700_000 + 17]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_striped_object_reads_as_one_version_while_it_is_rewritten() {
+    let cluster = cluster_with_pool(3, &[]).await;
+    let objects = Arc::new(ObjectClient::connect(cluster.client()).await.unwrap());
+    let striper = Arc::new(Striper::new(objects.clone(), "data").with_piece_size(512 << 10));
+    striper
+        .write(b"film", &version(1)[..], |_| {})
+        .await
+        .unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (striper, done) = (striper.clone(), done.clone());
+        tokio::spawn(async move {
+            for k in 2..=25 {
+                striper.write(b"film", &version(k)[..], |_| {}).await?;
+            }
+            done.store(true, Ordering::SeqCst);
+            anyhow::Ok(())
+        })
+    };
+    let (mut whole, mut replaced) = (0, 0);
+    while !done.load(Ordering::SeqCst) {
+        let mut read = Vec::new();
+        match striper.read(b"film", &mut read, |_| {}).await {
+            Ok(size) => {
+                assert_eq!(size as usize, read.len());
+                let k = read[0];
+                assert!(
+                    read == version(k),
+                    "a read mixed versions: {} bytes starting with version {k}",
+                    read.len()
+                );
+                whole += 1;
+            }
+            Err(error) => {
+                assert!(
+                    format!("{error:#}").contains("replaced by a newer version"),
+                    "{error:#}"
+                );
+                replaced += 1;
+            }
+        }
+    }
+    writer.await.unwrap().unwrap();
+    assert!(whole > 0, "no read finished ({replaced} were replaced)");
+    let mut read = Vec::new();
+    striper.read(b"film", &mut read, |_| {}).await.unwrap();
+    assert!(read == version(25));
+    // Only the last version's pieces remain.
+    let layout = striper.layout(b"film").await.unwrap();
+    let mut names: Vec<Vec<u8>> = objects
+        .list("data")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name.into_bytes())
+        .filter(|name| name.starts_with(b"film."))
+        .collect();
+    names.sort();
+    let mut expected: Vec<Vec<u8>> = (0..layout.pieces())
+        .map(|index| layout.piece_name(b"film", index))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    // An object striped before generations: a head without one, pieces named by
+    // index alone. It reads, and writing it again moves it to generations.
+    let legacy = Layout {
+        size: (1 << 20) + 5,
+        piece_size: 512 << 10,
+        generation: 0,
+    };
+    let old = contents("legacy", legacy.size as usize);
+    for index in 1..legacy.pieces() {
+        let start = (index * legacy.piece_size) as usize;
+        let end = (start + legacy.piece_size as usize).min(old.len());
+        objects
+            .put(
+                "data",
+                &legacy.piece_name(b"legacy", index),
+                old[start..end].to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    let set = |key: &str, value: u64| ObjectOp {
+        op: Some(Op::SetXattr(KeyValue {
+            key: key.to_owned(),
+            value: value.to_string().into_bytes(),
+        })),
+    };
+    objects
+        .operate(
+            "data",
+            &head_name(b"legacy"),
+            vec![
+                ObjectOp {
+                    op: Some(Op::WriteFull(old[..legacy.piece_size as usize].to_vec())),
+                },
+                set("striper.size", legacy.size),
+                set("striper.piece_size", legacy.piece_size),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(striper.layout(b"legacy").await.unwrap(), legacy);
+    let mut read = Vec::new();
+    striper.read(b"legacy", &mut read, |_| {}).await.unwrap();
+    assert!(read == old);
+    striper
+        .write(b"legacy", &version(3)[..], |_| {})
+        .await
+        .unwrap();
+    assert_ne!(striper.layout(b"legacy").await.unwrap().generation, 0);
+    for index in 1..legacy.pieces() {
+        let gone = objects
+            .stat("data", &legacy.piece_name(b"legacy", index))
+            .await
+            .unwrap_err();
+        assert!(format!("{gone:#}").contains("does not exist"), "{gone:#}");
+    }
+    let mut read = Vec::new();
+    striper.read(b"legacy", &mut read, |_| {}).await.unwrap();
+    assert!(read == version(3));
 }
