@@ -170,9 +170,13 @@ pub async fn run(
                 let mut output = tokio::fs::File::create(&file)
                     .await
                     .with_context(|| format!("cannot write {file}"))?;
-                striper
+                let read = striper
                     .read(name.as_bytes(), &mut output, |done| bar.set_position(done))
-                    .await?;
+                    .await;
+                if let Err(error) = read {
+                    let _ = tokio::fs::remove_file(&file).await;
+                    return Err(error);
+                }
                 output.sync_all().await?;
             }
             bar.finish_and_clear();

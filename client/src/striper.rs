@@ -7,10 +7,10 @@
 //! Every write picks a new generation, so its pieces never overwrite those of the
 //! version readers see. The head is written last, its data and the new layout in one
 //! atomic operation: until then readers see the previous version whole, and a write
-//! that fails half-way leaves it in place (and removes what it wrote). The previous
-//! version's pieces are removed after the head. A reader takes the layout and the
-//! first piece in one operation and reads only pieces of that generation: it returns
-//! one version whole, or, when a newer version replaced it while it read, fails
+//! that fails before its head leaves it in place (and removes what it wrote). The
+//! previous version's pieces are removed after the head. A reader takes the layout and
+//! the first piece in one operation and reads only pieces of that generation: it
+//! returns one version whole, or, when a newer version replaced it while it read, fails
 //! saying so, never a mix. Writers of one name must not overlap (the pieces of an
 //! overlapping writer that loses may stay behind).
 //!
@@ -162,7 +162,9 @@ impl Striper {
             .operate(&self.pool, &head_name(name), ops.clone())
             .await
         {
-            Err(error) if format!("{error:#}").contains(GENERATION_XATTR) => {
+            Err(error)
+                if format!("{error:#}").contains(&format!("xattr {GENERATION_XATTR:?} of")) =>
+            {
                 // Striped before generations existed.
                 ops.remove(2);
                 self.objects
@@ -267,7 +269,11 @@ impl Striper {
         progress(stored + first_length);
         if let Some(old) = old {
             for index in 1..old.pieces() {
-                self.remove_piece(&old.piece_name(name, index)).await?;
+                self.remove_piece(&old.piece_name(name, index))
+                    .await
+                    .context(
+                        "the new version is stored, but removing the previous version's pieces failed",
+                    )?;
             }
         }
         Ok(layout.size)
@@ -275,7 +281,8 @@ impl Striper {
 
     /// Reads `reader` to its end, storing every piece but the first (returned, with
     /// the bytes stored) under `layout`'s generation and counting its size there;
-    /// `written` counts the pieces stored, for a failed write to take back.
+    /// `written` counts the pieces started, for a failed write to take back. Every put
+    /// has landed or failed when this returns.
     async fn write_pieces(
         &self,
         name: &[u8],
@@ -286,46 +293,60 @@ impl Striper {
     ) -> anyhow::Result<(Vec<u8>, u64)> {
         let piece_size = layout.piece_size;
         let mut first = Vec::new();
-        let mut index = 0u64;
         let mut stored = 0u64;
         let mut in_flight = tokio::task::JoinSet::new();
-        loop {
-            let mut piece = Vec::with_capacity(piece_size as usize);
-            (&mut reader)
-                .take(piece_size)
-                .read_to_end(&mut piece)
-                .await
-                .context("cannot read the data to store")?;
-            if piece.is_empty() && index > 0 {
-                break;
+        let sent: anyhow::Result<()> = async {
+            let mut index = 0u64;
+            loop {
+                let mut piece = Vec::with_capacity(piece_size as usize);
+                (&mut reader)
+                    .take(piece_size)
+                    .read_to_end(&mut piece)
+                    .await
+                    .context("cannot read the data to store")?;
+                if piece.is_empty() && index > 0 {
+                    return Ok(());
+                }
+                let length = piece.len() as u64;
+                layout.size += length;
+                if index == 0 {
+                    first = piece;
+                } else {
+                    while in_flight.len() >= self.parallel {
+                        stored += in_flight.join_next().await.expect("a write in flight")??;
+                        progress(stored);
+                    }
+                    let objects = self.objects.clone();
+                    let (pool, piece_name) = (self.pool.clone(), layout.piece_name(name, index));
+                    *written = index;
+                    in_flight.spawn(async move {
+                        objects.put(&pool, &piece_name, piece).await?;
+                        anyhow::Ok(length)
+                    });
+                }
+                index += 1;
+                if length < piece_size {
+                    return Ok(());
+                }
             }
-            let length = piece.len() as u64;
-            layout.size += length;
-            if index == 0 {
-                first = piece;
-            } else {
-                while in_flight.len() >= self.parallel {
-                    stored += in_flight.join_next().await.expect("a write in flight")??;
+        }
+        .await;
+        let mut failed = sent.err();
+        while let Some(done) = in_flight.join_next().await {
+            match done.map_err(anyhow::Error::from).and_then(|put| put) {
+                Ok(length) => {
+                    stored += length;
                     progress(stored);
                 }
-                let objects = self.objects.clone();
-                let (pool, piece_name) = (self.pool.clone(), layout.piece_name(name, index));
-                *written = index;
-                in_flight.spawn(async move {
-                    objects.put(&pool, &piece_name, piece).await?;
-                    anyhow::Ok(length)
-                });
-            }
-            index += 1;
-            if length < piece_size {
-                break;
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
             }
         }
-        while let Some(done) = in_flight.join_next().await {
-            stored += done??;
-            progress(stored);
+        match failed {
+            Some(error) => Err(error),
+            None => Ok((first, stored)),
         }
-        Ok((first, stored))
     }
 
     async fn remove_piece(&self, piece_name: &[u8]) -> anyhow::Result<()> {
@@ -382,19 +403,44 @@ impl Striper {
                 .await
                 .context("piece fetch")?
             {
-                Err(error) if is_missing(&error) => bail!(
-                    "striped object '{}' in pool '{}' was replaced by a newer version while it was read; read it again",
-                    String::from_utf8_lossy(name),
-                    self.pool
-                ),
+                Err(error) if is_missing(&error) => {
+                    return Err(self.vanished(name, &layout, error).await);
+                }
                 fetched => fetched.with_context(|| format!("piece {index}"))?,
             };
             writer.write_all(&data).await?;
             written += data.len() as u64;
             progress(written);
         }
+        if layout.generation == 0 && self.layout(name).await? != layout {
+            // An object striped before generations has its pieces rewritten in place
+            // by no one, but a write moving it to generations removes them.
+            bail!(self.replaced(name));
+        }
         writer.flush().await?;
         Ok(written)
+    }
+
+    /// Why a piece of the version being read is gone: a newer version replaced it,
+    /// or (the head unchanged) the piece is lost.
+    async fn vanished(&self, name: &[u8], read: &Layout, error: anyhow::Error) -> anyhow::Error {
+        match self.layout(name).await {
+            Ok(now) if now == *read => error.context(format!(
+                "striped object '{}' in pool '{}' misses a piece",
+                String::from_utf8_lossy(name),
+                self.pool
+            )),
+            Ok(_) => anyhow::anyhow!(self.replaced(name)),
+            Err(error) => error,
+        }
+    }
+
+    fn replaced(&self, name: &[u8]) -> String {
+        format!(
+            "striped object '{}' in pool '{}' was replaced by a newer version while it was read; read it again",
+            String::from_utf8_lossy(name),
+            self.pool
+        )
     }
 
     /// Removes striped object `name` and all its pieces.
