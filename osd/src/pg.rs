@@ -5,8 +5,10 @@
 //! has both or neither. The log orders the PG's mutations by a version the primary
 //! assigns: a sequence number, and the epoch its interval as primary began. It
 //! remembers which client request made each one, so a retried request is answered
-//! instead of applied twice. Two copies whose newest entries agree on both hold the
-//! same history; otherwise [`catch_up`] finds where they diverged.
+//! instead of applied twice; the request ids of the newest [`DUPS_KEEP`] versions are
+//! also kept apart (`m/dups`), so that a short log does not forget them. Two copies
+//! whose newest entries agree on both hold the same history; otherwise [`catch_up`]
+//! finds where they diverged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -44,9 +46,15 @@ const MISSING_OBJECT: &[u8] = b"m/missing";
 /// Prefix of client objects in a PG's collection (keeps them apart from the log).
 const OBJECT_PREFIX: &[u8] = b"o/";
 /// Log entries kept per PG by default (older ones are trimmed; a copy whose log
-/// ends before the oldest kept entry is backfilled). Also how many client
-/// requests an OSD remembers per PG, to answer retries.
+/// ends before the oldest kept entry is backfilled).
 pub const LOG_KEEP: u64 = 2048;
+/// The object holding, by version, the request ids (client and request number) of
+/// recent mutations, kept further back than a short log (Ceph's PG log dups), so
+/// that a retried request is recognised after a reload whatever the log's length.
+const DUPS_OBJECT: &[u8] = b"m/dups";
+/// Versions whose request ids a PG keeps in store and in memory to answer retries
+/// (like Ceph's osd_pg_log_dups_tracked); the log's length when that is longer.
+pub const DUPS_KEEP: u64 = 3000;
 
 /// The engine collection of a PG, e.g. `pg.3.1f`.
 pub fn collection(pg: PgId) -> String {
@@ -112,6 +120,29 @@ fn decode_entry(pg: PgId, key: &[u8], value: &[u8]) -> engine::Result<WireEntry>
         tid: entry.tid,
         epoch: entry.epoch,
     })
+}
+
+/// The dups omap entry of a mutation with a request id: version, then the request
+/// number (8 bytes, big endian) and the client's name.
+fn encode_request(entry: &WireEntry) -> (Vec<u8>, Vec<u8>) {
+    let value = [&entry.tid.to_be_bytes()[..], entry.client.as_bytes()].concat();
+    (entry.version.to_be_bytes().to_vec(), value)
+}
+
+fn decode_request(pg: PgId, version: u64, value: &[u8]) -> engine::Result<(String, u64)> {
+    let corrupt = || engine::Error::Corrupt(format!("PG {pg} request id of version {version}"));
+    let (tid, client) = value.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let client = String::from_utf8(client.to_vec()).map_err(|_| corrupt())?;
+    Ok((client, u64::from_be_bytes(*tid)))
+}
+
+/// The dups entries of those of `entries` that carry a request id.
+fn requests_of<'a>(entries: impl IntoIterator<Item = &'a WireEntry>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    entries
+        .into_iter()
+        .filter(|entry| !entry.client.is_empty())
+        .map(encode_request)
+        .collect()
 }
 
 /// True when two log entries record the same mutation.
@@ -248,14 +279,18 @@ impl PgLog {
             self.last = entry.version;
             self.last_epoch = entry.epoch;
         }
-        if entry.client.is_empty() {
-            return;
+        if !entry.client.is_empty() {
+            self.remember(entry.client.clone(), entry.tid, entry.version);
         }
-        let request = (entry.client.clone(), entry.tid);
-        let version = entry.version;
-        self.requests.insert(request.clone(), version);
-        self.order.push_back(request);
-        while self.order.len() as u64 > LOG_KEEP {
+    }
+
+    /// Remembers the version a client request got, for a retry to be answered.
+    fn remember(&mut self, client: String, tid: u64, version: u64) {
+        let request = (client, tid);
+        if self.requests.insert(request.clone(), version).is_none() {
+            self.order.push_back(request);
+        }
+        while self.order.len() as u64 > DUPS_KEEP {
             if let Some(old) = self.order.pop_front() {
                 self.requests.remove(&old);
             }
@@ -286,6 +321,14 @@ pub fn ensure(store: &Store, pg: PgId, compression: Option<&str>) -> engine::Res
 /// Reads a PG's log from the store.
 pub fn load(store: &Store, pg: PgId) -> engine::Result<PgLog> {
     let mut log = PgLog::default();
+    let view = store.head(&collection(pg))?;
+    if view.exists(DUPS_OBJECT)? {
+        for (key, value) in view.omap_range(DUPS_OBJECT, None, None, 0)? {
+            let version = decode_version(pg, &key)?;
+            let (client, tid) = decode_request(pg, version, &value)?;
+            log.remember(client, tid, version);
+        }
+    }
     for entry in log_since(store, pg, 0)?.0 {
         log.record(&entry);
     }
@@ -398,6 +441,19 @@ fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp], log_entries: u64) -> 
             &0u64.to_be_bytes(),
             &(version - log_entries).to_be_bytes(),
         );
+    }
+    let requests = requests_of([entry]);
+    if !requests.is_empty() {
+        txn.create(DUPS_OBJECT, false)
+            .omap_set(DUPS_OBJECT, requests);
+        let dups = DUPS_KEEP.max(log_entries);
+        if version > dups && version.is_multiple_of(dups / 8) {
+            txn.omap_rm_range(
+                DUPS_OBJECT,
+                &0u64.to_be_bytes(),
+                &(version - dups).to_be_bytes(),
+            );
+        }
     }
     txn
 }
@@ -978,17 +1034,22 @@ pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<(
                 txn.remove(&object_key(&name));
             }
         }
-        // A backfilled copy takes the source's whole log, and nothing of its own.
+        // A backfilled copy takes the source's whole log, and nothing of its own:
+        // not even the request ids of writes the source may never have had.
         txn.create(LOG_OBJECT, false).omap_clear(LOG_OBJECT);
+        txn.create(DUPS_OBJECT, false).omap_clear(DUPS_OBJECT);
         if had_missing {
             txn.omap_clear(MISSING_OBJECT);
         }
     } else if let Some(from) = rewind_from {
-        txn.create(LOG_OBJECT, false).omap_rm_range(
-            LOG_OBJECT,
-            &from.to_be_bytes(),
-            &u64::MAX.to_be_bytes(),
-        );
+        // Diverged writes were never acknowledged: a retry of one must apply it.
+        for object in [LOG_OBJECT, DUPS_OBJECT] {
+            txn.create(object, false).omap_rm_range(
+                object,
+                &from.to_be_bytes(),
+                &u64::MAX.to_be_bytes(),
+            );
+        }
     }
     if !missing.is_empty() {
         let marks = missing
@@ -1001,6 +1062,11 @@ pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<(
     if !entries.is_empty() {
         let log = entries.iter().map(encode_entry).collect();
         txn.create(LOG_OBJECT, false).omap_set(LOG_OBJECT, log);
+        let requests = requests_of(entries);
+        if !requests.is_empty() {
+            txn.create(DUPS_OBJECT, false)
+                .omap_set(DUPS_OBJECT, requests);
+        }
     }
     if txn.is_empty() {
         return Ok(());
@@ -1108,6 +1174,56 @@ mod tests {
         vec![ObjectOp {
             op: Some(Op::WriteFull(data.to_vec())),
         }]
+    }
+
+    #[test]
+    fn retried_requests_are_known_past_a_short_log_and_forgotten_when_rewound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        let pg = PgId::new(1, 0);
+        ensure(&store, pg, None).unwrap();
+        for version in 1..=100 {
+            let name = format!("o{}", version % 7);
+            apply(&store, pg, &entry(version, 3, &name), &write_full(b"x"), 16).unwrap();
+        }
+        let (log, oldest) = log_since(&store, pg, 0).unwrap();
+        assert!(
+            oldest > 50 && log.len() < 40,
+            "the log keeps about 16 entries"
+        );
+        let tid = |version: u64| version * 100 + 3;
+        let reloaded = load(&store, pg).unwrap();
+        for version in [1, 40, 100] {
+            assert_eq!(reloaded.applied("c", tid(version)), Some(version));
+        }
+        // Versions 91 on diverged: their requests were never acknowledged.
+        install(
+            &store,
+            pg,
+            &Delivery {
+                rewind_from: Some(91),
+                ..Delivery::default()
+            },
+        )
+        .unwrap();
+        let reloaded = load(&store, pg).unwrap();
+        assert_eq!(reloaded.applied("c", tid(90)), Some(90));
+        assert_eq!(reloaded.applied("c", tid(91)), None);
+        assert_eq!(reloaded.applied("c", tid(100)), None);
+        // A backfilled copy knows the requests of the log it takes, and no others.
+        install(
+            &store,
+            pg,
+            &Delivery {
+                entries: vec![entry(200, 4, "o1")],
+                keep: Some(Vec::new()),
+                ..Delivery::default()
+            },
+        )
+        .unwrap();
+        let reloaded = load(&store, pg).unwrap();
+        assert_eq!(reloaded.applied("c", 200 * 100 + 4), Some(200));
+        assert_eq!(reloaded.applied("c", tid(40)), None);
     }
 
     #[test]
