@@ -228,11 +228,10 @@ pub async fn run(
             striper,
         } => {
             let (size, mtime_ns) = if striper {
-                let layout = Striper::new(objects.clone(), &pool)
-                    .layout(name.as_bytes())
+                let (layout, mtime_ns) = Striper::new(objects.clone(), &pool)
+                    .stat(name.as_bytes())
                     .await?;
-                let first = crate::striper::head_name(name.as_bytes());
-                (layout.size, objects.stat(&pool, &first).await?.mtime_ns)
+                (layout.size, mtime_ns)
             } else {
                 let stat = objects.stat(&pool, name.as_bytes()).await?;
                 (stat.size, stat.mtime_ns)

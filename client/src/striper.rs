@@ -140,23 +140,32 @@ impl Striper {
 
     /// The layout of striped object `name`.
     pub async fn layout(&self, name: &[u8]) -> anyhow::Result<Layout> {
-        Ok(self.head(name, false).await?.0)
+        Ok(self.head(name, None).await?.0)
     }
 
-    /// The layout of striped object `name` and, with `data`, its first piece, read in
-    /// one operation so that both belong to the same version.
-    async fn head(&self, name: &[u8], data: bool) -> anyhow::Result<(Layout, Vec<u8>)> {
+    /// The layout of striped object `name` and when its current version was written
+    /// (nanoseconds since the Unix epoch), read together.
+    pub async fn stat(&self, name: &[u8]) -> anyhow::Result<(Layout, u64)> {
+        match self.head(name, Some(Op::Stat(true))).await? {
+            (layout, Some(op_result::Result::Stat(stat))) => Ok((layout, stat.mtime_ns)),
+            _ => bail!("the OSD sent no stat of the striped object's head"),
+        }
+    }
+
+    /// The layout of striped object `name` and the result of `extra` on its head (a
+    /// read of the first piece, a stat), in one operation so that both belong to the
+    /// same version.
+    async fn head(
+        &self,
+        name: &[u8],
+        extra: Option<Op>,
+    ) -> anyhow::Result<(Layout, Option<op_result::Result>)> {
         let mut ops = vec![
             get_xattr(SIZE_XATTR),
             get_xattr(PIECE_XATTR),
             get_xattr(GENERATION_XATTR),
         ];
-        if data {
-            ops.push(op(Op::Read(ReadRange {
-                offset: 0,
-                length: 0,
-            })));
-        }
+        ops.extend(extra.map(op));
         let reply = match self
             .objects
             .operate(&self.pool, &head_name(name), ops.clone())
@@ -175,12 +184,11 @@ impl Striper {
         }
         .map_err(|error| self.not_striped(name, error))?;
         let mut numbers = Vec::new();
-        let mut first = Vec::new();
+        let mut extra = None;
         for result in reply.results {
             match result.result {
                 Some(op_result::Result::Xattr(value)) => numbers.push(value),
-                Some(op_result::Result::Data(bytes)) => first = bytes,
-                _ => {}
+                other => extra = other.or(extra),
             }
         }
         let (size, piece_size, generation) = match &numbers[..] {
@@ -199,7 +207,7 @@ impl Striper {
         if layout.piece_size == 0 {
             bail!("the striped object has a piece size of 0");
         }
-        Ok((layout, first))
+        Ok((layout, extra))
     }
 
     fn not_striped(&self, name: &[u8], error: anyhow::Error) -> anyhow::Error {
@@ -365,7 +373,14 @@ impl Striper {
         mut writer: impl AsyncWrite + Unpin,
         progress: impl Fn(u64),
     ) -> anyhow::Result<u64> {
-        let (layout, mut first) = self.head(name, true).await?;
+        let read_first = Op::Read(ReadRange {
+            offset: 0,
+            length: 0,
+        });
+        let (layout, mut first) = match self.head(name, Some(read_first)).await? {
+            (layout, Some(op_result::Result::Data(first))) => (layout, first),
+            _ => bail!("the OSD sent no data of the striped object's head"),
+        };
         let length = layout.piece_length(0);
         if (first.len() as u64) < length {
             bail!(

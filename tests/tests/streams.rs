@@ -195,6 +195,9 @@ async fn a_striped_object_reads_as_one_version_while_it_is_rewritten() {
     assert!(read == version(25));
     // Only the last version's pieces remain.
     let layout = striper.layout(b"film").await.unwrap();
+    let (stated, mtime_ns) = striper.stat(b"film").await.unwrap();
+    assert_eq!((stated, layout.size), (layout, version(25).len() as u64));
+    assert!(mtime_ns > 0);
     let mut names: Vec<Vec<u8>> = objects
         .list("data")
         .await
