@@ -74,25 +74,34 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 image: build
 	deploy/image/build.sh $(BIN) lcpfs:dev
 
+# The compose cluster's CA and certificates (deploy/compose/tls), and the client
+# certificate the host's `lcpfs`, smoke test and chaos runs use.
+COMPOSE_TLS := deploy/compose/tls
+CLIENT_TLS := $(CURDIR)/$(COMPOSE_TLS)/client.admin
+
 cluster-up: image
+	deploy/compose/certs.sh $(BIN)/lcpfs
 	$(COMPOSE) up -d
 
 cluster-test: cluster-up
-	deploy/compose/smoke.sh $(BIN)/lcpfs
+	LCPFS_TLS_DIR=$(CLIENT_TLS) deploy/compose/smoke.sh $(BIN)/lcpfs
 
 cluster-down:
 	$(COMPOSE) down --volumes --timeout 20
+	rm -rf $(COMPOSE_TLS)
 
 # Faults at random against the compose cluster with a history checker; not part of
 # `make test`. CHAOS_ARGS, e.g. `--duration 120 --seed 42`, go to lcpfs-chaos.
 CHAOS_ARGS ?= --duration 600
 chaos: cluster-up
-	$(BIN)/lcpfs-chaos $(CHAOS_ARGS)
+	LCPFS_TLS_DIR=$(CLIENT_TLS) $(BIN)/lcpfs-chaos $(CHAOS_ARGS)
 
 # A short run: two minutes of faults against a fresh cluster, removed afterwards
 # whatever the outcome.
 chaos-short: image
 	$(COMPOSE) down --volumes --timeout 20
+	rm -rf $(COMPOSE_TLS)
+	deploy/compose/certs.sh $(BIN)/lcpfs
 	$(COMPOSE) up -d
-	$(BIN)/lcpfs-chaos --duration 120 --recovery-timeout 300 $(CHAOS_ARGS_SHORT); \
-	status=$$?; $(COMPOSE) down --volumes --timeout 20; exit $$status
+	LCPFS_TLS_DIR=$(CLIENT_TLS) $(BIN)/lcpfs-chaos --duration 120 --recovery-timeout 300 $(CHAOS_ARGS_SHORT); \
+	status=$$?; $(COMPOSE) down --volumes --timeout 20; rm -rf $(COMPOSE_TLS); exit $$status

@@ -1,5 +1,6 @@
 //! `lcpfs dev`: a working local cluster with one command — monitors and OSDs on
-//! loopback, file-backed disks under a data folder, a replicated pool ready to use.
+//! loopback, file-backed disks under a data folder, a replicated pool ready to use,
+//! mutual TLS between all of them with a cluster CA made on the first start.
 //! Ctrl-C stops everything; running it again reuses the data.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
 use lcpfs_core::monitor::{Command, CommandOutcome, Query};
+use lcpfs_proto::tls::Tls;
 use tokio::process::{Child, Command as Process};
 
 use crate::mon_client::MonClient;
@@ -32,6 +34,48 @@ pub struct DevArgs {
     /// Size of each OSD's file disk.
     #[arg(long, default_value = "2G")]
     pub disk_size: String,
+    /// Plain connections instead of mutual TLS (by default the cluster CA and every
+    /// daemon's certificate live under DATA/tls).
+    #[arg(long)]
+    pub no_tls: bool,
+}
+
+/// The TLS directories of a dev cluster under `data/tls`: the CA made on the first
+/// start, and a fresh certificate for `entity` (valid for 127.0.0.1) on every start.
+struct DevTls {
+    root: PathBuf,
+}
+
+impl DevTls {
+    fn new(data: &Path) -> anyhow::Result<DevTls> {
+        let root = data.join("tls");
+        let ca = root.join("ca");
+        if !ca.join(crate::certs::CA_KEY_FILE).exists() {
+            crate::certs::create_ca(&ca)?;
+        }
+        Ok(DevTls { root })
+    }
+
+    /// Issues `entity` its certificate and returns its TLS directory.
+    fn issue(&self, entity: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join(entity);
+        crate::certs::issue(
+            &self.root.join("ca"),
+            &dir,
+            entity,
+            &["127.0.0.1".to_owned()],
+            825,
+        )?;
+        Ok(dir)
+    }
+
+    /// `--tls-dir DIR` for a daemon, with its new certificate.
+    fn flags(tls: Option<&DevTls>, entity: &str) -> anyhow::Result<Vec<String>> {
+        Ok(match tls {
+            Some(tls) => vec!["--tls-dir".into(), tls.issue(entity)?.display().to_string()],
+            None => Vec::new(),
+        })
+    }
 }
 
 /// A daemon binary next to this one.
@@ -55,6 +99,8 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("cannot open {}", log.display()))?;
     Process::new(binary)
         .args(args)
+        // TLS only as the flags say, whatever the caller's shell exports.
+        .env_remove(lcpfs_proto::tls::TLS_DIR_ENV)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -106,10 +152,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
         .map(|(name, addr)| format!("{name}={addr}"))
         .collect::<Vec<_>>()
         .join(",");
+    let tls = if args.no_tls {
+        None
+    } else {
+        Some(DevTls::new(&data)?)
+    };
     let mut children = Vec::new();
     for (name, addr) in names.iter().zip(&mon_addrs) {
         let dir = data.join(format!("mon.{name}"));
         let mut flags = vec!["--data".to_owned(), dir.display().to_string()];
+        flags.extend(DevTls::flags(tls.as_ref(), &format!("mon.{name}"))?);
         if !dir.join("mon.json").exists() {
             std::fs::create_dir_all(&dir)?;
             flags.extend([
@@ -123,7 +175,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
         }
         children.push(spawn(&mon_bin, &flags, &dir.join("log"))?);
     }
-    let mon = MonClient::new(&mon_addrs)?.with_timeout(Duration::from_secs(30));
+    let client_tls = match &tls {
+        Some(tls) => Some(tls.issue("client.admin")?),
+        None => None,
+    };
+    let mon = MonClient::with_tls(
+        &mon_addrs,
+        client_tls.as_deref().map(Tls::load).transpose()?,
+    )?
+    .with_timeout(Duration::from_secs(30));
     mon.query::<serde_json::Value>(&Query::Status)
         .await
         .context("the monitors did not come up (see their logs under the data folder)")?;
@@ -137,6 +197,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
             "--mon".into(),
             mon_list.clone(),
         ];
+        flags.extend(DevTls::flags(tls.as_ref(), &format!("osd.{i}"))?);
         if !dir.join("osd.json").exists() {
             std::fs::create_dir_all(&dir)?;
             flags.extend([
@@ -197,10 +258,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     }
     let keyring = data.join("mon.a").join("keyring");
     let env = data.join("lcpfs.env");
+    let tls_line = match &client_tls {
+        Some(dir) => format!("export LCPFS_TLS_DIR={}\n", dir.display()),
+        None => "unset LCPFS_TLS_DIR\n".to_owned(),
+    };
     std::fs::write(
         &env,
         format!(
-            "export LCPFS_MON={mon_list}\nexport LCPFS_KEYRING={}\n",
+            "export LCPFS_MON={mon_list}\nexport LCPFS_KEYRING={}\n{tls_line}",
             keyring.display()
         ),
     )?;

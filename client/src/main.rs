@@ -9,6 +9,7 @@ use lcpfs_client::admin::{
     self, AuthCommand, MapCommand, MonCommand, OsdCommand, PgCommand, PoolCommand,
 };
 use lcpfs_client::bench::{self, BenchArgs};
+use lcpfs_client::certs::{self, CertCommand};
 use lcpfs_client::crush_tool::{self, CrushTestArgs};
 use lcpfs_client::dev::{self, DevArgs};
 use lcpfs_client::mon_client::{MonClient, keyring_path};
@@ -40,6 +41,10 @@ struct Global {
         default_value = "client.admin"
     )]
     keyring_entity: String,
+    /// TLS directory (ca.crt, tls.crt, tls.key) for a cluster that runs with TLS
+    /// (default: $LCPFS_TLS_DIR; plain connections without either).
+    #[arg(long, global = true)]
+    tls_dir: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -63,6 +68,9 @@ enum Command {
     /// Placement groups: scrub and repair.
     #[command(subcommand)]
     Pg(PgCommand),
+    /// The cluster CA and the certificates it issues, for clusters that run with TLS.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Auth entities and their keys.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -91,7 +99,8 @@ enum CrushCommand {
 fn connect(cli: &Global) -> anyhow::Result<MonClient> {
     let timeout = Duration::try_from_secs_f64(cli.timeout)
         .map_err(|_| anyhow::anyhow!("--timeout must be a positive number of seconds"))?;
-    let client = MonClient::from_flags(cli.mon.as_deref())?.with_timeout(timeout);
+    let client =
+        MonClient::from_flags(cli.mon.as_deref(), cli.tls_dir.as_deref())?.with_timeout(timeout);
     match keyring_path(cli.keyring.clone()) {
         Some(path) => client.with_keyring(&path, &cli.keyring_entity),
         None => Ok(client),
@@ -107,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Osd(command) => admin::osd(&connect(&global)?, command, json).await,
         Command::Pool(command) => admin::pool(&connect(&global)?, command, json).await,
         Command::Pg(command) => admin::pg(connect(&global)?, command, json).await,
+        Command::Cert(command) => certs::run(command).await,
         Command::Auth(command) => admin::auth(&connect(&global)?, command, json).await,
         Command::Mon(command) => admin::mon(&connect(&global)?, command, json).await,
         Command::Map(command) => admin::map(&connect(&global)?, command).await,

@@ -14,12 +14,13 @@ use anyhow::{Context, anyhow, bail};
 use lcpfs_core::map::{ClusterMap, MapIncremental};
 use lcpfs_core::monitor::{Command, CommandOutcome, Query, keyring_key};
 use lcpfs_proto::monitor_client::MonitorClient;
+use lcpfs_proto::tls::{self, Tls};
 use lcpfs_proto::{
     CommandRequest, FailureReport, GetMapRequest, MapUpdate, OsdBootRequest, OsdHeartbeatRequest,
     PgStat, PgStatsReport, PingReply, PingRequest, QueryRequest, SubscribeRequest, map_update,
 };
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest message accepted from a monitor (a full map of a large cluster).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -48,6 +49,7 @@ pub struct OsdBoot {
 #[derive(Clone)]
 pub struct MonClient {
     monitors: Vec<(String, Channel)>,
+    tls: Option<Tls>,
     key: Option<String>,
     timeout: Duration,
     /// The newest map epoch any monitor reported; sent with every request.
@@ -55,15 +57,22 @@ pub struct MonClient {
 }
 
 impl MonClient {
-    /// A client for the monitors at `addrs` (`host:port` each).
+    /// A client for the monitors at `addrs` (`host:port` each), over plain
+    /// connections.
     pub fn new(addrs: &[String]) -> anyhow::Result<Self> {
+        Self::with_tls(addrs, None)
+    }
+
+    /// A client for the monitors at `addrs` (`host:port` each), over mutual TLS when
+    /// `tls` is given; everything reached through it (OSDs) uses the same.
+    pub fn with_tls(addrs: &[String], tls: Option<Tls>) -> anyhow::Result<Self> {
         if addrs.is_empty() {
             bail!("no monitor address: pass --mon HOST:PORT[,HOST:PORT...] or set LCPFS_MON");
         }
         let monitors = addrs
             .iter()
             .map(|addr| {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                let endpoint = tls::endpoint(addr, tls.as_ref())
                     .with_context(|| format!("bad monitor address {addr:?}: expected HOST:PORT"))?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true);
@@ -72,14 +81,16 @@ impl MonClient {
             .collect::<anyhow::Result<_>>()?;
         Ok(MonClient {
             monitors,
+            tls,
             key: None,
             timeout: DEFAULT_TIMEOUT,
             epoch: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Monitors from `--mon` (comma-separated) or, without it, `LCPFS_MON`.
-    pub fn from_flags(mon: Option<&str>) -> anyhow::Result<Self> {
+    /// Monitors from `--mon` (comma-separated) or, without it, `LCPFS_MON`; TLS from
+    /// `--tls-dir` or, without it, `LCPFS_TLS_DIR` (plain connections without either).
+    pub fn from_flags(mon: Option<&str>, tls_dir: Option<&Path>) -> anyhow::Result<Self> {
         let list = match mon {
             Some(list) => list.to_owned(),
             None => std::env::var("LCPFS_MON").unwrap_or_default(),
@@ -90,7 +101,12 @@ impl MonClient {
             .filter(|addr| !addr.is_empty())
             .map(str::to_owned)
             .collect();
-        Self::new(&addrs)
+        Self::with_tls(&addrs, Tls::from_flag(tls_dir)?)
+    }
+
+    /// The TLS this client connects with, if any.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// Uses the key of `entity` from a keyring file.
@@ -148,9 +164,10 @@ impl MonClient {
                 match attempt.await {
                     Ok(Ok(value)) => return Ok(value),
                     Ok(Err(status)) if retryable(&status) => {
-                        errors[index] = Some(format!("{addr}: {}", describe(&status)));
+                        let tls = self.tls.is_some();
+                        errors[index] = Some(format!("{addr}: {}", describe(&status, tls)));
                     }
-                    Ok(Err(status)) => bail!("{}", describe(&status)),
+                    Ok(Err(status)) => bail!("{}", describe(&status, self.tls.is_some())),
                     Err(_) => {
                         errors[index].get_or_insert_with(|| format!("{addr}: no answer in time"));
                     }
@@ -362,15 +379,22 @@ impl MonClient {
     }
 }
 
+/// Whether another monitor (or the same one later) may answer: the monitor is not
+/// serving, or the connection failed before any answer (a status with a transport
+/// error as its source, never one a monitor sent).
 fn retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
+    ) || std::error::Error::source(status).is_some()
 }
 
-fn describe(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
+/// What went wrong, with the causes of a failed connection: a TLS handshake's reason
+/// (an unknown issuer, a certificate for another name, no client certificate) is in
+/// them. `tls` says whether this client spoke TLS, to point a plain client at a
+/// cluster that does.
+fn describe(status: &tonic::Status, tls: bool) -> String {
+    let mut text = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else if status.code() == tonic::Code::Unavailable
         && (status.message().contains("transport") || status.message().contains("connect"))
@@ -378,7 +402,21 @@ fn describe(status: &tonic::Status) -> String {
         format!("unreachable ({})", status.message())
     } else {
         status.message().to_owned()
+    };
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        let line = error.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        cause = error.source();
     }
+    if !tls && text.contains("h2 protocol error") {
+        text.push_str(
+            " (a monitor that runs with TLS answers only TLS clients: give --tls-dir or set LCPFS_TLS_DIR)",
+        );
+    }
+    text
 }
 
 /// A subscription to the cluster map.

@@ -30,13 +30,14 @@ use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::osd_client::OsdClient;
+use lcpfs_proto::tls::{self, Tls};
 use lcpfs_proto::{
     DataChunk, EchoMessage, ListRequest, ObjectOp, ObjectStat, OmapEntries, OmapEntry, OmapKeys,
     OmapRange, OpReply, OpRequest, ScrubReply, ScrubRequest, op_result,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::mon_client::MonClient;
 
@@ -63,6 +64,7 @@ pub struct ObjectEntry {
 pub struct ObjectClient {
     map: watch::Receiver<Arc<ClusterMap>>,
     osds: Mutex<HashMap<String, OsdClient<Channel>>>,
+    tls: Option<Tls>,
     client_id: String,
     next_tid: AtomicU64,
     timeout: Duration,
@@ -83,12 +85,14 @@ impl ObjectClient {
             .await
             .context("cannot fetch the cluster map")?;
         let (sender, receiver) = watch::channel(Arc::new(map));
+        let tls = mon.tls().cloned();
         let follower = tokio::spawn(follow(mon, sender));
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
         Ok(ObjectClient {
             map: receiver,
             osds: Mutex::new(HashMap::new()),
+            tls,
             client_id: format!("client.{:016x}", u64::from_le_bytes(id)),
             next_tid: AtomicU64::new(1),
             timeout: Duration::from_secs(60),
@@ -118,7 +122,7 @@ impl ObjectClient {
         if let Some(client) = osds.get(addr) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = tls::endpoint(addr, self.tls.as_ref())
             .with_context(|| format!("bad OSD address {addr:?} in the map"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)

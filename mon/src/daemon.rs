@@ -133,7 +133,16 @@ pub async fn run(options: MonOptions) -> anyhow::Result<()> {
     }
     .validate()?;
     let id = node_id(&name);
-    let raft = Raft::new(id, Arc::new(raft_config), Network, log_store, state_machine).await?;
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config),
+        Network {
+            tls: options.config.tls.clone(),
+        },
+        log_store,
+        state_machine,
+    )
+    .await?;
 
     if !options.initial_members.is_empty() {
         let members: BTreeMap<u64, MonNode> = options
@@ -180,7 +189,8 @@ pub async fn run(options: MonOptions) -> anyhow::Result<()> {
     }
 
     tracing::info!(monitor = %name, %addr, "serving");
-    let server = tonic::transport::Server::builder()
+    let server = lcpfs_proto::tls::server(options.config.tls.as_ref())
+        .context("cannot set up TLS")?
         .add_service(
             MonRaftServer::new(RaftService(monitor.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use lcpfs_mon::daemon::{MonOptions, run};
 use lcpfs_mon::monitor::MonConfig;
+use lcpfs_proto::tls::Tls;
 
 /// LCPFS monitor: holds the cluster map in a Raft quorum.
 ///
@@ -59,6 +60,10 @@ struct Args {
     /// Snapshot the state (and compact the log) every this many entries.
     #[arg(long, default_value_t = 1000)]
     snapshot_every: u64,
+    /// TLS directory (ca.crt, tls.crt, tls.key): mutual TLS with every peer and
+    /// client (default: $LCPFS_TLS_DIR; plain connections without either).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
 
 fn member(text: &str) -> Result<(String, String), String> {
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             quorum_timeout: seconds(args.quorum_timeout, "--quorum-timeout")?,
             full_ratio: ratio(args.mon_osd_full_ratio, "--mon-osd-full-ratio")?,
             nearfull_ratio: ratio(args.mon_osd_nearfull_ratio, "--mon-osd-nearfull-ratio")?,
+            tls: Tls::from_flag(args.tls_dir.as_deref()).map_err(|error| error.to_string())?,
             ..MonConfig::default()
         })
     })();

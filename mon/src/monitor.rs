@@ -11,6 +11,7 @@ use lcpfs_core::map::{MAX_CRUSH_WEIGHT, OsdInfo};
 use lcpfs_core::monitor::{Command, CommandOutcome, OsdUsage, PgSummary, check_entity_name};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::monitor_client::MonitorClient;
+use lcpfs_proto::tls::Tls;
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use rand::RngCore;
@@ -37,6 +38,8 @@ pub struct MonConfig {
     pub full_ratio: f64,
     /// An OSD fuller than this fraction is reported (OSD_NEARFULL).
     pub nearfull_ratio: f64,
+    /// Mutual TLS for connections to the other monitors (`None`: plain).
+    pub tls: Option<Tls>,
 }
 
 impl Default for MonConfig {
@@ -48,6 +51,7 @@ impl Default for MonConfig {
             min_down_reporter_hosts: 2,
             full_ratio: 0.95,
             nearfull_ratio: 0.85,
+            tls: None,
         }
     }
 }
@@ -189,7 +193,7 @@ impl Monitor {
                 let node = nodes.get(&id).ok_or_else(|| {
                     Status::unavailable("the leader is not in the membership yet; retry")
                 })?;
-                let channel = channel(&node.addr).ok_or_else(|| {
+                let channel = channel(&node.addr, self.config.tls.as_ref()).ok_or_else(|| {
                     Status::internal(format!(
                         "leader {} has a bad address {:?}",
                         node.name, node.addr

@@ -5,6 +5,7 @@
 
 use lcpfs_proto::RaftPayload;
 use lcpfs_proto::mon_raft_client::MonRaftClient;
+use lcpfs_proto::tls::{self, Tls};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -15,13 +16,15 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::types::{MonNode, TypeConfig};
 
-/// Makes a [`PeerClient`] per peer monitor.
+/// Makes a [`PeerClient`] per peer monitor, over mutual TLS when `tls` is given.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub tls: Option<Tls>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -30,23 +33,21 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             node: node.clone(),
-            channel: channel(&node.addr),
+            channel: channel(&node.addr, self.tls.as_ref()),
         }
     }
 }
 
 /// A lazily connected gRPC channel to `addr` (`host:port`); `None` if the address
 /// cannot be a URI, which then surfaces as an unreachable peer.
-pub fn channel(addr: &str) -> Option<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .ok()
-        .map(|endpoint| {
-            endpoint
-                .connect_timeout(std::time::Duration::from_secs(1))
-                .timeout(std::time::Duration::from_secs(30))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
+pub fn channel(addr: &str, tls: Option<&Tls>) -> Option<Channel> {
+    tls::endpoint(addr, tls).ok().map(|endpoint| {
+        endpoint
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .timeout(std::time::Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .connect_lazy()
+    })
 }
 
 /// The Raft connection to one peer monitor.

@@ -12,6 +12,7 @@ use lcpfs_core::monitor::{
 use lcpfs_proto::mon_raft_server::MonRaft;
 use lcpfs_proto::monitor_client::MonitorClient;
 use lcpfs_proto::monitor_server::Monitor as MonitorRpc;
+use lcpfs_proto::tls::{Tls, require};
 use lcpfs_proto::{
     CommandReply, CommandRequest, FailureReply, FailureReport, GetMapRequest, MapReply, MapUpdate,
     OsdBootReply, OsdBootRequest, OsdHeartbeatReply, OsdHeartbeatRequest, PgStatsReply,
@@ -47,6 +48,7 @@ impl MonRaft for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        require(&request, &["mon"], "MonRaft.AppendEntries")?;
         let rpc = decode(&request.into_inner().json, "append-entries request")?;
         let result = self.0.raft.append_entries(rpc).await;
         Ok(Response::new(RaftPayload {
@@ -55,6 +57,7 @@ impl MonRaft for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require(&request, &["mon"], "MonRaft.Vote")?;
         let rpc = decode(&request.into_inner().json, "vote request")?;
         let result = self.0.raft.vote(rpc).await;
         Ok(Response::new(RaftPayload {
@@ -66,6 +69,7 @@ impl MonRaft for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        require(&request, &["mon"], "MonRaft.InstallSnapshot")?;
         let rpc = decode(&request.into_inner().json, "install-snapshot request")?;
         let result = self.0.raft.install_snapshot(rpc).await;
         Ok(Response::new(RaftPayload {
@@ -255,6 +259,7 @@ impl MonitorRpc for MonitorService {
         &self,
         request: Request<OsdBootRequest>,
     ) -> Result<Response<OsdBootReply>, Status> {
+        require(&request, &["osd", "mon"], "Monitor.OsdBoot")?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.osd_boot(forwarded(request.into_inner())).await;
         }
@@ -273,6 +278,7 @@ impl MonitorRpc for MonitorService {
         &self,
         request: Request<OsdHeartbeatRequest>,
     ) -> Result<Response<OsdHeartbeatReply>, Status> {
+        require(&request, &["osd", "mon"], "Monitor.OsdHeartbeat")?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.osd_heartbeat(forwarded(request.into_inner())).await;
         }
@@ -288,6 +294,7 @@ impl MonitorRpc for MonitorService {
         &self,
         request: Request<FailureReport>,
     ) -> Result<Response<FailureReply>, Status> {
+        require(&request, &["osd", "mon"], "Monitor.ReportFailure")?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.report_failure(forwarded(request.into_inner())).await;
         }
@@ -304,6 +311,7 @@ impl MonitorRpc for MonitorService {
         &self,
         request: Request<PgStatsReport>,
     ) -> Result<Response<PgStatsReply>, Status> {
+        require(&request, &["osd", "mon"], "Monitor.PgStats")?;
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.pg_stats(forwarded(request.into_inner())).await;
         }
@@ -343,7 +351,7 @@ impl MonitorService {
         let (nodes, voters) = self.0.members();
         let mut monitors = Vec::new();
         for (id, node) in &nodes {
-            let reachable = *id == self.0.id || ping(&node.addr).await;
+            let reachable = *id == self.0.id || ping(&node.addr, self.0.config.tls.as_ref()).await;
             monitors.push(MonStatus {
                 name: node.name.clone(),
                 addr: node.addr.clone(),
@@ -504,8 +512,8 @@ impl MonitorService {
     }
 }
 
-async fn ping(addr: &str) -> bool {
-    let Some(channel) = channel(addr) else {
+async fn ping(addr: &str, tls: Option<&Tls>) -> bool {
+    let Some(channel) = channel(addr, tls) else {
         return false;
     };
     let mut client = MonitorClient::new(channel);

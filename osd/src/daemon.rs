@@ -14,6 +14,7 @@ use lcpfs_client::mon_client::{MonClient, OsdBoot};
 use lcpfs_core::engine::{OpenOptions, Store};
 use lcpfs_core::map::ClusterMap;
 use lcpfs_proto::osd_server::OsdServer;
+use lcpfs_proto::tls;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -103,6 +104,10 @@ pub struct DaemonArgs {
     /// Serve Prometheus /metrics, /health and /ready on this address.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// TLS directory (ca.crt, tls.crt, tls.key): mutual TLS with clients, peers and
+    /// monitors (default: $LCPFS_TLS_DIR; plain connections without either).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// What an OSD keeps about itself in its data directory (`osd.json`).
@@ -355,7 +360,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|interval| !interval.is_zero())
         .context("--heartbeat-interval must be a positive number of seconds")?;
-    let mon = MonClient::from_flags(args.mon.as_deref())?;
+    let mon = MonClient::from_flags(args.mon.as_deref(), args.tls_dir.as_deref())?;
     let (store, identity) = {
         let data = data.clone();
         tokio::task::block_in_place(|| open_or_create(&data, &args))?
@@ -393,6 +398,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         max_recovering_pgs: args.max_recovering_pgs.max(1),
         pg_log_entries: args.pg_log_entries,
         intervals_file: Some(data.join(INTERVALS_FILE)),
+        tls: mon.tls().cloned(),
         ..OsdConfig::default()
     };
     let stopping = Arc::new(AtomicBool::new(false));
@@ -454,7 +460,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     tracing::info!(osd = id, addr = %identity.addr, "serving");
     eprintln!("osd.{id} serving on {}", identity.addr);
-    tonic::transport::Server::builder()
+    let mut server = tls::server(mon.tls()).context("cannot set up TLS")?;
+    server
         .add_service(
             OsdServer::from_arc(service)
                 .max_decoding_message_size(MAX_MESSAGE)

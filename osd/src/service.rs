@@ -18,6 +18,7 @@ use lcpfs_proto::object_op::Op;
 use lcpfs_proto::op_result;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::osd_server::Osd;
+use lcpfs_proto::tls::{self, Tls};
 use lcpfs_proto::{
     DataChunk, EcCommitReply, EcCommitRequest, EchoMessage, Inconsistency, KeyValue, ListReply,
     ListRequest, LogEntry, ObjectOp, ObjectState, OpReply, OpRequest, PgInfoReply, PgLogReply,
@@ -26,7 +27,7 @@ use lcpfs_proto::{
     ScrubObject, ScrubReply, ScrubRequest,
 };
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ec;
@@ -70,6 +71,8 @@ pub struct OsdConfig {
     /// Where the PG intervals this OSD saw are saved, so that a restarted OSD
     /// still knows them (`None`: kept in memory only).
     pub intervals_file: Option<std::path::PathBuf>,
+    /// Mutual TLS for connections to peer OSDs (`None`: plain connections).
+    pub tls: Option<Tls>,
 }
 
 impl Default for OsdConfig {
@@ -85,6 +88,7 @@ impl Default for OsdConfig {
             max_recovering_pgs: 2,
             pg_log_entries: pg::LOG_KEEP,
             intervals_file: None,
+            tls: None,
         }
     }
 }
@@ -522,7 +526,7 @@ impl OsdService {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = tls::endpoint(addr, self.config.tls.as_ref())
             .map_err(|_| Status::internal(format!("bad OSD address {addr:?} in the map")))?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
@@ -2478,6 +2482,7 @@ impl Osd for OsdService {
         &self,
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicateReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.Replicate")?;
         let request = request.into_inner();
         let map = self.map_at_least(request.epoch).await?;
         let pool = self.pool(&map, request.pool)?.clone();
@@ -2534,6 +2539,7 @@ impl Osd for OsdService {
     }
 
     async fn pg_info(&self, request: Request<PgRef>) -> Result<Response<PgInfoReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.PgInfo")?;
         let reference = request.into_inner();
         let map = self.map_at_least(reference.epoch).await?;
         let pool = self.pool(&map, reference.pool)?.clone();
@@ -2572,6 +2578,7 @@ impl Osd for OsdService {
     }
 
     async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.PgLog")?;
         let request = request.into_inner();
         let (_, pg) = self.checked_pg(request.pg).await?;
         let store = self.store.clone();
@@ -2583,6 +2590,7 @@ impl Osd for OsdService {
         &self,
         request: Request<PullRequest>,
     ) -> Result<Response<PullReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.PullObjects")?;
         let request = request.into_inner();
         let (_, pg) = self.checked_pg(request.pg).await?;
         let store = self.store.clone();
@@ -2601,6 +2609,7 @@ impl Osd for OsdService {
         &self,
         request: Request<PushRequest>,
     ) -> Result<Response<PushReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.PushObjects")?;
         let request = request.into_inner();
         let (pool, pg) = self.checked_pg(request.pg).await?;
         let lock = self.pg_lock(pg);
@@ -2671,6 +2680,7 @@ impl Osd for OsdService {
         &self,
         request: Request<ScrubMapRequest>,
     ) -> Result<Response<ScrubMapReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.ScrubMap")?;
         let request = request.into_inner();
         let (pool, pg) = self.checked_pg(request.pg).await?;
         // Under the PG lock, so the map matches the primary's (writes are ordered
@@ -2707,6 +2717,7 @@ impl Osd for OsdService {
         &self,
         request: Request<EcCommitRequest>,
     ) -> Result<Response<EcCommitReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.EcCommit")?;
         let request = request.into_inner();
         let reference = request.pg.unwrap_or_default();
         let entry = request
@@ -2733,6 +2744,7 @@ impl Osd for OsdService {
         &self,
         request: Request<ReadShardRequest>,
     ) -> Result<Response<ReadShardReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.ReadShard")?;
         let request = request.into_inner();
         let (_, pg) = self.checked_pg(request.pg).await?;
         if request.length > MAX_MESSAGE as u64 / 2 {

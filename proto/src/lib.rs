@@ -1,6 +1,10 @@
-//! The LCPFS wire protocols, package `lcpfs.v1`.
+//! The LCPFS wire protocols, package `lcpfs.v1`, and how they are secured.
 //!
 //! Every request and reply that depends on the cluster map carries the sender's map
-//! epoch, so a peer that is behind learns it and fetches the newer map.
+//! epoch, so a peer that is behind learns it and fetches the newer map. [`tls`] makes
+//! the endpoints and servers of every daemon and client: mutual TLS with the cluster
+//! CA, or plain HTTP/2 without a TLS directory.
+
+pub mod tls;
 
 tonic::include_proto!("lcpfs.v1");

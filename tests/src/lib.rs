@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_core::monitor::{ClusterStatus, Query};
+use lcpfs_proto::tls::Tls;
+
+/// A command running workspace binary `name`, without the caller's
+/// `LCPFS_TLS_DIR`: a test cluster runs with TLS only when it says so
+/// ([`MonCluster::with_tls`]).
+pub fn command(name: &str) -> Command {
+    let mut command = Command::new(binary(name));
+    command.env_remove(lcpfs_proto::tls::TLS_DIR_ENV);
+    command
+}
 
 /// Path of a workspace binary (`lcpfs-mon`, `lcpfs`) built beside the test.
 pub fn binary(name: &str) -> PathBuf {
@@ -374,8 +384,9 @@ pub async fn pgs_serve_while_they_recover(
 /// Runs the `lcpfs` command against `cluster` in `dir`, checks that it succeeds
 /// and returns what it printed.
 pub fn lcpfs(cluster: &MonCluster, dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(binary("lcpfs"))
+    let out = command("lcpfs")
         .args(["--mon", &cluster.addrs().join(","), "--timeout", "60"])
+        .args(cluster.tls_flags("client.admin"))
         .args(args)
         .current_dir(dir)
         .output()
@@ -465,6 +476,9 @@ pub struct MonCluster {
     pub osd_disk_size: String,
     /// Extra flags for every monitor (timers).
     pub flags: Vec<String>,
+    /// The cluster CA's directory when the cluster runs with TLS (see
+    /// [`Self::with_tls`]).
+    pub ca: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -478,12 +492,42 @@ impl MonCluster {
             osd_flags: Vec::new(),
             osd_disk_size: "256M".to_owned(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
+            ca: None,
             dir,
         };
         for name in names {
             cluster.define(name);
         }
         cluster
+    }
+
+    /// Runs every daemon and client of this cluster with mutual TLS: a new cluster
+    /// CA, and a certificate for each daemon (valid for 127.0.0.1) when it starts.
+    pub fn with_tls(mut self) -> Self {
+        let ca = self.dir.path().join("ca");
+        lcpfs_client::certs::create_ca(&ca).expect("create the cluster CA");
+        self.ca = Some(ca);
+        self
+    }
+
+    /// `--tls-dir DIR` with a new certificate for `entity` when the cluster runs
+    /// with TLS, nothing otherwise.
+    pub fn tls_flags(&self, entity: &str) -> Vec<String> {
+        let Some(ca) = &self.ca else {
+            return Vec::new();
+        };
+        let dir = self.dir.path().join("tls").join(entity);
+        lcpfs_client::certs::issue(ca, &dir, entity, &["127.0.0.1".to_owned()], 30)
+            .expect("issue a certificate");
+        vec!["--tls-dir".to_owned(), dir.display().to_string()]
+    }
+
+    /// The TLS of a client of this cluster (`client.test`), if it runs with TLS.
+    pub fn client_tls(&self) -> Option<Tls> {
+        let flags = self.tls_flags("client.test");
+        flags
+            .get(1)
+            .map(|dir| Tls::load(Path::new(dir)).expect("load the client's TLS"))
     }
 
     /// Defines one more monitor (not started).
@@ -511,6 +555,7 @@ impl MonCluster {
 
     /// Starts a monitor; `extra` are flags for this start only (e.g. bootstrap).
     pub fn start(&mut self, name: &str, extra: &[String]) {
+        let tls = self.tls_flags(&format!("mon.{name}"));
         let mon = self.mons.get_mut(name).expect("monitor defined");
         assert!(mon.child.is_none(), "mon.{name} is already running");
         std::fs::create_dir_all(&mon.data).expect("monitor data directory");
@@ -519,10 +564,11 @@ impl MonCluster {
             .append(true)
             .open(mon.data.join("stderr.log"))
             .expect("monitor log file");
-        let child = Command::new(binary("lcpfs-mon"))
+        let child = command("lcpfs-mon")
             .args(["--id", name, "--addr", &mon.addr, "--data"])
             .arg(&mon.data)
             .args(&self.flags)
+            .args(&tls)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -543,6 +589,7 @@ impl MonCluster {
     /// Starts OSD `index` (host `h{index}`, one 256 MiB file disk), creating its store
     /// on first start.
     pub fn start_osd(&mut self, index: u32) {
+        let tls = self.tls_flags(&format!("osd.h{index}"));
         let data = self.dir.path().join(format!("osd.{index}"));
         let osd = self.osds.entry(index).or_insert_with(|| Osd {
             addr: format!("127.0.0.1:{}", free_port()),
@@ -559,7 +606,7 @@ impl MonCluster {
             .expect("osd log file");
         let mons: Vec<String> = self.mons.values().map(|mon| mon.addr.clone()).collect();
         let host = format!("h{index}");
-        let child = Command::new(binary("lcpfs-osd"))
+        let child = command("lcpfs-osd")
             .arg("--data")
             .arg(&osd.data)
             .args([
@@ -579,6 +626,7 @@ impl MonCluster {
                 "0.5",
             ])
             .args(&self.osd_flags)
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -626,14 +674,14 @@ impl MonCluster {
 
     /// A client of all defined monitors.
     pub fn client(&self) -> MonClient {
-        MonClient::new(&self.addrs())
+        MonClient::with_tls(&self.addrs(), self.client_tls())
             .expect("monitor addresses")
             .with_timeout(Duration::from_secs(20))
     }
 
     /// A client of one monitor only.
     pub fn client_of(&self, name: &str) -> MonClient {
-        MonClient::new(&[self.mons[name].addr.clone()])
+        MonClient::with_tls(&[self.mons[name].addr.clone()], self.client_tls())
             .expect("monitor address")
             .with_timeout(Duration::from_secs(20))
     }

@@ -1,9 +1,9 @@
 //! The `lcpfs` command against a running monitor: what an operator types and reads.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use lcpfs_tests::{MonCluster, binary, free_port, http_get, wait_for};
+use lcpfs_tests::{MonCluster, command, free_port, http_get, wait_for};
 
 struct Cli {
     mon: String,
@@ -12,7 +12,7 @@ struct Cli {
 
 impl Cli {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary("lcpfs"))
+        command("lcpfs")
             .args(args)
             .env("LCPFS_MON", &self.mon)
             .env("LCPFS_KEYRING", &self.keyring)
@@ -133,7 +133,7 @@ async fn operator_commands() {
 #[test]
 fn errors_name_what_is_missing_or_unreachable() {
     let run = |args: &[&str], envs: &[(&str, &str)]| {
-        let out = Command::new(binary("lcpfs"))
+        let out = command("lcpfs")
             .args(args)
             .env_remove("LCPFS_MON")
             .env_remove("LCPFS_KEYRING")

@@ -73,6 +73,10 @@ struct Args {
     /// The compose project.
     #[arg(long, default_value = "lcpfs")]
     project: String,
+    /// TLS directory of a client certificate of the cluster (default:
+    /// $LCPFS_TLS_DIR; plain connections without either).
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -420,8 +424,8 @@ async fn main() -> anyhow::Result<()> {
         "lcpfs-chaos: seed {seed}, {} s of faults from {:?}",
         args.duration, args.faults
     );
-    let addrs: Vec<String> = args.mon.split(',').map(str::to_owned).collect();
-    let mon = MonClient::new(&addrs)?.with_timeout(Duration::from_secs(30));
+    let mon = MonClient::from_flags(Some(&args.mon), args.tls_dir.as_deref())?
+        .with_timeout(Duration::from_secs(30));
     let cluster = Cluster::find(&args.project).await?;
     let mut ips = BTreeMap::new();
     for service in cluster.containers.keys() {
