@@ -167,6 +167,38 @@ pub fn create_ca(dir: &Path) -> anyhow::Result<()> {
     write(dir, CA_FILE, cert.pem().as_bytes())
 }
 
+/// A cluster CA for a cluster on loopback (`lcpfs dev`, cluster tests): the CA in
+/// ROOT/ca, made if missing, and each entity's TLS directory in ROOT/ENTITY with a
+/// certificate for 127.0.0.1.
+pub struct LoopbackCa {
+    root: PathBuf,
+}
+
+impl LoopbackCa {
+    /// The CA under `root`, made if it is not there yet.
+    pub fn open_or_create(root: &Path) -> anyhow::Result<LoopbackCa> {
+        let ca = LoopbackCa {
+            root: root.to_owned(),
+        };
+        if !ca.dir().join(CA_KEY_FILE).exists() {
+            create_ca(&ca.dir())?;
+        }
+        Ok(ca)
+    }
+
+    /// The CA's directory (ca.crt, ca.key).
+    pub fn dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+
+    /// Issues `entity` a new certificate for 127.0.0.1; returns its TLS directory.
+    pub fn issue(&self, entity: &str) -> anyhow::Result<PathBuf> {
+        let out = self.root.join(entity);
+        issue(&self.dir(), &out, entity, &["127.0.0.1".to_owned()], 825)?;
+        Ok(out)
+    }
+}
+
 /// Issues a certificate for `name`, valid for `hosts`, into `out`.
 pub fn issue(
     ca_dir: &Path,

@@ -14,6 +14,7 @@ use lcpfs_core::monitor::{Command, CommandOutcome, Query};
 use lcpfs_proto::tls::Tls;
 use tokio::process::{Child, Command as Process};
 
+use crate::certs::LoopbackCa;
 use crate::mon_client::MonClient;
 
 /// Arguments of `lcpfs dev`.
@@ -40,42 +41,13 @@ pub struct DevArgs {
     pub no_tls: bool,
 }
 
-/// The TLS directories of a dev cluster under `data/tls`: the CA made on the first
-/// start, and a fresh certificate for `entity` (valid for 127.0.0.1) on every start.
-struct DevTls {
-    root: PathBuf,
-}
-
-impl DevTls {
-    fn new(data: &Path) -> anyhow::Result<DevTls> {
-        let root = data.join("tls");
-        let ca = root.join("ca");
-        if !ca.join(crate::certs::CA_KEY_FILE).exists() {
-            crate::certs::create_ca(&ca)?;
-        }
-        Ok(DevTls { root })
-    }
-
-    /// Issues `entity` its certificate and returns its TLS directory.
-    fn issue(&self, entity: &str) -> anyhow::Result<PathBuf> {
-        let dir = self.root.join(entity);
-        crate::certs::issue(
-            &self.root.join("ca"),
-            &dir,
-            entity,
-            &["127.0.0.1".to_owned()],
-            825,
-        )?;
-        Ok(dir)
-    }
-
-    /// `--tls-dir DIR` for a daemon, with its new certificate.
-    fn flags(tls: Option<&DevTls>, entity: &str) -> anyhow::Result<Vec<String>> {
-        Ok(match tls {
-            Some(tls) => vec!["--tls-dir".into(), tls.issue(entity)?.display().to_string()],
-            None => Vec::new(),
-        })
-    }
+/// `--tls-dir DIR` for a daemon of a dev cluster that runs with TLS, with a new
+/// certificate for `entity`.
+fn tls_flags(tls: Option<&LoopbackCa>, entity: &str) -> anyhow::Result<Vec<String>> {
+    Ok(match tls {
+        Some(tls) => vec!["--tls-dir".into(), tls.issue(entity)?.display().to_string()],
+        None => Vec::new(),
+    })
 }
 
 /// A daemon binary next to this one.
@@ -155,13 +127,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     let tls = if args.no_tls {
         None
     } else {
-        Some(DevTls::new(&data)?)
+        Some(LoopbackCa::open_or_create(&data.join("tls"))?)
     };
     let mut children = Vec::new();
     for (name, addr) in names.iter().zip(&mon_addrs) {
         let dir = data.join(format!("mon.{name}"));
         let mut flags = vec!["--data".to_owned(), dir.display().to_string()];
-        flags.extend(DevTls::flags(tls.as_ref(), &format!("mon.{name}"))?);
+        flags.extend(tls_flags(tls.as_ref(), &format!("mon.{name}"))?);
         if !dir.join("mon.json").exists() {
             std::fs::create_dir_all(&dir)?;
             flags.extend([
@@ -175,10 +147,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
         }
         children.push(spawn(&mon_bin, &flags, &dir.join("log"))?);
     }
-    let client_tls = match &tls {
-        Some(tls) => Some(tls.issue("client.admin")?),
-        None => None,
-    };
+    let client_tls = tls
+        .as_ref()
+        .map(|tls| tls.issue("client.admin"))
+        .transpose()?;
     let mon = MonClient::with_tls(
         &mon_addrs,
         client_tls.as_deref().map(Tls::load).transpose()?,
@@ -197,7 +169,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
             "--mon".into(),
             mon_list.clone(),
         ];
-        flags.extend(DevTls::flags(tls.as_ref(), &format!("osd.{i}"))?);
+        flags.extend(tls_flags(tls.as_ref(), &format!("osd.{i}"))?);
         if !dir.join("osd.json").exists() {
             std::fs::create_dir_all(&dir)?;
             flags.extend([

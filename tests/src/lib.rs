@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lcpfs_client::certs::LoopbackCa;
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_core::monitor::{ClusterStatus, Query};
 use lcpfs_proto::tls::Tls;
@@ -386,7 +387,7 @@ pub async fn pgs_serve_while_they_recover(
 pub fn lcpfs(cluster: &MonCluster, dir: &Path, args: &[&str]) -> String {
     let out = command("lcpfs")
         .args(["--mon", &cluster.addrs().join(","), "--timeout", "60"])
-        .args(cluster.tls_flags("client.admin"))
+        .args(cluster.client_tls_flags())
         .args(args)
         .current_dir(dir)
         .output()
@@ -476,9 +477,9 @@ pub struct MonCluster {
     pub osd_disk_size: String,
     /// Extra flags for every monitor (timers).
     pub flags: Vec<String>,
-    /// The cluster CA's directory when the cluster runs with TLS (see
-    /// [`Self::with_tls`]).
-    pub ca: Option<PathBuf>,
+    /// The cluster CA and the TLS of this test's client (`client.test`) when the
+    /// cluster runs with TLS (see [`Self::with_tls`]).
+    tls: Option<(LoopbackCa, Tls)>,
     dir: tempfile::TempDir,
 }
 
@@ -492,7 +493,7 @@ impl MonCluster {
             osd_flags: Vec::new(),
             osd_disk_size: "256M".to_owned(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
-            ca: None,
+            tls: None,
             dir,
         };
         for name in names {
@@ -502,32 +503,44 @@ impl MonCluster {
     }
 
     /// Runs every daemon and client of this cluster with mutual TLS: a new cluster
-    /// CA, and a certificate for each daemon (valid for 127.0.0.1) when it starts.
+    /// CA, a certificate for each daemon (valid for 127.0.0.1) when it starts, and
+    /// one for the test's clients.
     pub fn with_tls(mut self) -> Self {
-        let ca = self.dir.path().join("ca");
-        lcpfs_client::certs::create_ca(&ca).expect("create the cluster CA");
-        self.ca = Some(ca);
+        let ca = LoopbackCa::open_or_create(&self.dir.path().join("tls"))
+            .expect("create the cluster CA");
+        let client = ca
+            .issue("client.test")
+            .expect("issue the client's certificate");
+        let client = Tls::load(&client).expect("load the client's TLS");
+        self.tls = Some((ca, client));
         self
+    }
+
+    /// The cluster CA's directory, if the cluster runs with TLS.
+    pub fn ca_dir(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|(ca, _)| ca.dir())
+    }
+
+    /// The TLS of this test's clients (`client.test`), if the cluster runs with TLS.
+    pub fn client_tls(&self) -> Option<Tls> {
+        self.tls.as_ref().map(|(_, client)| client.clone())
     }
 
     /// `--tls-dir DIR` with a new certificate for `entity` when the cluster runs
     /// with TLS, nothing otherwise.
-    pub fn tls_flags(&self, entity: &str) -> Vec<String> {
-        let Some(ca) = &self.ca else {
+    fn tls_flags(&self, entity: &str) -> Vec<String> {
+        let Some((ca, _)) = &self.tls else {
             return Vec::new();
         };
-        let dir = self.dir.path().join("tls").join(entity);
-        lcpfs_client::certs::issue(ca, &dir, entity, &["127.0.0.1".to_owned()], 30)
-            .expect("issue a certificate");
+        let dir = ca.issue(entity).expect("issue a certificate");
         vec!["--tls-dir".to_owned(), dir.display().to_string()]
     }
 
-    /// The TLS of a client of this cluster (`client.test`), if it runs with TLS.
-    pub fn client_tls(&self) -> Option<Tls> {
-        let flags = self.tls_flags("client.test");
-        flags
-            .get(1)
-            .map(|dir| Tls::load(Path::new(dir)).expect("load the client's TLS"))
+    /// `--tls-dir DIR` of this test's clients when the cluster runs with TLS.
+    fn client_tls_flags(&self) -> Vec<String> {
+        self.tls.as_ref().map_or_else(Vec::new, |(_, client)| {
+            vec!["--tls-dir".to_owned(), client.dir().display().to_string()]
+        })
     }
 
     /// Defines one more monitor (not started).

@@ -9,30 +9,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lcpfs_client::certs;
-use lcpfs_client::mon_client::MonClient;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::monitor::{ClusterStatus, Query};
 use lcpfs_proto::mon_raft_client::MonRaftClient;
 use lcpfs_proto::monitor_client::MonitorClient;
 use lcpfs_proto::osd_client::OsdClient;
-use lcpfs_proto::tls::{self, Tls};
+use lcpfs_proto::tls;
 use lcpfs_tests::{
     MonCluster, command, contents, free_port, lcpfs, osds_up, replicated_pool, wait_for,
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// A status query through `client` fails, naming the monitor it tried and saying
-/// `why`.
-async fn refused(client: MonClient, addr: &str, why: &str) {
-    let error = client
-        .with_timeout(Duration::from_secs(3))
-        .query::<ClusterStatus>(&Query::Status)
-        .await
-        .map(|_| ())
-        .expect_err("a refused client got an answer");
-    let error = format!("{error:#}");
-    assert!(error.contains(addr) && error.contains(why), "{error}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
@@ -49,6 +35,16 @@ async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
     // Every write is acknowledged only once all three copies have it: the primary
     // reached both replicas over TLS.
     let objects = ObjectClient::connect(client.clone()).await.unwrap();
+    // The map it fetched may come from a monitor that has not applied the pool yet.
+    wait_for(
+        "pool data in the client's map",
+        Duration::from_secs(30),
+        || {
+            let has_pool = objects.map().pool_by_name("data").is_some();
+            async move { has_pool.then_some(()) }
+        },
+    )
+    .await;
     for index in 0..12 {
         let name = format!("object-{index}");
         objects
@@ -72,7 +68,8 @@ async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
     assert!(status.contains("mon: 3 daemons, quorum"), "{status}");
 
     let first = cluster.addrs()[0].clone();
-    let ca = std::fs::read(cluster.ca.as_ref().unwrap().join(tls::CA_FILE)).unwrap();
+    let ca_dir = cluster.ca_dir().unwrap();
+    let ca = std::fs::read(ca_dir.join(tls::CA_FILE)).unwrap();
     let own = cluster.client_tls();
     let client_dir = own.as_ref().unwrap().dir().to_owned();
     let stranger = dir.path().join("stranger");
@@ -89,16 +86,6 @@ async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
     // To a monitor and to an OSD: the cluster's own certificate answers; no TLS, no
     // certificate, or a certificate of another CA (trusting the cluster's CA, so the
     // refusal is the server's) does not.
-    let plain_monitor = MonClient::new(std::slice::from_ref(&first)).unwrap();
-    refused(plain_monitor, &first, "set LCPFS_TLS_DIR").await;
-    let foreign = Tls::load(&stranger.join("client")).unwrap();
-    let foreign_monitor = MonClient::with_tls(std::slice::from_ref(&first), Some(foreign));
-    refused(
-        foreign_monitor.unwrap(),
-        &first,
-        "invalid peer certificate: UnknownIssuer",
-    )
-    .await;
     for (addr, monitor) in [(&first, true), (&cluster.osds[&0].addr, false)] {
         let with_certificate = tls::endpoint(addr, own.as_ref()).unwrap();
         assert!(
@@ -165,7 +152,7 @@ async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
     let addr = format!("127.0.0.1:{}", free_port());
     let other_host = "192.0.2.1";
     certs::issue(
-        cluster.ca.as_ref().unwrap(),
+        &ca_dir,
         &impostor.join("tls"),
         "mon.z",
         &[other_host.into()],
