@@ -50,7 +50,10 @@ fmt:
 lint: deps
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
+# The cluster tests start the daemons' binaries, which `cargo test` does not build
+# (they are other packages' binaries): build them first.
 unit: deps
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
 
 # The Kubernetes manifests, validated against the Kubernetes schemas by
