@@ -19,18 +19,17 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use lcpfs_core::crush::pg_mapping;
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::{PgId, object_to_pg};
+use lcpfs_proto::connections::{OsdConnections, STREAM_CHUNK};
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::osd_client::OsdClient;
-use lcpfs_proto::tls::{self, Tls};
 use lcpfs_proto::{
     DataChunk, EchoMessage, ListRequest, ObjectOp, ObjectStat, OmapEntries, OmapEntry, OmapKeys,
     OmapRange, OpReply, OpRequest, ScrubReply, ScrubRequest, op_result,
@@ -42,12 +41,6 @@ use tonic::transport::Channel;
 use crate::mon_client::MonClient;
 
 const NO_ATTEMPT: &str = "no attempt";
-
-/// Largest message exchanged with an OSD.
-const MAX_MESSAGE: usize = 256 << 20;
-
-/// Bytes per message when a whole object's data is streamed.
-const STREAM_CHUNK: usize = 4 << 20;
 
 /// An object in a listing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -63,8 +56,7 @@ pub struct ObjectEntry {
 /// A connection to the cluster's objects.
 pub struct ObjectClient {
     map: watch::Receiver<Arc<ClusterMap>>,
-    osds: Mutex<HashMap<String, OsdClient<Channel>>>,
-    tls: Option<Tls>,
+    osds: OsdConnections,
     client_id: String,
     next_tid: AtomicU64,
     timeout: Duration,
@@ -91,8 +83,7 @@ impl ObjectClient {
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
         Ok(ObjectClient {
             map: receiver,
-            osds: Mutex::new(HashMap::new()),
-            tls,
+            osds: OsdConnections::new(tls, None),
             client_id: format!("client.{:016x}", u64::from_le_bytes(id)),
             next_tid: AtomicU64::new(1),
             timeout: Duration::from_secs(60),
@@ -118,20 +109,9 @@ impl ObjectClient {
     }
 
     fn osd(&self, addr: &str) -> anyhow::Result<OsdClient<Channel>> {
-        let mut osds = self.osds.lock().expect("osd table");
-        if let Some(client) = osds.get(addr) {
-            return Ok(client.clone());
-        }
-        let channel = tls::endpoint(addr, self.tls.as_ref())
-            .with_context(|| format!("bad OSD address {addr:?} in the map"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let client = OsdClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        osds.insert(addr.to_owned(), client.clone());
-        Ok(client)
+        self.osds
+            .get(addr)
+            .with_context(|| format!("bad OSD address {addr:?} in the map"))
     }
 
     /// The primary OSD of `pg` under `map` and a connection to it; `None` when no

@@ -1,7 +1,6 @@
-//! LCPFS core: what every LCPFS daemon and client shares.
+//! LCPFS core: what every LCPFS daemon and client shares. The storage engine an OSD
+//! runs on its disks is its own crate (`lcpfs-engine`), which only the OSD links.
 //!
-//! - [`engine`]: the LCPFS storage engine each OSD runs on its disks — copy-on-write,
-//!   checksummed, self-healing, with RAID-Z, compression, dedup, snapshots and clones;
 //! - [`file`]: small files replaced whole (keys, saved state);
 //! - [`map`]: the cluster map (monitors, OSDs, pools) and its epochs and incrementals;
 //! - [`monitor`]: the requests the monitors accept and their replies;
@@ -12,7 +11,6 @@
 //! - [`crush`]: placement groups to OSDs by CRUSH straw2 across failure domains.
 
 pub mod crush;
-pub mod engine;
 pub mod file;
 pub mod map;
 pub mod monitor;

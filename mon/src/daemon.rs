@@ -13,14 +13,10 @@ use openraft::error::{InitializeError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use crate::monitor::{MonConfig, Monitor};
-use crate::network::Network;
+use crate::network::{MAX_MESSAGE, Network};
 use crate::service::{MonitorService, RaftService};
 use crate::store::{LogStore, StateMachine, open_db};
 use crate::types::{MonNode, Raft, node_id};
-
-/// Largest gRPC message a monitor sends or accepts (a full map of a large cluster, a
-/// snapshot chunk).
-pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// How a monitor is started.
 #[derive(Clone, Debug)]

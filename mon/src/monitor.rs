@@ -18,7 +18,7 @@ use rand::RngCore;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::network::channel;
+use crate::network::{MAX_MESSAGE, channel};
 use crate::store::StateShared;
 use crate::types::{MonNode, Proposal, Raft, node_id, now_ms};
 
@@ -201,8 +201,8 @@ impl Monitor {
                 })?;
                 Ok(Leader::Peer(
                     MonitorClient::new(channel)
-                        .max_decoding_message_size(crate::daemon::MAX_MESSAGE)
-                        .max_encoding_message_size(crate::daemon::MAX_MESSAGE),
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
                 ))
             }
             None => {

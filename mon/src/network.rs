@@ -2,6 +2,9 @@
 //!
 //! openraft's messages travel JSON-encoded in a `RaftPayload`; the receiving monitor
 //! hands them to its Raft and returns openraft's reply (or its error) the same way.
+//!
+//! It also holds what every monitor gRPC connection shares, served or dialled: the
+//! [`channel`] to another monitor and the [`MAX_MESSAGE`] size limit.
 
 use lcpfs_proto::RaftPayload;
 use lcpfs_proto::mon_raft_client::MonRaftClient;
@@ -19,6 +22,10 @@ use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
 use crate::types::{MonNode, TypeConfig};
+
+/// Largest gRPC message a monitor sends or accepts (a full map of a large cluster, a
+/// snapshot chunk).
+pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Makes a [`PeerClient`] per peer monitor, over mutual TLS when `tls` is given.
 #[derive(Clone, Default)]
@@ -76,8 +83,8 @@ impl PeerClient {
             return Err(RPCError::Unreachable(Unreachable::new(&error)));
         };
         let mut client = MonRaftClient::new(channel)
-            .max_decoding_message_size(crate::daemon::MAX_MESSAGE)
-            .max_encoding_message_size(crate::daemon::MAX_MESSAGE);
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
         let payload = RaftPayload {
             json: serde_json::to_vec(request)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?,

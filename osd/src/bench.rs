@@ -13,9 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lcpfs_core::engine::arc::{BlockKey, block_cache};
-use lcpfs_core::engine::blkptr::{BlockCodec, BlockPtr};
-use lcpfs_core::engine::{
+use lcpfs_engine::arc::{BlockKey, block_cache};
+use lcpfs_engine::blkptr::{BlockCodec, BlockPtr};
+use lcpfs_engine::{
     CollectionSettings, CreateSpec, Data, DiskSource, Store, Transaction, VdevKind,
 };
 use serde::Serialize;

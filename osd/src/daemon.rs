@@ -11,16 +11,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use lcpfs_client::mon_client::{MonClient, OsdBoot};
-use lcpfs_core::engine::{OpenOptions, Store};
 use lcpfs_core::map::ClusterMap;
-use lcpfs_proto::osd_server::OsdServer;
+use lcpfs_engine::{OpenOptions, Store};
+use lcpfs_proto::connections::OSD_MAX_MESSAGE;
+use lcpfs_proto::osd_server::OsdServer as OsdGrpc;
 use lcpfs_proto::tls;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::service::{MAX_MESSAGE, OsdConfig, OsdService};
+use crate::config::OsdConfig;
+use crate::node::Node;
+use crate::server::OsdServer;
 use crate::store_tool::layout_spec;
+use crate::{backend, peering, recovery, scrub, status, strays};
 
 /// Arguments of the daemon (`lcpfs-osd --data DIR --mon ADDR ...`).
 #[derive(Args, Debug)]
@@ -217,7 +221,7 @@ async fn mark_down_on_shutdown(mon: MonClient, id: u32, stopping: Arc<AtomicBool
 /// it stays silent and up in the map). Peers see a network failure between OSDs
 /// that the monitors, reachable from both, cannot.
 async fn heartbeat_peers(
-    service: Arc<OsdService>,
+    node: Arc<Node>,
     mon: MonClient,
     id: u32,
     interval: Duration,
@@ -227,15 +231,15 @@ async fn heartbeat_peers(
     let mut reported: HashMap<u32, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(interval).await;
-        let peers = service.heartbeat_peers();
+        let peers = node.heartbeat_peers();
         last_answer.retain(|osd, _| peers.contains(osd));
         reported.retain(|osd, _| peers.contains(osd));
         let mut pings = tokio::task::JoinSet::new();
         for &osd in &peers {
-            let service = service.clone();
+            let node = node.clone();
             pings.spawn(async move {
                 let answered =
-                    tokio::time::timeout(interval.max(Duration::from_secs(1)), service.ping(osd))
+                    tokio::time::timeout(interval.max(Duration::from_secs(1)), node.ping(osd))
                         .await
                         .is_ok_and(|result| result.is_ok());
                 (osd, answered)
@@ -276,7 +280,7 @@ async fn heartbeat_peers(
 async fn follow_map(
     mon: MonClient,
     sender: watch::Sender<Arc<ClusterMap>>,
-    service: Arc<OsdService>,
+    node: Arc<Node>,
     id: u32,
     boot_info: OsdBoot,
     stopping: Arc<AtomicBool>,
@@ -295,7 +299,7 @@ async fn follow_map(
             let map = map.clone();
             let down = map.osds.get(&id).is_some_and(|osd| !osd.up);
             last = Some(map.clone());
-            service.observe(&map);
+            node.observe(&map);
             sender.send_replace(Arc::new(map));
             if down && !stopping.load(Ordering::SeqCst) {
                 tracing::warn!("the map marks osd.{id} down; booting again");
@@ -317,20 +321,20 @@ const INTERVALS_FILE: &str = "intervals.json";
 /// this OSD was down. Returns the newest map observed.
 async fn observe_missed_epochs(
     mon: &MonClient,
-    service: &OsdService,
+    node: &Node,
     current: ClusterMap,
 ) -> anyhow::Result<ClusterMap> {
-    let saved = service.restore_intervals(&current)?;
+    let saved = node.restore_intervals(&current)?;
     if let Some(saved) = saved.filter(|saved| saved.epoch < current.epoch) {
         let (from, to) = (saved.epoch, current.epoch);
         let replay = async {
             let mut watch = mon.subscribe(Some(saved)).await?;
             while let Some(map) = watch.next().await? {
                 if map.epoch >= to {
-                    service.observe(map);
+                    node.observe(map);
                     return anyhow::Ok(map.clone());
                 }
-                service.observe_replayed(map);
+                node.observe_replayed(map);
             }
             bail!("the map subscription ended")
         };
@@ -347,7 +351,7 @@ async fn observe_missed_epochs(
             Err(_) => tracing::warn!(from, "replaying the missed epochs timed out"),
         }
     }
-    service.observe(&current);
+    node.observe(&current);
     Ok(current)
 }
 
@@ -403,41 +407,47 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     let stopping = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = watch::channel(Arc::new(map.clone()));
-    let service = Arc::new(OsdService::new(id, Arc::new(store), receiver, config));
-    let map = observe_missed_epochs(&mon, &service, map).await?;
+    let node = Arc::new(Node::new(id, Arc::new(store), receiver, config));
+    let map = observe_missed_epochs(&mon, &node, map).await?;
     sender.send_replace(Arc::new(map));
     tokio::spawn(follow_map(
         mon.clone(),
         sender,
-        service.clone(),
+        node.clone(),
         id,
         boot_info,
         stopping.clone(),
     ));
-    tokio::spawn(service.clone().peer_on_map_changes());
-    tokio::spawn(service.clone().recover_in_background());
-    tokio::spawn(service.clone().scrub_on_schedule());
-    tokio::spawn(service.clone().remove_strays());
+    tokio::spawn(peering::peer_on_map_changes(
+        node.clone(),
+        backend::peering_of,
+    ));
+    tokio::spawn(recovery::recover_in_background(
+        node.clone(),
+        backend::recovery_of,
+    ));
+    tokio::spawn(scrub::scrub_on_schedule(node.clone()));
+    tokio::spawn(strays::remove_strays(node.clone()));
     let grace = Duration::try_from_secs_f64(args.osd_heartbeat_grace)
         .context("--osd-heartbeat-grace must be a number of seconds")?;
     tokio::spawn(heartbeat_peers(
-        service.clone(),
+        node.clone(),
         mon.clone(),
         id,
         heartbeat,
         grace,
     ));
     if let Some(addr) = args.metrics_addr {
-        let service = service.clone();
+        let node = node.clone();
         tokio::spawn(async move {
-            if let Err(error) = crate::metrics::serve(addr, service).await {
+            if let Err(error) = crate::metrics::serve(addr, node).await {
                 tracing::error!(%error, "metrics endpoint stopped");
             }
         });
     }
     {
         let mon = mon.clone();
-        let reporter = service.clone();
+        let reporter = node.clone();
         tokio::spawn(async move {
             let mut beats = 0u64;
             loop {
@@ -450,7 +460,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 // PG states every other heartbeat.
                 beats += 1;
                 if beats.is_multiple_of(2)
-                    && let Err(error) = mon.pg_stats(id, reporter.pg_states()).await
+                    && let Err(error) = mon.pg_stats(id, status::pg_states(&reporter)).await
                 {
                     tracing::warn!(%error, "PG state report failed");
                 }
@@ -463,9 +473,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut server = tls::server(mon.tls()).context("cannot set up TLS")?;
     server
         .add_service(
-            OsdServer::from_arc(service)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            OsdGrpc::new(OsdServer::new(node))
+                .max_decoding_message_size(OSD_MAX_MESSAGE)
+                .max_encoding_message_size(OSD_MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(
             // Small requests and replies go out at once (no Nagle delay).

@@ -1,23 +1,40 @@
 //! The LCPFS object storage daemon (OSD) and its offline store tool.
 //!
+//! Layers, top down; each calls only the layers below it, and a lower layer that
+//! needs the one above calls through a small trait it defines:
 //! - [`daemon`]: `lcpfs-osd --data DIR --mon ADDR`: boot, map, heartbeats, serving;
-//! - [`service`]: the OSD protocol — client operations at a PG's primary, replication;
-//! - [`metrics`]: `/metrics`, `/health` and `/ready` for Prometheus and probes;
-//! - [`intervals`]: each PG's intervals (up sets over epochs), for peering;
-//! - [`pg`]: a PG's objects and log in the engine store;
-//! - [`ec`]: erasure coding of objects into shards, stripe by stripe;
-//! - [`scrub`]: which copy of an object is authoritative when copies disagree;
-//! - [`store_tool`]: `lcpfs-osd store <dir> ...`, the operator's and the tests' way to
-//!   create, inspect, scrub and repair an OSD's engine store while the daemon is not
-//!   running, like `zpool`/`zfs` and `ceph-objectstore-tool`;
-//! - [`bench`]: the engine's speed against same-run baselines.
+//! - [`server`]: the gRPC service, thin handlers; errors become statuses there;
+//! - [`ops`]: client operations at a PG's primary (write, read, list, streams);
+//!   [`scrub`]: comparing and repairing a PG's copies; [`status`]: PG states;
+//!   [`strays`]: removing copies this OSD no longer needs;
+//! - [`backend`]: one trait, replicated and erasure-coded pools behind it;
+//! - [`peering`]: bringing a PG's copies level in a new interval;
+//!   [`replica`]: the receiving side of the calls between OSDs;
+//! - [`recovery`]: objects brought level in the background once a PG is active;
+//! - [`node`]: one running OSD's shared state (store, map, PGs, peers, tables);
+//! - [`pg`]: a PG's copy in the engine store and in memory; [`intervals`]: each
+//!   PG's up sets over epochs; [`peers`]: every call to another OSD;
+//! - [`config`], [`error`], [`metrics`]: settings, the error enum, `/metrics`;
+//! - [`store_tool`] and [`bench`]: `lcpfs-osd store <dir> ...`, the offline
+//!   tool, like `zpool`/`zfs` and `ceph-objectstore-tool`, and the engine's speed
+//!   against same-run baselines.
 
+pub mod backend;
 pub mod bench;
+pub mod config;
 pub mod daemon;
-pub mod ec;
+pub mod error;
 pub mod intervals;
 pub mod metrics;
+pub mod node;
+pub mod ops;
+pub mod peering;
+pub mod peers;
 pub mod pg;
+pub mod recovery;
+pub mod replica;
 pub mod scrub;
-pub mod service;
+pub mod server;
+pub mod status;
 pub mod store_tool;
+pub mod strays;

@@ -18,7 +18,22 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::service::OsdService;
+use lcpfs_engine::PoolStatus;
+use lcpfs_proto::PgStat;
+
+/// What the endpoint reads at scrape time from the layers above.
+pub trait Scrape: Send + Sync + 'static {
+    /// The counters kept as requests pass.
+    fn metrics(&self) -> &OsdMetrics;
+    /// The states of the PGs this OSD is primary for.
+    fn pg_states(&self) -> Vec<PgStat>;
+    /// How many PG copies the store holds.
+    fn pg_copies(&self) -> usize;
+    /// The engine store's space and per-disk errors.
+    fn store_status(&self) -> PoolStatus;
+    /// True when the map says this OSD is up.
+    fn is_up(&self) -> bool;
+}
 
 /// The OSD's metrics.
 pub struct OsdMetrics {
@@ -104,7 +119,7 @@ impl OsdMetrics {
         })
     }
 
-    fn render(&self, service: &OsdService) -> String {
+    fn render(&self, service: &dyn Scrape) -> String {
         self.pgs.reset();
         for stat in service.pg_states() {
             self.pgs.with_label_values(&[stat.state.as_str()]).inc();
@@ -138,15 +153,15 @@ impl OsdMetrics {
     }
 }
 
-async fn metrics(State(service): State<Arc<OsdService>>) -> String {
-    service.metrics.render(&service)
+async fn metrics(State(service): State<Arc<dyn Scrape>>) -> String {
+    service.metrics().render(service.as_ref())
 }
 
 async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn ready(State(service): State<Arc<OsdService>>) -> (StatusCode, String) {
+async fn ready(State(service): State<Arc<dyn Scrape>>) -> (StatusCode, String) {
     if service.is_up() {
         (StatusCode::OK, "ok\n".to_owned())
     } else {
@@ -158,7 +173,7 @@ async fn ready(State(service): State<Arc<OsdService>>) -> (StatusCode, String) {
 }
 
 /// Serves `/metrics`, `/health` and `/ready` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, service: Arc<OsdService>) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr, service: Arc<dyn Scrape>) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Args, Subcommand};
-use lcpfs_core::engine::{
-    self, CollectionSettings, Compression, CreateSpec, Data, DiskSource, ListOptions, OpenOptions,
-    Store, Transaction, VdevKind,
+use lcpfs_engine::{
+    self as engine, CollectionSettings, Compression, CreateSpec, Data, DiskSource, ListOptions,
+    OpenOptions, Store, Transaction, VdevKind,
 };
 
 use lcpfs_core::size::{human, parse_size};

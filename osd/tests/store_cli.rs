@@ -121,7 +121,7 @@ fn a_store_in_use_is_refused_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     ok(&store, &["create", "--disks", "1", "--disk-size", "16M"]);
-    let open = lcpfs_core::engine::Store::open(&store, &Default::default()).unwrap();
+    let open = lcpfs_engine::Store::open(&store, &Default::default()).unwrap();
     let refused = tool(&store, &["status"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already open in another process"));

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lcpfs_client::certs::LoopbackCa;
+use lcpfs_cli::certs::LoopbackCa;
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_core::monitor::{ClusterStatus, Query};
 use lcpfs_proto::tls::Tls;

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::engine::{OpenOptions, Store, Transaction};
 use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
 use lcpfs_core::monitor::Command;
 use lcpfs_core::pg::{PgId, object_to_pg};
-use lcpfs_osd::ec::Code;
+use lcpfs_engine::{OpenOptions, Store, Transaction};
+use lcpfs_osd::backend::erasure::codec::Code;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{ObjectOp, WriteAt};
 use lcpfs_tests::{

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::engine::{OpenOptions, Store};
 use lcpfs_core::map::Pool;
 use lcpfs_core::pg::object_to_pg;
+use lcpfs_engine::{OpenOptions, Store};
 use lcpfs_tests::{
     MonCluster, appends_survive_a_killed_primary, cluster_with_pool, contents, http_get, lcpfs,
     osds_up, placement, start_with_pool, status_until, wait_for,

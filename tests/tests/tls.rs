@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lcpfs_client::certs;
+use lcpfs_cli::certs;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::monitor::{ClusterStatus, Query};
 use lcpfs_proto::mon_raft_client::MonRaftClient;

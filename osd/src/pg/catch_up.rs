@@ -1,0 +1,160 @@
+//! How a stale copy of a PG becomes level with the authoritative one: the pure
+//! comparison of two logs (the entries to take, the objects to recover, or a
+//! backfill when the authoritative log does not reach back far enough).
+
+use std::collections::BTreeMap;
+
+use lcpfs_proto::LogEntry as WireEntry;
+
+use super::store::same_entry;
+
+/// What a stale copy of a PG needs to become level with an authoritative one.
+#[derive(Debug, PartialEq)]
+pub enum CatchUp {
+    /// Nothing: the stale copy holds the same history.
+    Level,
+    /// The objects named, then the authoritative log entries from version `from`
+    /// on (replacing the stale copy's entries from there, which diverged).
+    Entries {
+        from: u64,
+        names: Vec<Vec<u8>>,
+        entries: Vec<WireEntry>,
+    },
+    /// A full copy: the authoritative log does not reach back far enough.
+    Backfill,
+}
+
+/// Compares a stale copy's log with the authoritative log (whose oldest kept
+/// version is `auth_oldest`, 0 when empty) and says how to bring the stale copy
+/// level: from the first version where the stale log holds an entry the
+/// authoritative one does not (a write that was never acknowledged), or else
+/// from the entry after the stale log's last.
+pub fn catch_up(auth: &[WireEntry], auth_oldest: u64, stale: &[WireEntry]) -> CatchUp {
+    let by_version: BTreeMap<u64, &WireEntry> =
+        auth.iter().map(|entry| (entry.version, entry)).collect();
+    let diverged = stale
+        .iter()
+        .filter(|entry| auth_oldest == 0 || entry.version >= auth_oldest)
+        .find(|entry| {
+            by_version
+                .get(&entry.version)
+                .is_none_or(|held| !same_entry(held, entry))
+        })
+        .map(|entry| entry.version);
+    let stale_last = stale.last().map_or(0, |entry| entry.version);
+    let from = diverged.unwrap_or(stale_last + 1);
+    if diverged.is_none() && by_version.range(from..).next().is_none() {
+        return CatchUp::Level;
+    }
+    if auth_oldest == 0 || from < auth_oldest {
+        return CatchUp::Backfill;
+    }
+    let newer = |entries: &[WireEntry]| -> Vec<WireEntry> {
+        entries
+            .iter()
+            .filter(|entry| entry.version >= from)
+            .cloned()
+            .collect()
+    };
+    let entries = newer(auth);
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for entry in newer(stale).iter().chain(&entries) {
+        if !names.contains(&entry.name) {
+            names.push(entry.name.clone());
+        }
+    }
+    CatchUp::Entries {
+        from,
+        names,
+        entries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64, epoch: u64, name: &str) -> WireEntry {
+        WireEntry {
+            version,
+            name: name.as_bytes().to_vec(),
+            client: "c".into(),
+            tid: version * 100 + epoch,
+            epoch,
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|name| name.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn equal_logs_are_level() {
+        let log = vec![entry(1, 5, "a"), entry(2, 5, "b")];
+        assert_eq!(catch_up(&log, 1, &log), CatchUp::Level);
+        assert_eq!(catch_up(&[], 0, &[]), CatchUp::Level);
+    }
+
+    #[test]
+    fn a_prefix_gets_the_missing_entries() {
+        let auth = vec![entry(1, 5, "a"), entry(2, 5, "b"), entry(3, 7, "c")];
+        let stale = vec![entry(1, 5, "a")];
+        assert_eq!(
+            catch_up(&auth, 1, &stale),
+            CatchUp::Entries {
+                from: 2,
+                names: names(&["b", "c"]),
+                entries: auth[1..].to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_divergent_tail_is_replaced_and_its_objects_recovered() {
+        // The stale copy took writes 3 and 4 in epoch 5 that never reached the
+        // others; the authoritative history wrote 3 in epoch 9.
+        let auth = vec![entry(1, 5, "a"), entry(2, 5, "b"), entry(3, 9, "c")];
+        let stale = vec![
+            entry(1, 5, "a"),
+            entry(2, 5, "b"),
+            entry(3, 5, "x"),
+            entry(4, 5, "y"),
+        ];
+        assert_eq!(
+            catch_up(&auth, 1, &stale),
+            CatchUp::Entries {
+                from: 3,
+                names: names(&["x", "y", "c"]),
+                entries: vec![entry(3, 9, "c")],
+            }
+        );
+    }
+
+    #[test]
+    fn a_longer_stale_log_is_rewound() {
+        let auth = vec![entry(1, 5, "a")];
+        let stale = vec![entry(1, 5, "a"), entry(2, 5, "b")];
+        assert_eq!(
+            catch_up(&auth, 1, &stale),
+            CatchUp::Entries {
+                from: 2,
+                names: names(&["b"]),
+                entries: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_log_that_does_not_reach_back_means_backfill() {
+        let auth = vec![entry(10, 5, "a"), entry(11, 5, "b")];
+        assert_eq!(catch_up(&auth, 10, &[entry(3, 2, "z")]), CatchUp::Backfill);
+        assert_eq!(catch_up(&auth, 10, &[]), CatchUp::Backfill);
+        // An empty authoritative log and a stale one with writes: drop them all.
+        assert_eq!(catch_up(&[], 0, &[entry(1, 2, "z")]), CatchUp::Backfill);
+        // A log that starts at version 1 reaches back to an empty copy.
+        assert!(matches!(
+            catch_up(&[entry(1, 5, "a")], 1, &[]),
+            CatchUp::Entries { from: 1, .. }
+        ));
+    }
+}

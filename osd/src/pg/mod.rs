@@ -1,0 +1,99 @@
+//! A placement group on this OSD: its copy in the engine store ([`store`] for the
+//! log and markers, [`objects`] for reading objects, [`delivery`] for what a copy
+//! receives to catch up), what the OSD keeps of it in memory ([`log`]), the pure
+//! comparison of two copies' logs ([`catch_up`]), and the [`Registry`] that gives
+//! every PG one lock.
+//!
+//! Everything above this module works on a PG through its lock: a request, a
+//! peering or a recovery step holds it while it reads or changes the PG.
+
+pub mod catch_up;
+pub mod delivery;
+pub mod log;
+pub mod objects;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use lcpfs_core::map::Pool;
+use lcpfs_core::pg::PgId;
+use lcpfs_engine::Store;
+
+pub use catch_up::{CatchUp, catch_up};
+pub use delivery::{Delivery, backfill_names, install};
+pub use log::PgLog;
+pub use objects::{list, names, read, read_shard, scrub_map, size, state};
+pub use store::{
+    LOG_KEEP, RESERVED_XATTR_PREFIX, SIZE_XATTR, VERSION_XATTR, activated, apply, collection,
+    ensure, entry_at, held, is_mutation, load, log_since, pending, prepare, remove, resolve,
+    same_entry, scrub_stamps, set_accepted, set_activated, set_scrub_stamps, shard,
+};
+
+use crate::error::{OsdError, Result};
+
+/// A PG's up set, one entry per position (erasure-coded pools leave a position
+/// `None` while no up OSD holds that shard).
+pub type UpSet = Vec<Option<u32>>;
+
+/// A PG's lock and, once loaded, its in-memory state.
+pub type PgSlot = Arc<tokio::sync::Mutex<Option<PgLog>>>;
+
+/// A locked PG, as the holder of its lock sees it.
+pub type PgGuard<'a> = tokio::sync::MutexGuard<'a, Option<PgLog>>;
+
+/// Every PG this OSD has touched since it started, each behind its own lock.
+#[derive(Default)]
+pub struct Registry {
+    pgs: Mutex<HashMap<PgId, PgSlot>>,
+}
+
+impl Registry {
+    /// The lock of `pg` (made on first use).
+    pub fn slot(&self, pg: PgId) -> PgSlot {
+        self.pgs
+            .lock()
+            .expect("PG registry")
+            .entry(pg)
+            .or_default()
+            .clone()
+    }
+}
+
+/// Runs engine work on tokio's blocking pool, off the executor's threads.
+pub async fn blocking<T, E>(work: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<OsdError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| OsdError::Internal(format!("engine task failed: {error}")))?
+        .map_err(Into::into)
+}
+
+/// The PG's in-memory state under its lock, loaded from the store (and the
+/// collection created) on first use, or again after a change that did not finish.
+pub async fn loaded<'a>(
+    store: &Arc<Store>,
+    guard: &'a mut PgGuard<'_>,
+    pg: PgId,
+    pool: &Pool,
+) -> Result<&'a mut PgLog> {
+    if guard.as_ref().is_none_or(|log| log.dirty) {
+        let store = store.clone();
+        let compression = pool.compression.clone();
+        let mut log = blocking(move || {
+            ensure(&store, pg, compression.as_deref())?;
+            load(&store, pg)
+        })
+        .await?;
+        // A half-done change is not trusted: the PG peers again, but it still
+        // refuses the primaries it refused before.
+        log.accepted_interval = log
+            .accepted_interval
+            .max(guard.as_ref().map_or(0, |old| old.accepted_interval));
+        **guard = Some(log);
+    }
+    Ok(guard.as_mut().expect("loaded above"))
+}
