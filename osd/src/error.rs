@@ -65,31 +65,6 @@ impl OsdError {
     pub fn is_transient(&self) -> bool {
         matches!(self, OsdError::Unavailable(_) | OsdError::Stale { .. })
     }
-
-    /// The same error with `context` before its message (its kind unchanged).
-    pub fn context(self, context: impl std::fmt::Display) -> OsdError {
-        let with = |message: String| format!("{context}: {message}");
-        match self {
-            OsdError::Invalid(message) => OsdError::Invalid(with(message)),
-            OsdError::NotFound(message) => OsdError::NotFound(with(message)),
-            OsdError::NoObject(name) => OsdError::NotFound(with(format!(
-                "object '{}' does not exist",
-                String::from_utf8_lossy(&name)
-            ))),
-            OsdError::AlreadyExists(message) => OsdError::AlreadyExists(with(message)),
-            OsdError::Stale { message, epoch } => OsdError::Stale {
-                message: with(message),
-                epoch,
-            },
-            OsdError::Unavailable(message) => OsdError::Unavailable(with(message)),
-            OsdError::Behind(message) => OsdError::Behind(with(message)),
-            OsdError::Diverged(message) => OsdError::Diverged(with(message)),
-            OsdError::Full(message) => OsdError::Full(with(message)),
-            OsdError::DataLoss(message) => OsdError::DataLoss(with(message)),
-            OsdError::PermissionDenied(message) => OsdError::PermissionDenied(with(message)),
-            OsdError::Internal(message) => OsdError::Internal(with(message)),
-        }
-    }
 }
 
 impl From<engine::Error> for OsdError {
@@ -121,8 +96,8 @@ mod tests {
             epoch: 9,
         };
         assert!(stale.is_transient());
-        let wrapped = stale.context("PG 1.0");
-        assert!(matches!(wrapped, OsdError::Stale { epoch: 9, .. }));
-        assert_eq!(wrapped.to_string(), "PG 1.0: old");
+        assert_eq!(stale.to_string(), "old");
+        let missing = OsdError::NoObject(b"a/b".to_vec());
+        assert_eq!(missing.to_string(), "object 'a/b' does not exist");
     }
 }

@@ -19,7 +19,7 @@ use lcpfs_proto::{ObjectState, PgInfoReply, PgRef, PushRequest};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
-use crate::pg::{self, Delivery, PgLog, UpSet};
+use crate::pg::{self, Delivery, Entry, PgLog, UpSet, entry};
 use crate::recovery::{ObjectRecovery, queue_recovery};
 
 /// How soon a PG whose peering failed is peered again, without a map change.
@@ -381,7 +381,7 @@ pub fn push_request(node: &Node, map: &ClusterMap, pg: PgId, delivery: Delivery)
     PushRequest {
         pg: Some(pg_ref(map, pg)),
         objects,
-        entries,
+        entries: entry::to_wire(entries),
         full: keep.is_some(),
         keep: keep.unwrap_or_default(),
         rewind_from: rewind_from.unwrap_or(0),
@@ -420,7 +420,7 @@ pub async fn log_of(
     map: &ClusterMap,
     pg: PgId,
     osd: u32,
-) -> Result<(Vec<lcpfs_proto::LogEntry>, u64)> {
+) -> Result<(Vec<Entry>, u64)> {
     if osd == node.id {
         return node
             .on_store(move |store| pg::log_since(store, pg, 0))

@@ -16,14 +16,15 @@ use lcpfs_proto::connections::OsdConnections;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::tls::Tls;
 use lcpfs_proto::{
-    EcCommitRequest, EchoMessage, ListReply, ListRequest, LogEntry, ObjectState, PgInfoReply,
-    PgLogRequest, PgRef, PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest,
-    ReplicateRequest, ScrubMapRequest, ScrubObject,
+    EcCommitRequest, EchoMessage, ListReply, ListRequest, ObjectState, PgInfoReply, PgLogRequest,
+    PgRef, PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest, ReplicateRequest,
+    ScrubMapRequest, ScrubObject,
 };
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::error::{OsdError, Result};
+use crate::pg::{Entry, entry};
 
 /// How long one call to a peer may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,17 +97,13 @@ impl Peers {
         osd: u32,
         pg: PgId,
         since: u64,
-    ) -> Result<Vec<LogEntry>> {
+    ) -> Result<Vec<Entry>> {
         let request = PgLogRequest {
             pg: Some(pg_ref(map, pg)),
             since,
         };
-        Ok(self
-            .client(map, osd)?
-            .pg_log(request)
-            .await?
-            .into_inner()
-            .entries)
+        let entries = self.client(map, osd)?.pg_log(request).await?.into_inner();
+        Ok(entry::from_wire(entries.entries))
     }
 
     /// Whole objects of `osd`'s copy of a PG.

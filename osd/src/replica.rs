@@ -7,14 +7,14 @@
 //! the newest that peered it.
 
 use lcpfs_proto::{
-    EcCommitRequest, LogEntry, PgInfoReply, PgLogRequest, PgRef, PullRequest, PushReply,
-    PushRequest, ReadShardReply, ReadShardRequest, ReplicateRequest, ScrubMapRequest, ScrubObject,
+    EcCommitRequest, PgInfoReply, PgLogRequest, PgRef, PullRequest, PushReply, PushRequest,
+    ReadShardReply, ReadShardRequest, ReplicateRequest, ScrubMapRequest, ScrubObject,
 };
 
 use crate::error::{OsdError, Result};
 use crate::node::{self, Node};
 use crate::peering::{accept_interval, info_of};
-use crate::pg::{self, Delivery};
+use crate::pg::{self, Delivery, Entry, entry};
 use lcpfs_core::crush::primary;
 use lcpfs_proto::connections::OSD_MAX_MESSAGE;
 
@@ -27,7 +27,7 @@ pub async fn handle_replicate(node: &Node, request: ReplicateRequest) -> Result<
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;
     let log = node.loaded(&mut guard, pg, &pool).await?;
-    let entry = LogEntry {
+    let entry = Entry {
         version: request.version,
         name: request.name.clone(),
         client: request.client.clone(),
@@ -40,7 +40,7 @@ pub async fn handle_replicate(node: &Node, request: ReplicateRequest) -> Result<
         let held = node
             .on_store(move |store| pg::entry_at(store, pg, version))
             .await?;
-        if !held.is_some_and(|held| pg::same_entry(&held, &entry)) {
+        if !held.is_some_and(|held| held.same(&entry)) {
             return Err(OsdError::Diverged(format!(
                 "osd.{} holds another write at version {version} of PG {pg}: the PG must peer again",
                 node.id
@@ -114,7 +114,7 @@ pub async fn handle_pg_info(node: &Node, reference: PgRef) -> Result<PgInfoReply
 }
 
 /// This OSD's log entries of a PG after `request.since`.
-pub async fn handle_pg_log(node: &Node, request: PgLogRequest) -> Result<Vec<LogEntry>> {
+pub async fn handle_pg_log(node: &Node, request: PgLogRequest) -> Result<Vec<Entry>> {
     let (_, pg) = node.checked_pg(request.pg).await?;
     let since = request.since;
     let (entries, _) = node
@@ -151,7 +151,7 @@ pub async fn handle_push(node: &Node, request: PushRequest) -> Result<PushReply>
         .map_err(|message| node.stale(message))?;
     let delivery = Delivery {
         objects: request.objects,
-        entries: request.entries,
+        entries: entry::from_wire(request.entries),
         keep: request.full.then_some(request.keep),
         rewind_from: (request.rewind_from > 0).then_some(request.rewind_from),
         shard: request.shard,
@@ -233,9 +233,11 @@ pub async fn handle_scrub_map(node: &Node, request: ScrubMapRequest) -> Result<V
 /// Returns the copy's newest version.
 pub async fn handle_ec_commit(node: &Node, request: EcCommitRequest) -> Result<u64> {
     let reference = request.pg.unwrap_or_default();
-    let entry = request
-        .entry
-        .ok_or_else(|| OsdError::Invalid("no log entry given".into()))?;
+    let entry = Entry::from(
+        request
+            .entry
+            .ok_or_else(|| OsdError::Invalid("no log entry given".into()))?,
+    );
     let (pool, pg) = node.checked_pg(request.pg).await?;
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;

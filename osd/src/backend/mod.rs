@@ -11,12 +11,12 @@ pub mod replicated;
 
 use lcpfs_core::map::{ClusterMap, Pool, PoolKind};
 use lcpfs_core::pg::PgId;
-use lcpfs_proto::{Inconsistency, LogEntry, ObjectOp, OpRequest, OpResult};
+use lcpfs_proto::{Inconsistency, ObjectOp, OpRequest, OpResult};
 
 use crate::error::Result;
 use crate::node::Node;
 use crate::peering::PeeringBackend;
-use crate::pg::PgLog;
+use crate::pg::{Entry, PgLog};
 use crate::recovery::ObjectRecovery;
 
 /// What a pool's kind decides: how a PG peers and recovers (the supertraits),
@@ -43,7 +43,7 @@ pub trait Backend: PeeringBackend {
         pg: PgId,
         request: &OpRequest,
         log: &mut PgLog,
-        entry: LogEntry,
+        entry: Entry,
         fresh: bool,
     ) -> Result<u64>;
 

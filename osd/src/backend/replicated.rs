@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::{
-    Inconsistency, LogEntry, ObjectOp, OpRequest, OpResult, PgRef, PushRequest, ReplicateRequest,
+    Inconsistency, ObjectOp, OpRequest, OpResult, PgRef, PushRequest, ReplicateRequest,
 };
 
 use super::Backend;
@@ -22,7 +22,7 @@ use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, PeeringBackend, object_state, prior_holders};
 use crate::peers::{fan_out, pg_ref};
-use crate::pg::{self, CatchUp, Delivery, PgLog, UpSet};
+use crate::pg::{self, CatchUp, Delivery, Entry, PgLog, UpSet};
 use crate::recovery::{ObjectRecovery, pause, queue_recovery};
 
 /// How long a replica that failed a write is left before it is sent again.
@@ -50,7 +50,7 @@ impl Backend for Replicated {
         pg: PgId,
         request: &OpRequest,
         log: &mut PgLog,
-        entry: LogEntry,
+        entry: Entry,
         fresh: bool,
     ) -> Result<u64> {
         // Applied here first: an operation the engine refuses (a missing object, a

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
-use lcpfs_proto::{LogEntry, ObjectOp, OpRequest};
+use lcpfs_proto::{ObjectOp, OpRequest};
 
 use crate::backend::Backend;
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::ensure_peered;
-use crate::pg;
+use crate::pg::{self, Entry};
 
 /// How often a write waiting for an inactive PG looks at the map again.
 const INACTIVE_POLL: Duration = Duration::from_millis(500);
@@ -72,7 +72,7 @@ pub async fn mutate(
         Some(version) => (version, false),
         None => (log.last.saturating_add(1), true),
     };
-    let entry = LogEntry {
+    let entry = Entry {
         version,
         name: request.name.clone(),
         client: request.client.clone(),

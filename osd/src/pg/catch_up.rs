@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lcpfs_proto::LogEntry as WireEntry;
-
-use super::store::same_entry;
+use super::entry::Entry;
 
 /// What a stale copy of a PG needs to become level with an authoritative one.
 #[derive(Debug, PartialEq)]
@@ -18,7 +16,7 @@ pub enum CatchUp {
     Entries {
         from: u64,
         names: Vec<Vec<u8>>,
-        entries: Vec<WireEntry>,
+        entries: Vec<Entry>,
     },
     /// A full copy: the authoritative log does not reach back far enough.
     Backfill,
@@ -29,8 +27,8 @@ pub enum CatchUp {
 /// level: from the first version where the stale log holds an entry the
 /// authoritative one does not (a write that was never acknowledged), or else
 /// from the entry after the stale log's last.
-pub fn catch_up(auth: &[WireEntry], auth_oldest: u64, stale: &[WireEntry]) -> CatchUp {
-    let by_version: BTreeMap<u64, &WireEntry> =
+pub fn catch_up(auth: &[Entry], auth_oldest: u64, stale: &[Entry]) -> CatchUp {
+    let by_version: BTreeMap<u64, &Entry> =
         auth.iter().map(|entry| (entry.version, entry)).collect();
     let diverged = stale
         .iter()
@@ -38,7 +36,7 @@ pub fn catch_up(auth: &[WireEntry], auth_oldest: u64, stale: &[WireEntry]) -> Ca
         .find(|entry| {
             by_version
                 .get(&entry.version)
-                .is_none_or(|held| !same_entry(held, entry))
+                .is_none_or(|held| !held.same(entry))
         })
         .map(|entry| entry.version);
     let stale_last = stale.last().map_or(0, |entry| entry.version);
@@ -49,7 +47,7 @@ pub fn catch_up(auth: &[WireEntry], auth_oldest: u64, stale: &[WireEntry]) -> Ca
     if auth_oldest == 0 || from < auth_oldest {
         return CatchUp::Backfill;
     }
-    let newer = |entries: &[WireEntry]| -> Vec<WireEntry> {
+    let newer = |entries: &[Entry]| -> Vec<Entry> {
         entries
             .iter()
             .filter(|entry| entry.version >= from)
@@ -74,8 +72,8 @@ pub fn catch_up(auth: &[WireEntry], auth_oldest: u64, stale: &[WireEntry]) -> Ca
 mod tests {
     use super::*;
 
-    fn entry(version: u64, epoch: u64, name: &str) -> WireEntry {
-        WireEntry {
+    fn entry(version: u64, epoch: u64, name: &str) -> Entry {
+        Entry {
             version,
             name: name.as_bytes().to_vec(),
             client: "c".into(),

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use lcpfs_core::pg::PgId;
 use lcpfs_engine::{self as engine, Store, Transaction};
-use lcpfs_proto::{LogEntry as WireEntry, ObjectState};
+use lcpfs_proto::ObjectState;
+
+use super::entry::Entry;
 
 use super::objects::names;
 use super::store::{
@@ -20,7 +22,7 @@ pub struct Delivery {
     /// Objects as the sender holds them (installed whole; no longer missing).
     pub objects: Vec<ObjectState>,
     /// Log entries to record after the objects.
-    pub entries: Vec<WireEntry>,
+    pub entries: Vec<Entry>,
     /// Backfill: every object not named here is removed, and the copy takes the
     /// entries as its whole log.
     pub keep: Option<Vec<Vec<u8>>>,

@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+use super::entry::Entry;
 use lcpfs_core::pg::PgId;
-use lcpfs_proto::LogEntry as WireEntry;
 
 use super::UpSet;
 use super::store::DUPS_KEEP;
@@ -133,7 +133,7 @@ impl PgLog {
     }
 
     /// Records a mutation applied here.
-    pub fn record(&mut self, entry: &WireEntry) {
+    pub fn record(&mut self, entry: &Entry) {
         self.dirty = false;
         if entry.version >= self.last {
             self.last = entry.version;

@@ -1,6 +1,7 @@
 //! A placement group on this OSD: its copy in the engine store ([`store`] for the
 //! log and markers, [`objects`] for reading objects, [`delivery`] for what a copy
-//! receives to catch up), what the OSD keeps of it in memory ([`log`]), the pure
+//! receives to catch up), its log's entries ([`entry`]), what the OSD keeps of it
+//! in memory ([`log`]), the pure
 //! comparison of two copies' logs ([`catch_up`]), and the [`Registry`] that gives
 //! every PG one lock.
 //!
@@ -9,6 +10,7 @@
 
 pub mod catch_up;
 pub mod delivery;
+pub mod entry;
 pub mod log;
 pub mod objects;
 pub mod store;
@@ -22,12 +24,13 @@ use lcpfs_engine::Store;
 
 pub use catch_up::{CatchUp, catch_up};
 pub use delivery::{Delivery, backfill_names, install};
+pub use entry::Entry;
 pub use log::PgLog;
 pub use objects::{list, names, read, read_shard, scrub_map, size, state};
 pub use store::{
     LOG_KEEP, RESERVED_XATTR_PREFIX, SIZE_XATTR, VERSION_XATTR, activated, apply, collection,
     ensure, entry_at, held, is_mutation, load, log_since, pending, prepare, remove, resolve,
-    same_entry, scrub_stamps, set_accepted, set_activated, set_scrub_stamps, shard,
+    scrub_stamps, set_accepted, set_activated, set_scrub_stamps, shard,
 };
 
 use crate::error::{OsdError, Result};

@@ -15,10 +15,11 @@ use std::collections::BTreeSet;
 use lcpfs_core::pg::PgId;
 use lcpfs_engine::{self as engine, CollectionSettings, Compression, Store, Transaction};
 use lcpfs_proto::object_op::Op;
-use lcpfs_proto::{LogEntry as WireEntry, ObjectOp, PendingWrite};
+use lcpfs_proto::{ObjectOp, PendingWrite};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use super::entry::Entry;
 use super::log::PgLog;
 use crate::error::OsdError;
 
@@ -89,7 +90,7 @@ pub(super) fn object_key(name: &[u8]) -> Vec<u8> {
 
 /// One PG log entry as stored (the version is its omap key).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct LogEntry {
+struct StoredEntry {
     name: Vec<u8>,
     client: String,
     tid: u64,
@@ -97,8 +98,8 @@ struct LogEntry {
     epoch: u64,
 }
 
-pub(super) fn encode_entry(entry: &WireEntry) -> (Vec<u8>, Vec<u8>) {
-    let value = LogEntry {
+pub(super) fn encode_entry(entry: &Entry) -> (Vec<u8>, Vec<u8>) {
+    let value = StoredEntry {
         name: entry.name.clone(),
         client: entry.client.clone(),
         tid: entry.tid,
@@ -110,11 +111,11 @@ pub(super) fn encode_entry(entry: &WireEntry) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-fn decode_entry(pg: PgId, key: &[u8], value: &[u8]) -> engine::Result<WireEntry> {
+fn decode_entry(pg: PgId, key: &[u8], value: &[u8]) -> engine::Result<Entry> {
     let version = decode_version(pg, key)?;
-    let entry: LogEntry = serde_json::from_slice(value)
+    let entry: StoredEntry = serde_json::from_slice(value)
         .map_err(|e| engine::Error::Corrupt(format!("PG {pg} log entry {version}: {e}")))?;
-    Ok(WireEntry {
+    Ok(Entry {
         version,
         name: entry.name,
         client: entry.client,
@@ -125,7 +126,7 @@ fn decode_entry(pg: PgId, key: &[u8], value: &[u8]) -> engine::Result<WireEntry>
 
 /// The dups omap entry of a mutation with a request id: version, then the request
 /// number (8 bytes, big endian) and the client's name.
-fn encode_request(entry: &WireEntry) -> (Vec<u8>, Vec<u8>) {
+fn encode_request(entry: &Entry) -> (Vec<u8>, Vec<u8>) {
     let value = [&entry.tid.to_be_bytes()[..], entry.client.as_bytes()].concat();
     (entry.version.to_be_bytes().to_vec(), value)
 }
@@ -139,18 +140,13 @@ fn decode_request(pg: PgId, version: u64, value: &[u8]) -> engine::Result<(Strin
 
 /// The dups entries of those of `entries` that carry a request id.
 pub(super) fn requests_of<'a>(
-    entries: impl IntoIterator<Item = &'a WireEntry>,
+    entries: impl IntoIterator<Item = &'a Entry>,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     entries
         .into_iter()
         .filter(|entry| !entry.client.is_empty())
         .map(encode_request)
         .collect()
-}
-
-/// True when two log entries record the same mutation.
-pub fn same_entry(a: &WireEntry, b: &WireEntry) -> bool {
-    a.version == b.version && a.epoch == b.epoch && a.client == b.client && a.tid == b.tid
 }
 
 /// Creates the PG's collection if this OSD does not have it yet.
@@ -212,7 +208,7 @@ pub fn set_accepted(store: &Store, pg: PgId, interval: u64) -> engine::Result<()
 }
 
 /// The log entry recorded at `version` of the PG's log.
-pub fn entry_at(store: &Store, pg: PgId, version: u64) -> engine::Result<Option<WireEntry>> {
+pub fn entry_at(store: &Store, pg: PgId, version: u64) -> engine::Result<Option<Entry>> {
     let view = store.head(&collection(pg))?;
     if !view.exists(LOG_OBJECT)? {
         return Ok(None);
@@ -237,7 +233,7 @@ pub fn is_mutation(op: &Op) -> bool {
 pub fn apply(
     store: &Store,
     pg: PgId,
-    entry: &WireEntry,
+    entry: &Entry,
     ops: &[ObjectOp],
     log_entries: u64,
 ) -> Result<(), OsdError> {
@@ -245,7 +241,7 @@ pub fn apply(
     // already applied; another request means diverging histories.
     let version = entry.version;
     if let Some(held) = entry_at(store, pg, version)? {
-        if same_entry(&held, entry) {
+        if held.same(entry) {
             return Ok(());
         }
         return Err(OsdError::AlreadyExists(format!(
@@ -263,7 +259,7 @@ pub fn apply(
 
 /// The engine transaction of a mutation and its log entry; every eighth of
 /// `log_entries` versions, it trims the log to the newest `log_entries`.
-fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp], log_entries: u64) -> Transaction {
+fn mutation(pg: PgId, entry: &Entry, ops: &[ObjectOp], log_entries: u64) -> Transaction {
     let version = entry.version;
     let key = object_key(&entry.name);
     let mut txn = Transaction::new(collection(pg));
@@ -325,15 +321,15 @@ fn mutation(pg: PgId, entry: &WireEntry, ops: &[ObjectOp], log_entries: u64) -> 
 pub fn prepare(
     store: &Store,
     pg: PgId,
-    entry: &WireEntry,
+    entry: &Entry,
     ops: &[ObjectOp],
     shard: u32,
 ) -> engine::Result<()> {
-    if entry_at(store, pg, entry.version)?.is_some_and(|held| same_entry(&held, entry)) {
+    if entry_at(store, pg, entry.version)?.is_some_and(|held| held.same(entry)) {
         return Ok(());
     }
     let pending = PendingWrite {
-        entry: Some(entry.clone()),
+        entry: Some(entry.clone().into()),
         ops: ops.to_vec(),
     };
     let mut txn = Transaction::new(collection(pg));
@@ -361,17 +357,17 @@ pub fn pending(store: &Store, pg: PgId) -> engine::Result<Option<PendingWrite>> 
 pub fn resolve(
     store: &Store,
     pg: PgId,
-    entry: &WireEntry,
+    entry: &Entry,
     commit: bool,
     log_entries: u64,
 ) -> engine::Result<()> {
     let held = pending(store, pg)?.filter(|pending| {
         pending
             .entry
-            .as_ref()
-            .is_some_and(|held| same_entry(held, entry))
+            .clone()
+            .is_some_and(|held| Entry::from(held).same(entry))
     });
-    if commit && entry_at(store, pg, entry.version)?.is_some_and(|held| same_entry(&held, entry)) {
+    if commit && entry_at(store, pg, entry.version)?.is_some_and(|held| held.same(entry)) {
         return Ok(());
     }
     let Some(pending) = held else {
@@ -470,7 +466,7 @@ fn set_log_numbers(store: &Store, pg: PgId, numbers: &[(&str, u64)]) -> engine::
 
 /// A range of this copy's shard of an object, zero padded to `length`, with the
 /// when the log is empty).
-pub fn log_since(store: &Store, pg: PgId, since: u64) -> engine::Result<(Vec<WireEntry>, u64)> {
+pub fn log_since(store: &Store, pg: PgId, since: u64) -> engine::Result<(Vec<Entry>, u64)> {
     let view = store.head(&collection(pg))?;
     if !view.exists(LOG_OBJECT)? {
         return Ok((Vec::new(), 0));
@@ -502,8 +498,8 @@ mod tests {
     use super::*;
     use crate::pg::{Delivery, install, size, state};
 
-    fn entry(version: u64, epoch: u64, name: &str) -> WireEntry {
-        WireEntry {
+    fn entry(version: u64, epoch: u64, name: &str) -> Entry {
+        Entry {
             version,
             name: name.as_bytes().to_vec(),
             client: "c".into(),
@@ -602,7 +598,7 @@ mod tests {
         let store = open(dir.path(), false);
         assert_eq!(shard(&store, pg).unwrap(), Some(2));
         let held = pending(&store, pg).unwrap().unwrap();
-        assert!(same_entry(held.entry.as_ref().unwrap(), &first));
+        assert!(Entry::from(held.entry.unwrap()).same(&first));
         assert_eq!(size(&store, pg, b"a").unwrap(), 0);
         assert_eq!(load(&store, pg).unwrap().last, 0);
 

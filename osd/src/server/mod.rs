@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::OsdError;
 use crate::node::{self, Node};
 use crate::ops::{self, stream};
+use crate::pg::entry;
 use crate::{replica, scrub};
 
 /// The OSD protocol served over a [`Node`].
@@ -92,7 +93,9 @@ impl Osd for OsdServer {
     async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
         tls::require(&request, &["osd"], "Osd.PgLog")?;
         let entries = replica::handle_pg_log(&self.node, request.into_inner()).await;
-        reply(entries.map(|entries| PgLogReply { entries }))
+        reply(entries.map(|entries| PgLogReply {
+            entries: entry::to_wire(entries),
+        }))
     }
 
     async fn pull_objects(

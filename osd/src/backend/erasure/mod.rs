@@ -26,13 +26,13 @@ use std::sync::Arc;
 use lcpfs_core::map::{ClusterMap, Pool, PoolKind};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
-use lcpfs_proto::{Inconsistency, LogEntry, ObjectOp, OpRequest, OpResult, PgRef, op_result};
+use lcpfs_proto::{Inconsistency, ObjectOp, OpRequest, OpResult, PgRef, op_result};
 
 use super::Backend;
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::PeeringBackend;
-use crate::pg::{self, PgLog, UpSet};
+use crate::pg::{self, Entry, PgLog, UpSet};
 use crate::recovery::ObjectRecovery;
 use codec::Code;
 
@@ -98,7 +98,7 @@ impl Backend for Erasure {
         pg: PgId,
         request: &OpRequest,
         log: &mut PgLog,
-        entry: LogEntry,
+        entry: Entry,
         _fresh: bool,
     ) -> Result<u64> {
         // A retried request reaches here only when it was never committed: the

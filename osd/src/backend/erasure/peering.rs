@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
-use lcpfs_proto::{LogEntry, PgInfoReply, PgRef};
+use lcpfs_proto::{PgInfoReply, PgRef};
 
 use super::repair::{install_shard, rebuild_shard};
 use super::write::resolve_at;
@@ -17,7 +17,7 @@ use super::{Member, code, members};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, check_not_down, log_of, probe_prior};
-use crate::pg::{self, CatchUp, Delivery, PgLog, UpSet};
+use crate::pg::{self, CatchUp, Delivery, Entry, PgLog, UpSet};
 use crate::recovery::pause;
 
 /// The shard position a copy at `position` of the up set holds the history of:
@@ -65,7 +65,7 @@ async fn entry_of(
     pg: PgId,
     osd: u32,
     version: u64,
-) -> Result<Option<LogEntry>> {
+) -> Result<Option<Entry>> {
     if osd == node.id {
         return node
             .on_store(move |store| pg::entry_at(store, pg, version))
@@ -302,12 +302,12 @@ async fn settle_pending(
     reference: PgRef,
     log: &mut PgLog,
 ) -> Result<()> {
-    let mut pending: Vec<LogEntry> = infos
+    let mut pending: Vec<Entry> = infos
         .iter()
-        .filter_map(|(_, info)| info.pending.clone())
+        .filter_map(|(_, info)| info.pending.clone().map(Entry::from))
         .collect();
     pending.sort_by_key(|entry| entry.version);
-    pending.dedup_by(|a, b| pg::same_entry(a, b));
+    pending.dedup_by(|a, b| a.same(b));
     let map = Arc::new(map.clone());
     for entry in &pending {
         let mut committed = false;
@@ -315,7 +315,7 @@ async fn settle_pending(
             if info.last >= entry.version
                 && entry_of(node, &map, pg, *osd, entry.version)
                     .await?
-                    .is_some_and(|held| pg::same_entry(&held, entry))
+                    .is_some_and(|held| held.same(entry))
             {
                 committed = true;
                 break;
@@ -326,8 +326,8 @@ async fn settle_pending(
         for ((_, osd), info) in infos {
             if info
                 .pending
-                .as_ref()
-                .is_some_and(|held| pg::same_entry(held, entry))
+                .clone()
+                .is_some_and(|held| Entry::from(held).same(entry))
             {
                 resolve_at(node, &map, pg, *osd, reference, entry, committed).await?;
             }

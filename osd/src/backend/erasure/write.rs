@@ -11,7 +11,7 @@ use lcpfs_core::map::ClusterMap;
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{
-    EcCommitRequest, KeyValue, LogEntry, ObjectOp, OpRequest, PgRef, ReplicateRequest, WriteAt,
+    EcCommitRequest, KeyValue, ObjectOp, OpRequest, PgRef, ReplicateRequest, WriteAt,
 };
 
 use super::codec::{self, Code, Edit, Edited, UNIT};
@@ -19,7 +19,7 @@ use super::{members, read};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
-use crate::pg::{self, PgLog, SIZE_XATTR, VERSION_XATTR};
+use crate::pg::{self, Entry, PgLog, SIZE_XATTR, VERSION_XATTR};
 
 /// A call to a shard in flight (to a peer, or to this OSD's own store).
 pub(super) type ShardCall<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
@@ -73,7 +73,7 @@ pub(super) async fn write(
     pg: PgId,
     request: &OpRequest,
     log: &mut PgLog,
-    entry: LogEntry,
+    entry: Entry,
 ) -> Result<u64> {
     let map = Arc::new(map.clone());
     let name = request.name.clone();
@@ -170,7 +170,7 @@ fn prepare_at(
     pg: PgId,
     osd: u32,
     position: usize,
-    entry: &LogEntry,
+    entry: &Entry,
     ops: Vec<ObjectOp>,
 ) -> ShardCall<()> {
     let shard = position as u32;
@@ -204,7 +204,7 @@ pub(super) fn resolve_at(
     pg: PgId,
     osd: u32,
     reference: PgRef,
-    entry: &LogEntry,
+    entry: &Entry,
     commit: bool,
 ) -> ShardCall<()> {
     if osd == node.id {
@@ -216,7 +216,7 @@ pub(super) fn resolve_at(
     }
     let request = EcCommitRequest {
         pg: Some(reference),
-        entry: Some(entry.clone()),
+        entry: Some(entry.clone().into()),
         commit,
     };
     let (peers, map) = (node.peers.clone(), map.clone());
