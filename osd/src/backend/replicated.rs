@@ -17,7 +17,7 @@ use lcpfs_proto::{
     Inconsistency, ObjectOp, OpRequest, OpResult, PgRef, PushRequest, ReplicateRequest,
 };
 
-use super::Backend;
+use super::pg_backend::Backend;
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, PeeringBackend, object_state, prior_holders};

@@ -6,7 +6,7 @@ use lcpfs_proto::connections::STREAM_CHUNK;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{DataChunk, ObjectOp, OpReply, OpRequest, ReadRange, op_result};
 
-use super::op;
+use super::request::op;
 use super::write::too_big;
 use crate::error::{OsdError, Result};
 use crate::node::Node;

@@ -4,11 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use super::entry::Entry;
 use lcpfs_core::pg::PgId;
 
-use super::UpSet;
-use super::store::DUPS_KEEP;
+use super::entry::Entry;
+
+/// Versions whose request ids a PG keeps in store and in memory to answer retries
+/// (like Ceph's osd_pg_log_dups_tracked); the log's length when that is longer.
+pub const DUPS_KEEP: u64 = 3000;
+
+/// A PG's up set, one entry per position (erasure-coded pools leave a position
+/// `None` while no up OSD holds that shard).
+pub type UpSet = Vec<Option<u32>>;
 
 /// What an OSD remembers of a PG's log in memory.
 #[derive(Debug, Default)]

@@ -25,7 +25,7 @@ use lcpfs_engine::Store;
 pub use catch_up::{CatchUp, catch_up};
 pub use delivery::{Delivery, backfill_names, install};
 pub use entry::Entry;
-pub use log::PgLog;
+pub use log::{PgLog, UpSet};
 pub use objects::{list, names, read, read_shard, scrub_map, size, state};
 pub use store::{
     LOG_KEEP, RESERVED_XATTR_PREFIX, SIZE_XATTR, VERSION_XATTR, activated, apply, collection,
@@ -34,10 +34,6 @@ pub use store::{
 };
 
 use crate::error::{OsdError, Result};
-
-/// A PG's up set, one entry per position (erasure-coded pools leave a position
-/// `None` while no up OSD holds that shard).
-pub type UpSet = Vec<Option<u32>>;
 
 /// A PG's lock and, once loaded, its in-memory state.
 pub type PgSlot = Arc<tokio::sync::Mutex<Option<PgLog>>>;

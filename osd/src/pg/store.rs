@@ -20,7 +20,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
-use super::log::PgLog;
+use super::log::{DUPS_KEEP, PgLog};
 use crate::error::OsdError;
 
 /// The object holding a PG's log in its collection.
@@ -58,9 +58,6 @@ pub const RESERVED_XATTR_PREFIX: &str = "lcpfs.";
 /// recent mutations, kept further back than a short log (Ceph's PG log dups), so
 /// that a retried request is recognised after a reload whatever the log's length.
 pub(super) const DUPS_OBJECT: &[u8] = b"m/dups";
-/// Versions whose request ids a PG keeps in store and in memory to answer retries
-/// (like Ceph's osd_pg_log_dups_tracked); the log's length when that is longer.
-pub const DUPS_KEEP: u64 = 3000;
 
 /// The engine collection of a PG, e.g. `pg.3.1f`.
 pub fn collection(pg: PgId) -> String {

@@ -1,4 +1,5 @@
-//! Erasure coding of objects into shards, and the read-modify-write of stripes.
+//! Erasure coding of objects into shards, and the read-modify-write of stripes;
+//! which OSD of a PG's up set holds which shard.
 //!
 //! An object of an erasure-coded pool (`k` data + `m` parity shards) is cut into
 //! stripes of `k` units of [`UNIT`] bytes. Unit `j` of stripe `s` is stored at offset
@@ -14,12 +15,37 @@
 
 use std::ops::Range;
 
+use lcpfs_core::map::{Pool, PoolKind};
 use lcpfs_proto::ObjectOp;
 use lcpfs_proto::object_op::Op;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
+use crate::pg::UpSet;
+
 /// Bytes of one shard per stripe (a stripe holds `k * UNIT` bytes of the object).
 pub const UNIT: u64 = 4096;
+
+/// A shard position of a PG's up set and the OSD holding it.
+pub type Member = (usize, u32);
+
+/// The erasure code of a pool (replicated pools are not asked).
+pub fn code(pool: &Pool) -> Code {
+    match pool.kind {
+        PoolKind::Erasure { k, m } => Code {
+            k: k as usize,
+            m: m as usize,
+        },
+        PoolKind::Replicated { .. } => Code { k: 1, m: 0 },
+    }
+}
+
+/// The positions of an up set that an OSD holds, with their OSDs.
+pub fn members(up: &UpSet) -> Vec<Member> {
+    up.iter()
+        .enumerate()
+        .filter_map(|(position, osd)| osd.map(|osd| (position, osd)))
+        .collect()
+}
 
 /// A pool's erasure code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,43 +23,21 @@ mod write;
 
 use std::sync::Arc;
 
-use lcpfs_core::map::{ClusterMap, Pool, PoolKind};
+use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{Inconsistency, ObjectOp, OpRequest, OpResult, PgRef, op_result};
 
-use super::Backend;
+use super::pg_backend::Backend;
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::PeeringBackend;
 use crate::pg::{self, Entry, PgLog, UpSet};
 use crate::recovery::ObjectRecovery;
-use codec::Code;
+use codec::{Code, code};
 
 /// The backend of erasure-coded pools.
 pub struct Erasure;
-
-/// A shard position of a PG's up set and the OSD holding it.
-type Member = (usize, u32);
-
-/// The erasure code of a pool (replicated pools are not asked).
-fn code(pool: &Pool) -> Code {
-    match pool.kind {
-        PoolKind::Erasure { k, m } => Code {
-            k: k as usize,
-            m: m as usize,
-        },
-        PoolKind::Replicated { .. } => Code { k: 1, m: 0 },
-    }
-}
-
-/// The positions of an up set that an OSD holds, with their OSDs.
-fn members(up: &UpSet) -> Vec<Member> {
-    up.iter()
-        .enumerate()
-        .filter_map(|(position, osd)| osd.map(|osd| (position, osd)))
-        .collect()
-}
 
 #[tonic::async_trait]
 impl Backend for Erasure {

@@ -11,9 +11,9 @@ use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::{PgInfoReply, PgRef};
 
+use super::codec::{Member, code, members};
 use super::repair::{install_shard, rebuild_shard};
 use super::write::resolve_at;
-use super::{Member, code, members};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, check_not_down, log_of, probe_prior};

@@ -2,20 +2,23 @@
 //! stripes gathered from `k` shards (the data shards when they answer, parity
 //! shards in place of those that do not).
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use lcpfs_core::map::ClusterMap;
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::{ReadShardReply, ReadShardRequest};
 
-use super::codec::{Code, UNIT};
-use super::write::ShardCall;
-use super::{Member, members};
+use super::codec::{Code, Member, UNIT, members};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
 use crate::pg;
+
+/// A call to a shard in flight (to a peer, or to this OSD's own store).
+pub(super) type ShardCall<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 /// The stripes of an object gathered from its shards.
 pub(super) struct Gathered {

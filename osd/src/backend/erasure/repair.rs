@@ -9,9 +9,8 @@ use lcpfs_core::map::ClusterMap;
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::{Inconsistency, ObjectState};
 
-use super::codec::Code;
+use super::codec::{Code, Member, members};
 use super::read::shard_range;
-use super::{Member, members};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, object_state, prior_holders};

@@ -3,8 +3,6 @@
 //! (phase one) and then committed by every one (phase two). The client is
 //! acknowledged only once every up shard committed.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use lcpfs_core::map::ClusterMap;
@@ -14,15 +12,12 @@ use lcpfs_proto::{
     EcCommitRequest, KeyValue, ObjectOp, OpRequest, PgRef, ReplicateRequest, WriteAt,
 };
 
-use super::codec::{self, Code, Edit, Edited, UNIT};
-use super::{members, read};
+use super::codec::{self, Code, Edit, Edited, UNIT, members};
+use super::read::{self, ShardCall};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
 use crate::pg::{self, Entry, PgLog, SIZE_XATTR, VERSION_XATTR};
-
-/// A call to a shard in flight (to a peer, or to this OSD's own store).
-pub(super) type ShardCall<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 fn op(op: Op) -> ObjectOp {
     ObjectOp { op: Some(op) }

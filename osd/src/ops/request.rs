@@ -1,0 +1,164 @@
+//! One client request at this OSD, the primary of its object's PG: checked,
+//! followed to the sender's map epoch, its mutations applied ([`super::write`])
+//! and then its reads answered ([`super::read`]), and counted in the metrics.
+
+use std::time::Instant;
+
+use lcpfs_core::map::Pool;
+use lcpfs_core::pg::object_to_pg;
+use lcpfs_proto::object_op::Op;
+use lcpfs_proto::{KeyValue, OpReply, OpRequest, OpResult, op_result};
+
+use super::{read, write};
+use crate::backend;
+use crate::error::{OsdError, Result};
+use crate::node::{self, Node};
+use crate::pg;
+
+/// Runs a client's request at this OSD, the primary of the object's PG.
+pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
+    let began = Instant::now();
+    check_request(&request)?;
+    let map = node.map_at_least(request.epoch).await?;
+    let pool = node::pool(&map, request.pool)?.clone();
+    let backend = backend::of(&pool);
+    backend.check_ops(&pool, &request.ops)?;
+    let pg = object_to_pg(&pool, &request.name);
+    let mapping = node.mapping(&map, pg)?;
+    if mapping.primary != Some(node.id) {
+        return Err(node.stale(format!(
+            "osd.{} is not the primary of PG {pg} at epoch {} (primary: {})",
+            node.id,
+            map.epoch,
+            mapping
+                .primary
+                .map_or("none".to_owned(), |osd| format!("osd.{osd}"))
+        )));
+    }
+    let missing = |error: OsdError| named_in(error, &pool);
+    let mutations = request
+        .ops
+        .iter()
+        .any(|op| op.op.as_ref().is_some_and(pg::is_mutation));
+    let version = if mutations {
+        write::mutate(node, backend, &map, &pool, pg, &request)
+            .await
+            .map_err(missing)?
+    } else {
+        0
+    };
+    let reads = request
+        .ops
+        .iter()
+        .any(|op| op.op.as_ref().is_some_and(|op| !pg::is_mutation(op)));
+    let results = if reads {
+        read::read(node, backend, &pool, pg, &request)
+            .await
+            .map_err(missing)?
+    } else {
+        Vec::new()
+    };
+    account(node, &request, &results, began);
+    Ok(OpReply {
+        epoch: node.current().epoch,
+        results,
+        version,
+    })
+}
+
+/// Refuses a malformed request: no object name, an operation of no kind, or an
+/// xattr name reserved for LCPFS.
+fn check_request(request: &OpRequest) -> Result<()> {
+    if request.name.is_empty() {
+        return Err(OsdError::Invalid("object name is empty".into()));
+    }
+    if request.ops.iter().any(|op| op.op.is_none()) {
+        return Err(OsdError::Invalid("an operation has no kind".into()));
+    }
+    let reserved = request.ops.iter().find_map(|op| match &op.op {
+        Some(Op::SetXattr(KeyValue { key, .. }) | Op::RmXattr(key))
+            if key.starts_with(pg::RESERVED_XATTR_PREFIX) =>
+        {
+            Some(key)
+        }
+        _ => None,
+    });
+    if let Some(key) = reserved {
+        return Err(OsdError::Invalid(format!(
+            "xattr names starting with '{}' are reserved for LCPFS ({key:?})",
+            pg::RESERVED_XATTR_PREFIX
+        )));
+    }
+    Ok(())
+}
+
+/// A missing object's refusal, naming its pool.
+fn named_in(error: OsdError, pool: &Pool) -> OsdError {
+    match error {
+        OsdError::NoObject(name) => OsdError::NotFound(format!(
+            "object '{}' does not exist in pool '{}'",
+            String::from_utf8_lossy(&name),
+            pool.name
+        )),
+        other => other,
+    }
+}
+
+/// Counts a served request in the metrics.
+fn account(node: &Node, request: &OpRequest, results: &[OpResult], began: Instant) {
+    let metrics = &node.metrics;
+    let mut mutation = false;
+    for op in request.ops.iter().filter_map(|op| op.op.as_ref()) {
+        let (kind, written) = match op {
+            Op::WriteFull(data) => ("write_full", data.len()),
+            Op::Write(write) => ("write", write.data.len()),
+            Op::Append(data) => ("append", data.len()),
+            Op::Truncate(_) => ("truncate", 0),
+            Op::Delete(_) => ("delete", 0),
+            Op::SetXattr(pair) => ("set_xattr", pair.value.len()),
+            Op::RmXattr(_) => ("rm_xattr", 0),
+            Op::OmapSet(set) => (
+                "omap_set",
+                set.entries
+                    .iter()
+                    .map(|entry| entry.key.len() + entry.value.len())
+                    .sum(),
+            ),
+            Op::OmapRm(_) => ("omap_rm", 0),
+            Op::OmapClear(_) => ("omap_clear", 0),
+            Op::Read(_) => ("read", 0),
+            Op::Stat(_) => ("stat", 0),
+            Op::GetXattr(_) => ("get_xattr", 0),
+            Op::OmapGet(_) => ("omap_get", 0),
+            Op::OmapRange(_) => ("omap_range", 0),
+        };
+        mutation |= pg::is_mutation(op);
+        metrics.ops.with_label_values(&[kind]).inc();
+        metrics
+            .bytes
+            .with_label_values(&["in"])
+            .inc_by(written as u64);
+    }
+    let read: usize = results
+        .iter()
+        .filter_map(|result| result.result.as_ref())
+        .map(|result| match result {
+            op_result::Result::Data(data) => data.len(),
+            op_result::Result::Xattr(value) => value.len(),
+            op_result::Result::Omap(omap) => omap
+                .entries
+                .iter()
+                .map(|entry| entry.key.len() + entry.value.len())
+                .sum(),
+            op_result::Result::Stat(_) => 0,
+        })
+        .sum();
+    metrics
+        .bytes
+        .with_label_values(&["out"])
+        .inc_by(read as u64);
+    metrics
+        .latency
+        .with_label_values(&[if mutation { "write" } else { "read" }])
+        .observe(began.elapsed().as_secs_f64());
+}
