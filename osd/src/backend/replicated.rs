@@ -8,7 +8,6 @@
 //! newest log among the copies and brings the others level by log entries, or by
 //! backfill when the log does not reach back far enough.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lcpfs_core::map::{ClusterMap, Pool};
@@ -365,7 +364,7 @@ async fn send_replicate_all(
                 "PG {pg} changed its OSDs during the write; retry"
             )));
         }
-        let map = Arc::new((*node.current()).clone());
+        let map = node.current();
         let up = node.up_osds(&map, pg)?;
         pending.retain(|osd| up.contains(osd));
         let answers = fan_out(pending.iter().copied(), |osd| {
