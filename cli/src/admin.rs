@@ -64,6 +64,13 @@ pub enum OsdCommand {
         #[arg(long)]
         yes_i_really_mean_it: bool,
     },
+    /// Let OSDs held down for flapping (health OSD_FLAPPING) boot again now,
+    /// before their hold ends.
+    Unhold {
+        /// OSD ids.
+        #[arg(required = true)]
+        ids: Vec<u32>,
+    },
     /// Remove OSDs (they must be down).
     Rm {
         /// OSD ids.
@@ -271,6 +278,7 @@ pub async fn osd(
             }
             Command::OsdLost { ids }
         }
+        OsdCommand::Unhold { ids } => Command::OsdUnhold { ids },
         OsdCommand::Rm { ids } => Command::OsdRm { ids },
         OsdCommand::Reweight { id, reweight } => Command::OsdReweight { id, reweight },
         OsdCommand::Scrub { id, deep, repair } => {

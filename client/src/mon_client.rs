@@ -1,13 +1,17 @@
 //! The client side of the monitors: find one that answers, send it requests (any
 //! monitor forwards changes to the leader), and follow the cluster map.
 //!
-//! Monitors are found from `--mon ADDR,...` or `LCPFS_MON`. A request that a monitor
-//! cannot serve right now (it is down, or leadership is changing) is retried on the
-//! others until the deadline; the last error, naming the monitors tried, is returned.
+//! Monitors are found from `--mon ADDR,...` or `LCPFS_MON`: a client starts with
+//! a random one and keeps to the last that answered, trying the others in random
+//! order. A request that a monitor cannot serve right now (it is down, leadership
+//! is changing, or it has not yet applied the newest map this client has seen) is
+//! retried on the others until the deadline; the last error, naming the monitors
+//! tried, is returned. Every request carries the newest epoch the client has seen,
+//! so a map it is given is never older than one it had.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -19,6 +23,7 @@ use lcpfs_proto::{
     CommandRequest, FailureReport, GetMapRequest, MapUpdate, OsdBootRequest, OsdHeartbeatRequest,
     PgStat, PgStatsReport, PingReply, PingRequest, QueryRequest, SubscribeRequest, map_update,
 };
+use rand::seq::SliceRandom;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
@@ -54,6 +59,8 @@ pub struct MonClient {
     timeout: Duration,
     /// The newest map epoch any monitor reported; sent with every request.
     epoch: Arc<AtomicU64>,
+    /// Index of the monitor that answered last: tried first.
+    answered: Arc<AtomicUsize>,
 }
 
 impl MonClient {
@@ -85,6 +92,7 @@ impl MonClient {
             key: None,
             timeout: DEFAULT_TIMEOUT,
             epoch: Arc::new(AtomicU64::new(0)),
+            answered: Arc::new(AtomicUsize::new(rand::random_range(0..addrs.len()))),
         })
     }
 
@@ -125,6 +133,13 @@ impl MonClient {
         self
     }
 
+    /// A client that has seen map `epoch` already (a daemon that kept its last
+    /// map): no monitor gives it an older map.
+    pub fn with_epoch(self, epoch: u64) -> Self {
+        self.saw(epoch);
+        self
+    }
+
     /// The newest map epoch the monitors have reported to this client.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
@@ -139,8 +154,9 @@ impl MonClient {
         self.key.as_deref()
     }
 
-    /// Runs `call` on one monitor after another until one answers with something
-    /// other than "unavailable", or the deadline passes.
+    /// Runs `call` on one monitor after another (the last to answer first, then
+    /// the others in random order) until one answers with something other than
+    /// "unavailable", or the deadline passes.
     async fn call<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
     where
         F: Fn(MonitorClient<Channel>) -> Fut,
@@ -149,8 +165,17 @@ impl MonClient {
         let deadline = Instant::now() + self.timeout;
         // The latest error from each monitor, in the order the monitors were given.
         let mut errors: Vec<Option<String>> = vec![None; self.monitors.len()];
+        // The monitor that answered last first, then the others in a random order
+        // (a new client starts with a random one): clients spread over the
+        // monitors, and one that answers badly (down, behind, partitioned) is no
+        // client's first choice for long.
+        let first = self.answered.load(Ordering::Relaxed);
+        let mut order: Vec<usize> = (0..self.monitors.len()).filter(|&i| i != first).collect();
+        order.shuffle(&mut rand::rng());
+        order.insert(0, first);
         'rounds: loop {
-            for (index, (addr, channel)) in self.monitors.iter().enumerate() {
+            for &index in &order {
+                let (addr, channel) = &self.monitors[index];
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     break 'rounds;
@@ -162,7 +187,10 @@ impl MonClient {
                     .max_encoding_message_size(MAX_MESSAGE);
                 let attempt = tokio::time::timeout(remaining.min(share), call(client));
                 match attempt.await {
-                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Ok(value)) => {
+                        self.answered.store(index, Ordering::Relaxed);
+                        return Ok(value);
+                    }
                     Ok(Err(status)) if retryable(&status) => {
                         let tls = self.tls.is_some();
                         errors[index] = Some(format!("{addr}: {}", describe(&status, tls)));

@@ -523,23 +523,35 @@ impl ObjectClient {
 
     /// Every object of a pool, sorted by name.
     pub async fn list(&self, pool_name: &str) -> anyhow::Result<Vec<ObjectEntry>> {
-        let map = self.map();
-        let pool = self.pool(&map, pool_name)?;
-        let mut entries = Vec::new();
-        for seed in 0..pool.pg_num {
-            let pg = PgId::new(pool.id, seed);
-            entries.extend(self.list_pg(pg).await?);
+        // A pool whose pg_num grows meanwhile is listed again from the start:
+        // its objects move between PGs.
+        'listing: loop {
+            let map = self.map();
+            let pool = self.pool(&map, pool_name)?;
+            let mut entries = Vec::new();
+            for seed in 0..pool.pg_num {
+                let pg = PgId::new(pool.id, seed);
+                match self.list_pg(pg, pool.pg_num).await? {
+                    Some(page) => entries.extend(page),
+                    None => continue 'listing,
+                }
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(entries);
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
     }
 
-    async fn list_pg(&self, pg: PgId) -> anyhow::Result<Vec<ObjectEntry>> {
+    /// The objects of `pg`, or `None` when the pool's pg_num changed from
+    /// `pg_num` meanwhile.
+    async fn list_pg(&self, pg: PgId, pg_num: u32) -> anyhow::Result<Option<Vec<ObjectEntry>>> {
         let deadline = Instant::now() + self.timeout;
         let mut entries = Vec::new();
         let mut start_after = Vec::new();
         loop {
             let map = self.map();
+            if map.pools.get(&pg.pool).map(|pool| pool.pg_num) != Some(pg_num) {
+                return Ok(None);
+            }
             let Some((primary, mut client)) = self.primary(&map, pg)? else {
                 if Instant::now() >= deadline {
                     bail!("PG {pg} has no OSD up");
@@ -553,6 +565,7 @@ impl ObjectClient {
                 pg_seed: pg.seed,
                 start_after: start_after.clone(),
                 limit: 1000,
+                pg_num,
             };
             match client.list(request).await {
                 Ok(reply) => {
@@ -567,7 +580,7 @@ impl ObjectClient {
                         mtime_ns: entry.mtime_ns,
                     }));
                     if done {
-                        return Ok(entries);
+                        return Ok(Some(entries));
                     }
                 }
                 Err(_) if Instant::now() < deadline => self.newer_map(map.epoch).await,

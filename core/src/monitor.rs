@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::map::PoolSpec;
 
+/// What the monitors' refusal of a boot says of an OSD held down for flapping
+/// (marked down by failures too often): the OSD waits and boots again later.
+pub const HELD_DOWN: &str = "is held down";
+
 /// A change to the cluster, committed through the monitors' Raft log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -32,6 +36,11 @@ pub enum Command {
     },
     /// Declare down OSDs' data lost, so PGs waiting for them go on without them.
     OsdLost {
+        /// OSD ids.
+        ids: Vec<u32>,
+    },
+    /// Let OSDs held down for flapping boot again before their hold ends.
+    OsdUnhold {
         /// OSD ids.
         ids: Vec<u32>,
     },
@@ -183,6 +192,10 @@ pub struct PgSummary {
     pub last_scrub: u64,
     /// When the PG was last deep-scrubbed, seconds since the Unix epoch (0: not known).
     pub last_deep_scrub: u64,
+    /// The map epoch of the primary's report (0: no recent report): the state is
+    /// as of that epoch or later.
+    #[serde(default)]
+    pub reported_epoch: u64,
 }
 
 /// An auth entity and its secret key.
@@ -315,4 +328,8 @@ pub struct ClusterStatus {
     /// PGs by state, as their primaries last reported (`unknown`: no recent report).
     #[serde(default)]
     pub pg_states: BTreeMap<String, u64>,
+    /// The oldest map epoch of those reports (0: some PG has no recent report):
+    /// every PG's state is as of this epoch or later.
+    #[serde(default)]
+    pub pg_states_since: u64,
 }

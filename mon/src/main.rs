@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use lcpfs_mon::daemon::{MonOptions, run};
 use lcpfs_mon::monitor::MonConfig;
+use lcpfs_mon::types::FlapRule;
 use lcpfs_proto::tls::Tls;
 
 /// LCPFS monitor: holds the cluster map in a Raft quorum.
@@ -57,6 +58,17 @@ struct Args {
     /// An OSD fuller than this fraction is reported in health (OSD_NEARFULL).
     #[arg(long, default_value_t = 0.85)]
     mon_osd_nearfull_ratio: f64,
+    /// An OSD that failures (silence, its peers' reports) mark down this many
+    /// times within --osd-flap-window is held down for --osd-flap-hold instead
+    /// of booting again at once (flap damping; 0: never held).
+    #[arg(long, default_value_t = 5)]
+    osd_flap_limit: u32,
+    /// Seconds within which --osd-flap-limit mark-downs hold an OSD down.
+    #[arg(long, default_value_t = 600.0)]
+    osd_flap_window: f64,
+    /// Seconds a flapping OSD is held down (`lcpfs osd unhold` ends it sooner).
+    #[arg(long, default_value_t = 600.0)]
+    osd_flap_hold: f64,
     /// Snapshot the state (and compact the log) every this many entries.
     #[arg(long, default_value_t = 1000)]
     snapshot_every: u64,
@@ -106,6 +118,11 @@ fn main() -> ExitCode {
             quorum_timeout: seconds(args.quorum_timeout, "--quorum-timeout")?,
             full_ratio: ratio(args.mon_osd_full_ratio, "--mon-osd-full-ratio")?,
             nearfull_ratio: ratio(args.mon_osd_nearfull_ratio, "--mon-osd-nearfull-ratio")?,
+            flap: FlapRule {
+                limit: args.osd_flap_limit,
+                window_ms: seconds(args.osd_flap_window, "--osd-flap-window")?.as_millis() as u64,
+                hold_ms: seconds(args.osd_flap_hold, "--osd-flap-hold")?.as_millis() as u64,
+            },
             tls: Tls::from_flag(args.tls_dir.as_deref()).map_err(|error| error.to_string())?,
             ..MonConfig::default()
         })

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lcpfs_core::crush::PoolPlacement;
+use lcpfs_core::crush::{PoolPlacement, share_a_pg};
 use lcpfs_core::map::{MAX_CRUSH_WEIGHT, OsdInfo};
 use lcpfs_core::monitor::{Command, CommandOutcome, OsdUsage, PgSummary, check_entity_name};
 use lcpfs_core::pg::PgId;
@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use crate::network::{MAX_MESSAGE, channel};
 use crate::store::StateShared;
-use crate::types::{MonNode, Proposal, Raft, node_id, now_ms};
+use crate::types::{FlapRule, MonNode, Proposal, Raft, node_id, now_ms};
 
 /// Timers and limits of a monitor.
 #[derive(Clone, Debug)]
@@ -38,6 +38,8 @@ pub struct MonConfig {
     pub full_ratio: f64,
     /// An OSD fuller than this fraction is reported (OSD_NEARFULL).
     pub nearfull_ratio: f64,
+    /// When failures that mark an OSD down hold it down (flap damping).
+    pub flap: FlapRule,
     /// Mutual TLS for connections to the other monitors (`None`: plain).
     pub tls: Option<Tls>,
 }
@@ -51,6 +53,11 @@ impl Default for MonConfig {
             min_down_reporter_hosts: 2,
             full_ratio: 0.95,
             nearfull_ratio: 0.85,
+            flap: FlapRule {
+                limit: 5,
+                window_ms: 600_000,
+                hold_ms: 600_000,
+            },
             tls: None,
         }
     }
@@ -68,16 +75,22 @@ pub enum Leader {
 const PG_STAT_FRESH: Duration = Duration::from_secs(15);
 
 /// What the primary of PG `seed` of `pool` reported within `PG_STAT_FRESH`.
-fn fresh_stat(
-    table: &HashMap<(u32, u32), (lcpfs_proto::PgStat, Instant)>,
-    pool: u32,
-    seed: u32,
-) -> Option<&lcpfs_proto::PgStat> {
+fn fresh_report(table: &PgStats, pool: u32, seed: u32) -> Option<&PgReport> {
     table
         .get(&(pool, seed))
-        .filter(|(_, at)| at.elapsed() < PG_STAT_FRESH)
-        .map(|(stat, _)| stat)
+        .filter(|report| report.at.elapsed() < PG_STAT_FRESH)
 }
+
+/// What a PG's primary last reported of it: the state, at which map epoch, and
+/// when it arrived.
+struct PgReport {
+    stat: lcpfs_proto::PgStat,
+    epoch: u64,
+    at: Instant,
+}
+
+/// (pool, seed) → the PG's last report.
+type PgStats = HashMap<(u32, u32), PgReport>;
 
 /// Failed OSD → reporting host → (reporting OSD, when).
 type FailureReports = HashMap<u32, BTreeMap<String, (u32, Instant)>>;
@@ -107,8 +120,8 @@ pub struct Monitor {
     seen_down: Mutex<HashMap<u32, u64>>,
     /// Leader only: failed OSD → reporting host → when.
     failure_reports: Mutex<FailureReports>,
-    /// Leader only: (pool, seed) → what its primary last reported, and when.
-    pg_stats: Mutex<HashMap<(u32, u32), (lcpfs_proto::PgStat, Instant)>>,
+    /// Leader only: what each PG's primary last reported.
+    pg_stats: Mutex<PgStats>,
 }
 
 /// The error for a change proposed to Raft whose commit could not be confirmed: it
@@ -288,9 +301,14 @@ impl Monitor {
                     based_on_epoch: u64::MAX,
                     at_ms: now_ms(),
                     reason: "marked down by an operator".into(),
+                    flap: None,
                 })
                 .await
             }
+            Command::OsdRm { ids } => match self.check_removable(&ids) {
+                Ok(()) => self.write(Proposal::Admin(Command::OsdRm { ids })).await,
+                Err(reason) => Ok(CommandOutcome::Refused { reason }),
+            },
             Command::MonAdd { name, addr } => self.add_monitor(name, addr).await,
             Command::MonRemove { name } => self.remove_monitor(name).await,
             command => self.write(Proposal::Admin(command)).await,
@@ -407,7 +425,8 @@ impl Monitor {
                 osd.weight
             )));
         }
-        match self.write(Proposal::OsdBoot { uuid, osd }).await? {
+        let at_ms = now_ms();
+        match self.write(Proposal::OsdBoot { uuid, osd, at_ms }).await? {
             CommandOutcome::Done { epoch, value, .. } => {
                 let id = value
                     .and_then(|value| value.as_u64())
@@ -424,27 +443,76 @@ impl Monitor {
     }
 
     /// On the leader: PG states reported by a primary.
-    pub fn pg_stats(&self, stats: Vec<lcpfs_proto::PgStat>) {
-        let now = Instant::now();
+    pub fn pg_stats(&self, epoch: u64, stats: Vec<lcpfs_proto::PgStat>) {
+        let at = Instant::now();
         let mut table = self.pg_stats.lock().expect("pg stats");
         for stat in stats {
-            table.insert((stat.pool, stat.seed), (stat, now));
+            table.insert((stat.pool, stat.seed), PgReport { stat, epoch, at });
         }
     }
 
-    /// PGs of the current map by state; PGs without a report in the last
-    /// `PG_STAT_FRESH` are `unknown`.
-    pub fn pg_states(&self) -> BTreeMap<String, u64> {
+    /// Refuses to remove an OSD whose data a PG may still need: one not marked
+    /// lost, unless every PG was reported `active+clean` by its primary at an
+    /// epoch since the OSD was out (so every PG holds all its writes without it).
+    fn check_removable(&self, ids: &[u32]) -> Result<(), String> {
+        let (map, out_since) = self
+            .state
+            .with_state(|state| (state.map.clone(), state.out_since.clone()));
+        let table = self.pg_stats.lock().expect("pg stats");
+        for id in ids {
+            let Some(osd) = map.osds.get(id) else {
+                continue;
+            };
+            if osd.lost || osd.up {
+                // Removing an up OSD is refused by the map itself.
+                continue;
+            }
+            let Some(&since) = out_since.get(id) else {
+                return Err(format!(
+                    "osd.{id} is in: mark it out (`lcpfs osd out {id}`) and wait until every \
+                     PG is active+clean without it, or give its data up with \
+                     `lcpfs osd lost {id}`"
+                ));
+            };
+            for pool in map.pools.values() {
+                for seed in 0..pool.pg_num {
+                    let report = fresh_report(&table, pool.id, seed);
+                    let clean = report.is_some_and(|report| {
+                        report.epoch >= since && report.stat.state == "active+clean"
+                    });
+                    if !clean {
+                        let state = report.map_or("unknown", |report| report.stat.state.as_str());
+                        return Err(format!(
+                            "osd.{id} may hold writes PG {} still needs: it is {state} \
+                             (as of its primary's last report since epoch {since}); wait \
+                             until every PG is active+clean without it (`lcpfs pg ls`), \
+                             or give its data up with `lcpfs osd lost {id}`",
+                            PgId::new(pool.id, seed)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// PGs of the current map by state (PGs without a report in the last
+    /// `PG_STAT_FRESH` are `unknown`), and the oldest map epoch of the reports
+    /// counted (0: some PG has none).
+    pub fn pg_states(&self) -> (BTreeMap<String, u64>, u64) {
         let map = self.state.map();
         let table = self.pg_stats.lock().expect("pg stats");
         let mut states = BTreeMap::new();
+        let mut since = u64::MAX;
         for pool in map.pools.values() {
             for seed in 0..pool.pg_num {
-                let state = fresh_stat(&table, pool.id, seed).map_or("unknown", |stat| &stat.state);
+                let report = fresh_report(&table, pool.id, seed);
+                let state = report.map_or("unknown", |report| &report.stat.state);
                 *states.entry(state.to_owned()).or_insert(0) += 1;
+                since = since.min(report.map_or(0, |report| report.epoch));
             }
         }
-        states
+        (states, if since == u64::MAX { 0 } else { since })
     }
 
     /// Every PG of the current map (of `pool` only, when given), in PG order,
@@ -461,7 +529,8 @@ impl Monitor {
             let placement = PoolPlacement::new(&map, pool.id).ok();
             for seed in 0..pool.pg_num {
                 let mapping = placement.as_ref().map(|placement| placement.map_pg(seed));
-                let fresh = fresh_stat(&table, pool.id, seed);
+                let report = fresh_report(&table, pool.id, seed);
+                let fresh = report.map(|report| &report.stat);
                 list.push(PgSummary {
                     pgid: PgId::new(pool.id, seed).to_string(),
                     state: fresh.map_or_else(|| "unknown".to_owned(), |stat| stat.state.clone()),
@@ -472,6 +541,7 @@ impl Monitor {
                     primary: mapping.and_then(|mapping| mapping.primary),
                     last_scrub: fresh.map_or(0, |stat| stat.last_scrub),
                     last_deep_scrub: fresh.map_or(0, |stat| stat.last_deep_scrub),
+                    reported_epoch: report.map_or(0, |report| report.epoch),
                 });
             }
         }
@@ -590,6 +660,16 @@ impl Monitor {
         if !map.osds.get(&failed).is_some_and(|osd| osd.up) {
             return Ok(());
         }
+        // Only an OSD that shares a PG with the accused watches its heartbeats:
+        // a report from any other is refused (it may be partitioned from
+        // everything, or wrong about who its peers are).
+        if !share_a_pg(&map, reporter, failed) {
+            return Err(Status::failed_precondition(format!(
+                "osd.{reporter} shares no PG with osd.{failed} at epoch {}: its failure report \
+                 does not count",
+                map.epoch
+            )));
+        }
         let reporters = {
             let mut reports = self.failure_reports.lock().expect("failure reports");
             let entry = reports.entry(failed).or_default();
@@ -608,6 +688,7 @@ impl Monitor {
             based_on_epoch: map.epoch,
             at_ms: now_ms(),
             reason: format!("reported failed by {}", reporters.join(", ")),
+            flap: Some(self.config.flap),
         })
         .await?;
         Ok(())
@@ -669,6 +750,7 @@ impl Monitor {
                         based_on_epoch: map.epoch,
                         at_ms: now_ms(),
                         reason,
+                        flap: Some(self.config.flap),
                     })
                     .await
                 {

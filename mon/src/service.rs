@@ -26,9 +26,14 @@ use tonic::{Request, Response, Status};
 
 use crate::monitor::{Leader, Monitor};
 use crate::network::channel;
+use crate::types::now_ms;
 
 /// Marks a request a monitor forwarded to the leader, so it is not forwarded twice.
 const FORWARDED: &str = "lcpfs-forwarded";
+
+/// How long a monitor behind the map epoch a client has seen waits to catch up
+/// before it sends the client to another monitor.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
     serde_json::from_slice(bytes)
@@ -120,9 +125,18 @@ impl MonitorRpc for MonitorService {
             }
             self.0.confirm_quorum().await?;
         }
-        let map = self.0.state.map();
+        let seen = request.get_ref().epoch;
+        let map = self.0.state.map_at_least(seen, CATCH_UP_WAIT).await;
         if map.fsid.is_empty() {
             return Err(Status::unavailable("the cluster is not bootstrapped yet"));
+        }
+        if map.epoch < seen {
+            // Another monitor has the newer map: the client asks it.
+            return Err(Status::unavailable(format!(
+                "this monitor has the map only up to epoch {}, older than epoch {seen} \
+                 the client has seen",
+                map.epoch
+            )));
         }
         Ok(Response::new(MapReply {
             epoch: map.epoch,
@@ -315,7 +329,8 @@ impl MonitorRpc for MonitorService {
         if let Some(mut leader) = self.forward_target(&request)? {
             return leader.pg_stats(forwarded(request.into_inner())).await;
         }
-        self.0.pg_stats(request.into_inner().stats);
+        let report = request.into_inner();
+        self.0.pg_stats(report.epoch, report.stats);
         Ok(Response::new(PgStatsReply {
             epoch: self.epoch(),
         }))
@@ -394,6 +409,28 @@ impl MonitorService {
                 },
             );
         }
+        let now = now_ms();
+        let held: Vec<String> = self
+            .0
+            .state
+            .with_state(|state| state.held_until_ms.clone())
+            .into_iter()
+            .filter(|&(_, until)| until > now)
+            .map(|(id, until)| format!("osd.{id} ({}s)", (until - now).div_ceil(1000)))
+            .collect();
+        if !held.is_empty() {
+            checks.insert(
+                "OSD_FLAPPING".to_owned(),
+                HealthCheck {
+                    severity: HealthStatus::Warn,
+                    summary: format!(
+                        "{} osds held down for flapping (`lcpfs osd unhold ID` lets one back now): {}",
+                        held.len(),
+                        held.join(", ")
+                    ),
+                },
+            );
+        }
         let ratios = self.0.usage_ratios();
         let (_, nearfull_ratio) = self.0.full_ratios();
         let usage = |ids: &mut dyn Iterator<Item = u32>| -> Vec<String> {
@@ -438,7 +475,7 @@ impl MonitorService {
                 },
             );
         }
-        let pg_states = self.0.pg_states();
+        let (pg_states, pg_states_since) = self.0.pg_states();
         let count = |matches: &dyn Fn(&str) -> bool| -> u64 {
             pg_states
                 .iter()
@@ -508,6 +545,7 @@ impl MonitorService {
             pools: map.pools.len() as u32,
             pgs: map.pools.values().map(|pool| u64::from(pool.pg_num)).sum(),
             pg_states,
+            pg_states_since,
         }
     }
 }

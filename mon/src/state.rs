@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lcpfs_core::map::{ClusterMap, MapError, MapIncremental, PoolKind};
-use lcpfs_core::monitor::{Command, CommandOutcome, check_entity_name};
+use lcpfs_core::monitor::{Command, CommandOutcome, HELD_DOWN, check_entity_name};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::types::Proposal;
+use crate::types::{FlapRule, Proposal};
 
 /// What the monitors agree on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,22 @@ pub struct MonState {
     /// The nearfull ratio an operator set, overriding `--mon-osd-nearfull-ratio`.
     #[serde(default)]
     pub nearfull_ratio: Option<f64>,
+    /// Per OSD that is out: the epoch from which it has been (no PG maps to it
+    /// from then on). `osd rm` waits for PG reports from then on.
+    #[serde(default)]
+    pub out_since: BTreeMap<u32, u64>,
+    /// The id the next new OSD gets. Ids are never given again: the PG histories
+    /// of the OSDs name OSDs by id, and a new OSD must not inherit a removed
+    /// one's place in them.
+    #[serde(default)]
+    pub next_osd_id: u32,
+    /// Per OSD: when failures marked it down (leader's clock, ms) within the flap
+    /// window, oldest first.
+    #[serde(default)]
+    pub failures_ms: BTreeMap<u32, Vec<u64>>,
+    /// OSDs held down for flapping, and until when (leader's clock, ms).
+    #[serde(default)]
+    pub held_until_ms: BTreeMap<u32, u64>,
 }
 
 impl Default for MonState {
@@ -50,6 +66,10 @@ impl Default for MonState {
             up_from: BTreeMap::new(),
             full_ratio: None,
             nearfull_ratio: None,
+            out_since: BTreeMap::new(),
+            next_osd_id: 0,
+            failures_ms: BTreeMap::new(),
+            held_until_ms: BTreeMap::new(),
         }
     }
 }
@@ -78,6 +98,7 @@ impl MonState {
         let result = next.apply_to(proposal, &mut incrementals);
         match result {
             Ok((message, value)) => {
+                next.track_out();
                 *self = next;
                 Applied {
                     outcome: CommandOutcome::Done {
@@ -92,6 +113,29 @@ impl MonState {
                 outcome: CommandOutcome::Refused { reason },
                 incrementals: Vec::new(),
             },
+        }
+    }
+
+    /// Records that a failure marked OSD `id` down at `at_ms`; holds it down when
+    /// that makes `rule.limit` failures within the rule's window.
+    fn count_failure(&mut self, id: u32, at_ms: u64, rule: &FlapRule) {
+        let failures = self.failures_ms.entry(id).or_default();
+        failures.retain(|&at| at.saturating_add(rule.window_ms) > at_ms);
+        failures.push(at_ms);
+        if rule.limit > 0 && failures.len() >= rule.limit as usize {
+            self.held_until_ms
+                .insert(id, at_ms.saturating_add(rule.hold_ms));
+        }
+    }
+
+    /// Records the epoch each OSD was marked out (forgotten when it is in again).
+    fn track_out(&mut self) {
+        let epoch = self.map.epoch;
+        let osds = &self.map.osds;
+        self.out_since
+            .retain(|id, _| osds.get(id).is_some_and(|osd| !osd.in_));
+        for osd in osds.values().filter(|osd| !osd.in_) {
+            self.out_since.entry(osd.id).or_insert(epoch);
         }
     }
 
@@ -132,14 +176,28 @@ impl MonState {
                 self.auth.insert(entity.clone(), key.clone());
                 Ok((format!("added key for {entity}"), Some(json!(key))))
             }
-            Proposal::OsdBoot { uuid, osd } => {
+            Proposal::OsdBoot { uuid, osd, at_ms } => {
                 let id = match self.osd_uuids.get(uuid) {
                     Some(&id) => id,
                     None => {
-                        let used: BTreeSet<u32> = self.map.osds.keys().copied().collect();
-                        (0..).find(|id| !used.contains(id)).unwrap_or(0)
+                        let after_known = self.map.osds.keys().max().map_or(0, |id| id + 1);
+                        self.next_osd_id.max(after_known)
                     }
                 };
+                if let Some(&until) = self.held_until_ms.get(&id) {
+                    if until > *at_ms {
+                        let failures = self.failures_ms.get(&id).map_or(0, Vec::len);
+                        return Err(format!(
+                            "osd.{id} {HELD_DOWN} for {}s more: failures marked it down {failures} \
+                             times in a short while (flapping); it may boot after that, or now \
+                             with `lcpfs osd unhold {id}`",
+                            (until - at_ms).div_ceil(1000)
+                        ));
+                    }
+                    self.held_until_ms.remove(&id);
+                    self.failures_ms.remove(&id);
+                }
+                self.next_osd_id = self.next_osd_id.max(id + 1);
                 let mut osd = osd.clone();
                 osd.id = id;
                 incs.push(self.map.boot_osd(osd).map_err(err)?);
@@ -156,6 +214,7 @@ impl MonState {
                 based_on_epoch,
                 at_ms,
                 reason,
+                flap,
             } => {
                 for &id in ids {
                     let osd = self
@@ -171,6 +230,9 @@ impl MonState {
                     if osd.up && !rebooted {
                         incs.push(self.map.mark_down(id).map_err(err)?);
                         self.down_since_ms.insert(id, *at_ms);
+                        if let Some(rule) = flap {
+                            self.count_failure(id, *at_ms, rule);
+                        }
                     }
                 }
                 Ok((format!("marked down {}: {reason}", osd_list(ids)), None))
@@ -240,6 +302,18 @@ impl MonState {
                 self.nearfull_ratio = Some(*ratio);
                 format!("nearfull ratio set to {ratio}")
             }
+            Command::OsdUnhold { ids } => {
+                for id in ids {
+                    if !map.osds.contains_key(id) {
+                        return Err(err(MapError::OsdNotFound(*id)));
+                    }
+                }
+                for id in ids {
+                    self.held_until_ms.remove(id);
+                    self.failures_ms.remove(id);
+                }
+                format!("{} may boot again", osd_list(ids))
+            }
             Command::OsdRm { ids } => {
                 for &id in ids {
                     incs.push(map.remove_osd(id).map_err(err)?);
@@ -247,6 +321,8 @@ impl MonState {
                     self.down_since_ms.remove(&id);
                     self.auto_out.remove(&id);
                     self.up_from.remove(&id);
+                    self.failures_ms.remove(&id);
+                    self.held_until_ms.remove(&id);
                     self.auth.remove(&format!("osd.{id}"));
                 }
                 format!("removed {}", osd_list(ids))
@@ -387,6 +463,7 @@ mod tests {
             .apply(&Proposal::OsdBoot {
                 uuid: uuid.into(),
                 osd,
+                at_ms: 0,
             })
             .outcome
         {
@@ -417,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn boot_reuses_ids_by_uuid_and_fills_holes() {
+    fn boot_reuses_ids_by_uuid_and_never_gives_a_removed_id_again() {
         let mut state = bootstrapped();
         assert_eq!(boot(&mut state, "u0", "h0"), 0);
         assert_eq!(boot(&mut state, "u1", "h1"), 1);
@@ -427,10 +504,119 @@ mod tests {
             based_on_epoch: state.map.epoch,
             at_ms: 5,
             reason: "test".into(),
+            flap: None,
         });
         let removed = state.apply(&Proposal::Admin(Command::OsdRm { ids: vec![0] }));
         assert!(matches!(removed.outcome, CommandOutcome::Done { .. }));
-        assert_eq!(boot(&mut state, "u2", "h2"), 0, "the lowest free id");
+        assert_eq!(
+            boot(&mut state, "u2", "h2"),
+            2,
+            "a removed OSD's id is not given again"
+        );
+        assert_eq!(boot(&mut state, "u0", "h0"), 3, "nor to its store");
+    }
+
+    fn boot_at(state: &mut MonState, uuid: &str, at_ms: u64) -> CommandOutcome {
+        let osd = osd_on("h0");
+        state
+            .apply(&Proposal::OsdBoot {
+                uuid: uuid.into(),
+                osd,
+                at_ms,
+            })
+            .outcome
+    }
+
+    fn fail(state: &mut MonState, id: u32, at_ms: u64, flap: Option<FlapRule>) {
+        state.apply(&Proposal::MarkDown {
+            ids: [id].into(),
+            based_on_epoch: state.map.epoch,
+            at_ms,
+            reason: "silent".into(),
+            flap,
+        });
+        assert!(!state.map.osds[&id].up);
+    }
+
+    #[test]
+    fn an_osd_that_failures_mark_down_too_often_is_held_down_until_its_hold_ends_or_unhold() {
+        let rule = FlapRule {
+            limit: 3,
+            window_ms: 1_000,
+            hold_ms: 5_000,
+        };
+        let mut state = bootstrapped();
+        let id = boot(&mut state, "u0", "h0");
+        // Failures spread wider than the window, and mark-downs that are not
+        // failures (an operator's, the OSD's own), never hold it.
+        for at in [0, 600, 1_200, 1_800] {
+            fail(&mut state, id, at, Some(rule));
+            assert!(matches!(
+                boot_at(&mut state, "u0", at + 1),
+                CommandOutcome::Done { .. }
+            ));
+        }
+        for at in [2_000, 2_001, 2_002] {
+            fail(&mut state, id, at, None);
+            boot_at(&mut state, "u0", at);
+        }
+        assert!(state.held_until_ms.is_empty());
+
+        // The third failure within a second holds it down for five.
+        fail(&mut state, id, 3_000, Some(rule));
+        boot_at(&mut state, "u0", 3_001);
+        fail(&mut state, id, 3_200, Some(rule));
+        boot_at(&mut state, "u0", 3_201);
+        fail(&mut state, id, 3_400, Some(rule));
+        let CommandOutcome::Refused { reason } = boot_at(&mut state, "u0", 8_399) else {
+            panic!("a flapping OSD boots")
+        };
+        assert!(
+            reason.contains(HELD_DOWN) && reason.contains("unhold"),
+            "{reason}"
+        );
+        assert!(!state.map.osds[&id].up);
+        assert!(matches!(
+            boot_at(&mut state, "u0", 8_400),
+            CommandOutcome::Done { .. }
+        ));
+        assert!(state.held_until_ms.is_empty(), "the hold ended");
+
+        // Held again, then let back by an operator.
+        for at in [10_000, 10_100, 10_200] {
+            boot_at(&mut state, "u0", at - 1);
+            fail(&mut state, id, at, Some(rule));
+        }
+        assert!(matches!(
+            boot_at(&mut state, "u0", 10_300),
+            CommandOutcome::Refused { .. }
+        ));
+        state.apply(&Proposal::Admin(Command::OsdUnhold { ids: vec![id] }));
+        assert!(matches!(
+            boot_at(&mut state, "u0", 10_301),
+            CommandOutcome::Done { .. }
+        ));
+        let unknown = state.apply(&Proposal::Admin(Command::OsdUnhold { ids: vec![9] }));
+        assert!(matches!(unknown.outcome, CommandOutcome::Refused { .. }));
+    }
+
+    #[test]
+    fn the_epoch_an_osd_went_out_is_kept_until_it_is_in_again() {
+        let mut state = bootstrapped();
+        boot(&mut state, "u0", "h0");
+        boot(&mut state, "u1", "h1");
+        assert!(state.out_since.is_empty());
+        state.apply(&Proposal::Admin(Command::OsdOut { ids: vec![0] }));
+        let out = state.map.epoch;
+        assert_eq!(state.out_since.get(&0), Some(&out));
+        state.apply(&Proposal::Admin(Command::OsdOut { ids: vec![1] }));
+        assert_eq!(
+            state.out_since.get(&0),
+            Some(&out),
+            "the first epoch out is kept"
+        );
+        state.apply(&Proposal::Admin(Command::OsdIn { ids: vec![0] }));
+        assert_eq!(state.out_since.keys().collect::<Vec<_>>(), vec![&1]);
     }
 
     #[test]
@@ -457,6 +643,7 @@ mod tests {
             based_on_epoch: state.map.epoch,
             at_ms: 1,
             reason: "silent".into(),
+            flap: None,
         });
         assert_eq!(state.down_since_ms.get(&0), Some(&1));
         state.apply(&Proposal::AutoOut { ids: [0].into() });
@@ -479,6 +666,7 @@ mod tests {
             based_on_epoch: decided_at,
             at_ms: 1,
             reason: "silent".into(),
+            flap: None,
         });
         assert!(state.map.osds[&0].up, "booted after the decision");
         state.apply(&Proposal::MarkDown {
@@ -486,6 +674,7 @@ mod tests {
             based_on_epoch: state.map.epoch,
             at_ms: 1,
             reason: "silent".into(),
+            flap: None,
         });
         assert!(!state.map.osds[&0].up);
     }
@@ -500,6 +689,7 @@ mod tests {
             let applied = state.apply(&Proposal::OsdBoot {
                 uuid: uuid.into(),
                 osd,
+                at_ms: 0,
             });
             incrementals.extend(applied.incrementals);
         }

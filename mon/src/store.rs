@@ -16,6 +16,7 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use lcpfs_core::map::{ClusterMap, MapIncremental};
 use lcpfs_core::monitor::CommandOutcome;
@@ -285,6 +286,14 @@ impl StateShared {
     /// Reads the current state.
     pub fn with_state<T>(&self, read: impl FnOnce(&MonState) -> T) -> T {
         read(&self.applied.read().expect("state lock").state)
+    }
+
+    /// The current map once its epoch reaches `epoch`, waiting up to `wait` for
+    /// this monitor to apply it; the map it has after `wait` otherwise.
+    pub async fn map_at_least(&self, epoch: u64, wait: Duration) -> ClusterMap {
+        let mut epochs = self.watch_epoch();
+        let _ = tokio::time::timeout(wait, epochs.wait_for(|&current| current >= epoch)).await;
+        self.map()
     }
 
     /// Watches the map epoch: changes each time an entry changed the map.

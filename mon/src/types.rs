@@ -45,6 +45,10 @@ pub enum Proposal {
         uuid: String,
         /// Address, host, zone, class and weight it reports (the id is assigned here).
         osd: OsdInfo,
+        /// Leader's clock, milliseconds since the Unix epoch: an OSD held down
+        /// for flapping until later is refused.
+        #[serde(default)]
+        at_ms: u64,
     },
     /// OSDs stopped answering (timer, peer reports, or an operator).
     MarkDown {
@@ -58,6 +62,10 @@ pub enum Proposal {
         at_ms: u64,
         /// Why, for the log and the operator.
         reason: String,
+        /// For a failure (no heartbeat, peers' reports; not an operator's or the
+        /// OSD's own mark-down): when it holds a flapping OSD down.
+        #[serde(default)]
+        flap: Option<FlapRule>,
     },
     /// OSDs down for longer than the down-out interval.
     AutoOut {
@@ -71,6 +79,19 @@ pub enum Proposal {
         /// OSD ids no longer full.
         not_full: BTreeSet<u32>,
     },
+}
+
+/// Flap damping (Ceph's `osd_max_markdown_count` within `osd_max_markdown_period`):
+/// an OSD that failures mark down `limit` times within `window_ms` is held down
+/// for `hold_ms`, instead of taking PGs through peering again and again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlapRule {
+    /// Mark-downs within the window that hold the OSD down (0: never).
+    pub limit: u32,
+    /// The window, in milliseconds.
+    pub window_ms: u64,
+    /// How long the OSD is held down, in milliseconds.
+    pub hold_ms: u64,
 }
 
 openraft::declare_raft_types!(

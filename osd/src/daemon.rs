@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use lcpfs_client::mon_client::{MonClient, OsdBoot};
+use lcpfs_core::crush::share_a_pg;
 use lcpfs_core::map::ClusterMap;
+use lcpfs_core::monitor::HELD_DOWN;
 use lcpfs_engine::{OpenOptions, Store};
 use lcpfs_proto::connections::OSD_MAX_MESSAGE;
 use lcpfs_proto::osd_server::OsdServer as OsdGrpc;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use crate::config::OsdConfig;
 use crate::node::Node;
 use crate::server::OsdServer;
+use crate::split::{split_for_map, split_held};
 use crate::store_tool::layout_spec;
 use crate::{backend, peering, recovery, scrub, status, strays};
 
@@ -185,19 +188,28 @@ fn open_or_create(data: &std::path::Path, args: &DaemonArgs) -> anyhow::Result<(
     Ok((store, identity))
 }
 
+/// How often an OSD the monitors hold down for flapping asks to boot again.
+const HELD_RETRY: Duration = Duration::from_secs(5);
+
+/// Boots with the monitors: retries failures ten times, and waits as long as
+/// the monitors hold this OSD down for flapping.
 async fn boot(mon: &MonClient, boot: &OsdBoot) -> anyhow::Result<u32> {
-    let mut last = None;
-    for _ in 0..10 {
+    let mut failures = 0;
+    loop {
         match mon.osd_boot(boot).await {
             Ok(id) => return Ok(id),
-            Err(error) => {
-                tracing::warn!(%error, "boot with the monitors failed; retrying");
-                last = Some(error);
+            Err(error) if error.to_string().contains(HELD_DOWN) => {
+                tracing::warn!(%error, "the monitors hold this OSD down; waiting");
+                tokio::time::sleep(HELD_RETRY).await;
             }
+            Err(error) if failures < 10 => {
+                tracing::warn!(%error, "boot with the monitors failed; retrying");
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error).context("cannot boot with the monitors"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Err(last.expect("at least one attempt")).context("cannot boot with the monitors")
 }
 
 /// Waits for a stop request (Ctrl-C or SIGTERM), then asks the monitors to mark
@@ -255,7 +267,9 @@ async fn heartbeat_peers(
             }
             let silent = last.elapsed();
             let due = reported.get(&osd).is_none_or(|at| at.elapsed() >= grace);
-            if silent >= grace && due {
+            // The monitors count reports only from OSDs sharing a PG with the
+            // accused (a peer of an earlier interval only is pinged, not reported).
+            if silent >= grace && due && share_a_pg(&node.current(), id, osd) {
                 tracing::warn!(
                     peer = osd,
                     silent_s = silent.as_secs_f64(),
@@ -274,17 +288,33 @@ async fn heartbeat_peers(
     }
 }
 
-/// Follows the map from the monitors into `sender`; re-boots when the map says this
-/// OSD is down while it runs (it was marked down by mistake, or its heartbeats were
-/// late), unless it is stopping.
-async fn follow_map(
+/// Boots again while the map says this OSD is down but it runs (it was marked
+/// down by mistake, or its heartbeats were late), unless it is stopping; while
+/// the monitors hold it down for flapping, asks again every [`HELD_RETRY`].
+async fn rejoin_when_marked_down(
     mon: MonClient,
-    sender: watch::Sender<Arc<ClusterMap>>,
     node: Arc<Node>,
-    id: u32,
     boot_info: OsdBoot,
     stopping: Arc<AtomicBool>,
 ) {
+    let mut maps = node.map_watch();
+    loop {
+        if !node.is_up() && !stopping.load(Ordering::SeqCst) {
+            tracing::warn!("the map marks osd.{} down; booting again", node.id);
+            if let Err(error) = mon.osd_boot(&boot_info).await {
+                tracing::warn!(%error, "boot failed");
+                let _ = tokio::time::timeout(HELD_RETRY, maps.changed()).await;
+                continue;
+            }
+        }
+        if maps.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the map from the monitors into `sender`.
+async fn follow_map(mon: MonClient, sender: watch::Sender<Arc<ClusterMap>>, node: Arc<Node>) {
     let mut last: Option<ClusterMap> = Some((**sender.borrow()).clone());
     loop {
         let mut watch = match mon.subscribe(last.clone()).await {
@@ -297,16 +327,10 @@ async fn follow_map(
         };
         while let Ok(Some(map)) = watch.next().await {
             let map = map.clone();
-            let down = map.osds.get(&id).is_some_and(|osd| !osd.up);
             last = Some(map.clone());
+            split_for_map(&node, &map).await;
             node.observe(&map);
             sender.send_replace(Arc::new(map));
-            if down && !stopping.load(Ordering::SeqCst) {
-                tracing::warn!("the map marks osd.{id} down; booting again");
-                if let Err(error) = mon.osd_boot(&boot_info).await {
-                    tracing::warn!(%error, "boot failed");
-                }
-            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -406,15 +430,22 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         ..OsdConfig::default()
     };
     let stopping = Arc::new(AtomicBool::new(false));
+    // The pools may have grown while this OSD was stopped: its copies are split
+    // before it serves anything.
+    let split = tokio::task::block_in_place(|| split_held(&store, &map))
+        .context("cannot split the PGs of pools whose pg_num grew")?;
+    if split > 0 {
+        tracing::info!(split, "split PG copies for the pools' pg_num");
+    }
     let (sender, receiver) = watch::channel(Arc::new(map.clone()));
     let node = Arc::new(Node::new(id, Arc::new(store), receiver, config));
     let map = observe_missed_epochs(&mon, &node, map).await?;
+    split_for_map(&node, &map).await;
     sender.send_replace(Arc::new(map));
-    tokio::spawn(follow_map(
+    tokio::spawn(follow_map(mon.clone(), sender, node.clone()));
+    tokio::spawn(rejoin_when_marked_down(
         mon.clone(),
-        sender,
         node.clone(),
-        id,
         boot_info,
         stopping.clone(),
     ));

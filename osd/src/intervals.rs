@@ -18,19 +18,47 @@ use std::sync::Mutex;
 
 use lcpfs_core::crush::{PoolPlacement, primary};
 use lcpfs_core::map::ClusterMap;
-use lcpfs_core::pg::PgId;
+use lcpfs_core::pg::{PgId, split_parent};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::UpSet;
 
-/// Earlier intervals remembered per PG (the oldest are forgotten first).
-const PAST_INTERVALS: usize = 16;
-
-/// One interval of a PG: its up set and the epoch it began.
+/// One interval of a PG: its up set, the epoch it began, and the smallest
+/// min_size its pool had during it (0: not recorded, in intervals saved before
+/// it was).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub up: UpSet,
     pub start: u64,
+    #[serde(default)]
+    pub min_size: u32,
+}
+
+/// The smaller of two recorded min_sizes (0 is not recorded).
+fn lowest(a: u32, b: u32) -> u32 {
+    match (a, b) {
+        (0, other) | (other, 0) => other,
+        (a, b) => a.min(b),
+    }
+}
+
+/// Adds an ended interval to a PG's earlier ones, kept compact and complete (like
+/// Ceph's PastIntervals): what peering asks of an earlier interval depends only
+/// on its OSDs, whether it began after a copy was brought level, and its
+/// min_size, so intervals of one up set are kept as one, with the newest start
+/// and the smallest min_size. The history is then at most one interval per up
+/// set the PG had since it was last clean, however long the map churned.
+fn remember(history: &mut Vec<Interval>, ended: Interval) {
+    let mut merged = ended;
+    history.retain(|old| {
+        if old.up != merged.up {
+            return true;
+        }
+        merged.start = merged.start.max(old.start);
+        merged.min_size = lowest(merged.min_size, old.min_size);
+        false
+    });
+    history.push(merged);
 }
 
 impl Interval {
@@ -49,6 +77,38 @@ struct State {
     past: HashMap<PgId, Vec<Interval>>,
     /// PGs whose earlier intervals went unseen (epochs skipped).
     unknown: HashSet<PgId>,
+    /// Per pool: its pg_num in the last map observed.
+    pg_nums: HashMap<u32, u32>,
+}
+
+impl State {
+    /// The histories the PGs that `map` splits off start with: each its parent's
+    /// earlier intervals and the parent's interval until this map, and whether
+    /// they went unseen.
+    fn split_histories(&self, map: &ClusterMap) -> HashMap<PgId, (Vec<Interval>, bool)> {
+        let mut inherited = HashMap::new();
+        for pool in map.pools.values() {
+            let Some(&before) = self.pg_nums.get(&pool.id) else {
+                continue;
+            };
+            for seed in before..pool.pg_num {
+                let child = PgId::new(pool.id, seed);
+                let parent = split_parent(child, before);
+                let mut history = self.past.get(&parent).cloned().unwrap_or_default();
+                history.extend(self.current.get(&parent).cloned());
+                inherited.insert(child, (history, self.unknown.contains(&parent)));
+            }
+        }
+        inherited
+    }
+}
+
+/// Each pool's pg_num in `map`.
+fn pg_nums(map: &ClusterMap) -> HashMap<u32, u32> {
+    map.pools
+        .values()
+        .map(|pool| (pool.id, pool.pg_num))
+        .collect()
 }
 
 /// What is saved: the last map observed and each PG's intervals.
@@ -109,6 +169,7 @@ impl Intervals {
         }
         let mut state = self.state();
         state.epoch = saved.map.epoch;
+        state.pg_nums = pg_nums(&saved.map);
         for pg in saved.pgs {
             state.current.insert(pg.pg, pg.current);
             if !pg.past.is_empty() {
@@ -147,26 +208,43 @@ impl Intervals {
                 .get(&pg.pool)
                 .is_some_and(|pool| pg.seed < pool.pg_num)
         };
+        let inherited = state.split_histories(map);
         let State {
             current,
             past,
             unknown,
+            pg_nums: known_pg_nums,
             ..
         } = &mut *state;
         current.retain(|pg, _| exists(pg));
         past.retain(|pg, _| exists(pg));
         unknown.retain(exists);
+        // A PG split off another in this map holds its parent's objects on its
+        // parent's OSDs: it starts with its parent's history, so that peering
+        // asks them.
+        for (child, (history, unseen)) in inherited {
+            past.insert(child, history);
+            if unseen {
+                unknown.insert(child);
+            }
+        }
+        *known_pg_nums = pg_nums(map);
         for pool in map.pools.values() {
             let Ok(placement) = PoolPlacement::new(map, pool.id) else {
                 continue;
             };
+            let min_size = pool.min_size();
             for seed in 0..pool.pg_num {
                 let up = placement.map_pg(seed).up;
                 let pg = PgId::new(pool.id, seed);
                 let entry = current.entry(pg).or_insert_with(|| Interval {
                     up: up.clone(),
                     start: map.epoch,
+                    min_size,
                 });
+                // An interval may have acknowledged writes with the smallest
+                // min_size the pool had during it.
+                entry.min_size = lowest(entry.min_size, min_size);
                 // With epochs skipped (this OSD just started, or fell behind),
                 // earlier intervals went unseen; a PG first seen in the map that
                 // follows the last observed is new and has none.
@@ -179,14 +257,11 @@ impl Intervals {
                         Interval {
                             up,
                             start: map.epoch,
+                            min_size,
                         },
                     );
-                    let history = past.entry(pg).or_default();
-                    if ended.up != entry.up && history.last() != Some(&ended) {
-                        history.push(ended);
-                        if history.len() > PAST_INTERVALS {
-                            history.remove(0);
-                        }
+                    if ended.up != entry.up {
+                        remember(past.entry(pg).or_default(), ended);
                     }
                 }
             }
@@ -281,8 +356,9 @@ impl Intervals {
     }
 
     /// The PG's earlier intervals, from the one that began at epoch `since` on,
-    /// whose writes peering cannot see: intervals with at least `min_size` OSDs
-    /// (they may have acknowledged writes, each held by all of them) of which
+    /// whose writes peering cannot see: intervals with at least the min_size of
+    /// their time (`min_size`, today's, where it was not recorded) OSDs (they may
+    /// have acknowledged writes, each held by all of them) of which
     /// fewer than `needed` are up now, while one that is down is not marked lost.
     pub fn unreachable(
         &self,
@@ -301,7 +377,13 @@ impl Intervals {
             .into_iter()
             .flatten()
             .filter(|interval| interval.start >= since)
-            .filter(|interval| interval.members().count() as u32 >= min_size)
+            .filter(|interval| {
+                let min_size = match interval.min_size {
+                    0 => min_size,
+                    then => then,
+                };
+                interval.members().count() as u32 >= min_size
+            })
             .filter(|interval| (interval.members().filter(up).count() as u32) < needed)
             .filter(|interval| interval.members().any(|osd| waited_for(&osd)))
             .cloned()
@@ -463,5 +545,91 @@ mod tests {
 
         let stranger = ClusterMap::new("another");
         assert_eq!(Intervals::new(Some(file)).restore(&stranger).unwrap(), None);
+    }
+
+    #[test]
+    fn a_pg_split_off_another_asks_its_parents_osds() {
+        let (mut map, parent) = cluster();
+        let intervals = Intervals::new(None);
+        intervals.observe(&map);
+        let held = up(&map, parent);
+        // Peered: the parent's history is known from here on.
+        let held_set = pg_mapping(&map, parent).unwrap().up;
+        intervals.forget_past(parent, intervals.start(parent), &held_set);
+        map.set_pg_num(parent.pool, 4).unwrap();
+        intervals.observe(&map);
+        for seed in 1..4 {
+            let child = PgId::new(parent.pool, seed);
+            let child_up = pg_mapping(&map, child).unwrap().up;
+            let mut expected: Vec<u32> = held
+                .iter()
+                .copied()
+                .filter(|osd| !child_up.contains(&Some(*osd)))
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(
+                intervals.prior_osds(&map, child, &child_up, 99),
+                expected,
+                "{child} asks the OSDs that hold its objects"
+            );
+            // Those OSDs going down blocks the child as it blocks the parent.
+            let mut down = map.clone();
+            for &osd in &held {
+                down.mark_down(osd).unwrap();
+                intervals.observe(&down);
+            }
+            assert!(!intervals.unreachable(&down, child, 0, 2, 1).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_history_stays_complete_and_compact_however_long_the_map_churns() {
+        let (mut map, pg) = cluster();
+        let intervals = Intervals::new(None);
+        intervals.observe(&map);
+        let [a, ..] = up(&map, pg)[..] else {
+            panic!("three copies")
+        };
+        let first_down = map.epoch + 1;
+        for _ in 0..50 {
+            map.mark_down(a).unwrap();
+            intervals.observe(&map);
+            map.mark_up(a).unwrap();
+            intervals.observe(&map);
+        }
+        let past = intervals.state().past.get(&pg).cloned().unwrap_or_default();
+        assert_eq!(past.len(), 2, "one interval per up set: {past:?}");
+        assert!(past.iter().all(|interval| interval.start > first_down + 90));
+        assert!(past.iter().any(|interval| interval.up.contains(&Some(a))));
+        assert!(past.iter().any(|interval| !interval.up.contains(&Some(a))));
+    }
+
+    #[test]
+    fn an_interval_is_judged_by_the_min_size_of_its_time() {
+        let (mut map, pg) = cluster();
+        let intervals = Intervals::new(None);
+        intervals.observe(&map);
+        let [a, b, c] = up(&map, pg)[..] else {
+            panic!("three copies")
+        };
+        // min_size 1 while only `a` and `b` are up: an interval of two may have
+        // taken writes; then `c` alone.
+        map.set_pool_size(pg.pool, 3, 1).unwrap();
+        map.mark_down(c).unwrap();
+        intervals.observe(&map);
+        let took_writes = intervals.start(pg);
+        map.mark_down(b).unwrap();
+        intervals.observe(&map);
+        map.mark_down(a).unwrap();
+        intervals.observe(&map);
+        map.mark_up(c).unwrap();
+        map.set_pool_size(pg.pool, 3, 3).unwrap();
+        intervals.observe(&map);
+        // Today's min_size (3) would call the two-OSD interval harmless.
+        let blocked = intervals.unreachable(&map, pg, took_writes, 3, 1);
+        assert!(
+            blocked.iter().any(|interval| interval.start == took_writes),
+            "{blocked:?}"
+        );
     }
 }

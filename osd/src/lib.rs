@@ -11,6 +11,7 @@
 //! - [`peering`]: bringing a PG's copies level in a new interval;
 //!   [`replica`]: the receiving side of the calls between OSDs;
 //! - [`recovery`]: objects brought level in the background once a PG is active;
+//! - [`split`]: splitting this OSD's PG copies when a pool's pg_num grows;
 //! - [`node`]: one running OSD's shared state (store, map, PGs, peers, tables);
 //! - [`pg`]: a PG's copy in the engine store and in memory; [`intervals`]: each
 //!   PG's up sets over epochs; [`peers`]: every call to another OSD;
@@ -35,6 +36,7 @@ pub mod recovery;
 pub mod replica;
 pub mod scrub;
 pub mod server;
+pub mod split;
 pub mod status;
 pub mod store_tool;
 pub mod strays;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use lcpfs_core::crush::{PgMapping, pg_mapping};
 use lcpfs_core::map::{ClusterMap, Pool};
-use lcpfs_core::pg::PgId;
+use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_engine::{self as engine, Store};
 use lcpfs_proto::PgRef;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -49,6 +49,9 @@ pub struct Node {
     /// PGs whose last peering found them down (waiting for an earlier interval's
     /// OSDs).
     pub down: Mutex<HashSet<PgId>>,
+    /// Per pool, the pg_num this OSD's PG copies are split for: raised before a
+    /// split begins, so that work on a PG under an older pg_num is refused.
+    split_for: Mutex<HashMap<u32, u32>>,
 }
 
 impl Node {
@@ -59,10 +62,17 @@ impl Node {
         map: watch::Receiver<Arc<ClusterMap>>,
         config: OsdConfig,
     ) -> Self {
+        let split_for = map
+            .borrow()
+            .pools
+            .values()
+            .map(|pool| (pool.id, pool.pg_num))
+            .collect();
         Node {
             id,
             store,
             map,
+            split_for: Mutex::new(split_for),
             pgs: Registry::default(),
             intervals: Intervals::new(config.intervals_file.clone()),
             peers: Peers::new(config.tls.clone()),
@@ -190,14 +200,42 @@ impl Node {
         Ok(self.mapping(map, pg)?.up.into_iter().flatten().collect())
     }
 
-    /// The state of a PG under its lock (see [`pg::loaded`]).
+    /// The state of a PG under its lock (see [`pg::loaded`]). Refused when `pool`
+    /// is from a map older than a growth of its pg_num that this OSD split its
+    /// PGs for: the objects of the PG may have moved to its children.
     pub async fn loaded<'a>(
         &self,
         guard: &'a mut pg::PgGuard<'_>,
         pg: PgId,
         pool: &Pool,
     ) -> Result<&'a mut PgLog> {
+        let split_for = self.split_for(pool.id);
+        if pool.pg_num < split_for {
+            return Err(self.stale(format!(
+                "pool '{}' has {split_for} PGs now, not {}: PG {pg} was split",
+                pool.name, pool.pg_num
+            )));
+        }
         pg::loaded(&self.store, guard, pg, pool).await
+    }
+
+    /// The pg_num this OSD's copies of the pool's PGs are split for (0: unknown).
+    pub fn split_for(&self, pool: u32) -> u32 {
+        self.split_for
+            .lock()
+            .expect("split pg_nums")
+            .get(&pool)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records that the pool's PGs are being split for `pg_num`; returns the
+    /// pg_num they were split for before (0: the pool is new here).
+    pub fn begin_split(&self, pool: u32, pg_num: u32) -> u32 {
+        let mut split_for = self.split_for.lock().expect("split pg_nums");
+        let before = split_for.get(&pool).copied().unwrap_or(0);
+        split_for.insert(pool, before.max(pg_num));
+        before
     }
 
     /// Runs `work` on this OSD's store, off the executor's threads.
@@ -233,6 +271,20 @@ pub fn pg_of(pool: &Pool, seed: u32) -> Result<PgId> {
 }
 
 impl Node {
+    /// Refuses a change to object `name` sent for `pg` by a peer whose map is
+    /// older than a split of `pg`: the object belongs to a child of it now.
+    pub fn check_member(&self, pool: &Pool, pg: PgId, name: &[u8]) -> Result<()> {
+        let home = object_to_pg(pool, name);
+        if home == pg {
+            return Ok(());
+        }
+        Err(self.stale(format!(
+            "object '{}' belongs to PG {home}, not {pg}, at epoch {}: the PG was split",
+            String::from_utf8_lossy(name),
+            self.current().epoch
+        )))
+    }
+
     /// The pool and PG a peer request names, checked against the map at the
     /// sender's epoch or newer.
     pub async fn checked_pg(&self, reference: Option<PgRef>) -> Result<(Pool, PgId)> {

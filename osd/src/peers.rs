@@ -217,6 +217,7 @@ impl Peers {
                 pg_seed: pg.seed,
                 start_after: names.last().cloned().unwrap_or_default(),
                 limit: LIST_PAGE,
+                pg_num: map.pools.get(&pg.pool).map_or(0, |pool| pool.pg_num),
             };
             let page = self.send_list(map, osd, request).await?.entries;
             let done = page.len() < LIST_PAGE as usize;

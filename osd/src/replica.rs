@@ -24,6 +24,7 @@ pub async fn handle_replicate(node: &Node, request: ReplicateRequest) -> Result<
     let map = node.map_at_least(request.epoch).await?;
     let pool = node::pool(&map, request.pool)?.clone();
     let pg = node::pg_of(&pool, request.pg_seed)?;
+    node.check_member(&pool, pg, &request.name)?;
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;
     let log = node.loaded(&mut guard, pg, &pool).await?;
@@ -144,6 +145,11 @@ pub async fn handle_pull(
 /// (`activated`, scrub stamps).
 pub async fn handle_push(node: &Node, request: PushRequest) -> Result<PushReply> {
     let (pool, pg) = node.checked_pg(request.pg).await?;
+    // The log a split PG starts with names objects of its sibling PGs too: their
+    // absence may be pushed, never their data.
+    for object in request.objects.iter().filter(|object| object.exists) {
+        node.check_member(&pool, pg, &object.name)?;
+    }
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;
     let log = node.loaded(&mut guard, pg, &pool).await?;
@@ -239,6 +245,7 @@ pub async fn handle_ec_commit(node: &Node, request: EcCommitRequest) -> Result<u
             .ok_or_else(|| OsdError::Invalid("no log entry given".into()))?,
     );
     let (pool, pg) = node.checked_pg(request.pg).await?;
+    node.check_member(&pool, pg, &entry.name)?;
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;
     let log = node.loaded(&mut guard, pg, &pool).await?;

@@ -150,6 +150,27 @@ pub async fn status_until(
     }
 }
 
+/// Waits until all `pgs` PGs are active+clean in reports their primaries made at
+/// map epoch `epoch` or later: the monitors keep a report for 15 s, and one from
+/// before an event (a restart, a map change) says nothing of after it.
+pub async fn clean_since(cluster: &MonCluster, epoch: u64, pgs: u64) -> ClusterStatus {
+    status_until(
+        cluster,
+        &format!("{pgs} PGs active+clean as of epoch {epoch}"),
+        |status| {
+            status.pg_states_since >= epoch
+                && status.pg_states.get("active+clean") == Some(&pgs)
+                && status.pg_states.len() == 1
+        },
+    )
+    .await
+}
+
+/// The current map epoch, once every change acknowledged before is in it.
+pub async fn current_epoch(cluster: &MonCluster) -> u64 {
+    cluster.client().map(true).await.expect("the map").epoch
+}
+
 /// One monitor, `osds` OSDs (each on its own host, with `osd_flags`) and a
 /// replicated pool `data` of 16 PGs.
 pub async fn cluster_with_pool(osds: u32, osd_flags: &[&str]) -> MonCluster {
@@ -236,10 +257,7 @@ pub async fn appends_survive_a_killed_primary(cluster: &mut MonCluster, pool: &s
     // is reconciled with the newer one, and every copy agrees.
     cluster.start_osd(primary);
     osds_up(&cluster.client(), cluster.osds.len()).await;
-    status_until(cluster, "all PGs active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&pgs) && status.pg_states.len() == 1
-    })
-    .await;
+    clean_since(cluster, current_epoch(cluster).await, pgs).await;
     assert!(objects.get(pool, b"journal").await.unwrap() == expected);
     let report = objects.scrub(pg, true, false).await.unwrap();
     assert!(
@@ -650,17 +668,14 @@ impl MonCluster {
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to OSD `index`'s process.
     pub fn signal_osd(&self, index: u32, signal: &str) {
-        let pid = self.osds[&index]
-            .child
-            .as_ref()
-            .expect("the OSD runs")
-            .id()
-            .to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid}");
+        let child = self.osds[&index].child.as_ref().expect("the OSD runs");
+        signal_process(child, signal);
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to monitor `name`'s process.
+    pub fn signal_mon(&self, name: &str, signal: &str) {
+        let child = self.mons[name].child.as_ref().expect("the monitor runs");
+        signal_process(child, signal);
     }
 
     /// Kills OSD `index` with SIGKILL.
@@ -751,6 +766,11 @@ impl MonCluster {
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.mons[name].data.join("stderr.log")).unwrap_or_default()
     }
+
+    /// The stderr of OSD process `index`.
+    pub fn osd_log(&self, index: u32) -> String {
+        std::fs::read_to_string(self.osds[&index].data.join("stderr.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for MonCluster {
@@ -782,6 +802,16 @@ impl Drop for MonCluster {
             self.kill_osd(index);
         }
     }
+}
+
+/// Sends `signal` to a daemon's process.
+fn signal_process(child: &Child, signal: &str) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// Overwrites with garbage, in the files under `dir`, every place where `needle`

@@ -20,8 +20,8 @@ use lcpfs_osd::backend::erasure::codec::Code;
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{ObjectOp, WriteAt};
 use lcpfs_tests::{
-    MonCluster, appends_survive_a_killed_primary, contents, osd_listening, osds_up,
-    pgs_serve_while_they_recover, rot, start_with, status_until, wait_for,
+    MonCluster, appends_survive_a_killed_primary, clean_since, contents, current_epoch,
+    osd_listening, osds_up, pgs_serve_while_they_recover, rot, start_with, wait_for,
 };
 
 fn erasure_pool(name: &str, k: u32, m: u32, pg_num: u32) -> Command {
@@ -240,10 +240,7 @@ async fn a_4_2_pool_serves_through_two_dead_osds_and_rebuilds_their_shards() {
         .unwrap();
     model.extend(write_objects(&objects, "ec", "second", 10).await);
     assert_reads(&objects, "ec", &model).await;
-    status_until(&cluster, "all PGs active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&8) && status.pg_states.len() == 1
-    })
-    .await;
+    clean_since(&cluster, current_epoch(&cluster).await, 8).await;
     let pool = objects.map().pool_by_name("ec").unwrap().clone();
     let live: Vec<u32> = (0..8)
         .filter(|index| !dead_indexes.contains(index))

@@ -12,14 +12,13 @@ use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
 use lcpfs_core::monitor::Command;
 use lcpfs_core::pg::PgId;
 use lcpfs_tests::{
-    MonCluster, cluster_with_pool, contents, http_get, osds_up, start_with, status_until, wait_for,
+    MonCluster, clean_since, cluster_with_pool, contents, current_epoch, http_get, osds_up,
+    start_with, wait_for,
 };
 
+/// All 16 PGs active+clean after the map's latest change.
 async fn all_clean(cluster: &MonCluster) {
-    status_until(cluster, "all PGs active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
-    })
-    .await;
+    clean_since(cluster, current_epoch(cluster).await, 16).await;
 }
 
 /// The PGs of `pool` none of whose copies stays where it was between `before`

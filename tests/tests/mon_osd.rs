@@ -1,12 +1,12 @@
 //! OSD lifecycle in the monitors: boot, heartbeat grace, down-out interval, failure
-//! reports from two hosts.
+//! reports from two hosts that share a PG with the accused.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lcpfs_client::mon_client::{MonClient, OsdBoot};
-use lcpfs_tests::{MonCluster, wait_for};
+use lcpfs_tests::{MonCluster, replicated_pool, wait_for};
 
 fn boot(host: u32) -> OsdBoot {
     OsdBoot {
@@ -78,6 +78,11 @@ async fn silent_osds_go_down_then_out_and_come_back_on_boot() {
     beating.lock().unwrap().insert(2);
     assert_eq!(client.osd_boot(&boot(2)).await.unwrap(), 2);
     assert_eq!(osd_state(&client, 2).await, (true, true));
+
+    // Only an OSD sharing a PG with the accused is heard: with no pool, none is.
+    let unheard = client.report_failure(0, 1).await.unwrap_err();
+    assert!(unheard.to_string().contains("shares no PG"), "{unheard:#}");
+    client.run(&replicated_pool("data", 8)).await.unwrap();
 
     // One host reporting osd.1 is not enough; a second host is.
     client.report_failure(0, 1).await.unwrap();

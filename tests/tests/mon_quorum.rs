@@ -252,3 +252,59 @@ async fn refused_commands_say_why_and_change_nothing() {
     }
     assert_eq!(client.map(true).await.unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_old_leader_gives_no_older_map_and_rejoins() {
+    let mut cluster = MonCluster::new(&["a", "b", "c"], &["--quorum-timeout", "2"]);
+    cluster.bootstrap(&["a", "b", "c"]);
+    cluster.ready().await;
+    boot_osds(&cluster.client(), 3).await;
+
+    // The leader is cut off (frozen, not killed: it still believes it leads when
+    // it wakes); the other two elect a leader and go on without it.
+    let old = cluster.leader().await;
+    cluster.signal_mon(&old, "STOP");
+    let others: Vec<String> = cluster
+        .mons
+        .iter()
+        .filter(|(name, _)| **name != old)
+        .map(|(_, mon)| mon.addr.clone())
+        .collect();
+    let survivors = MonClient::with_tls(&others, cluster.client_tls()).unwrap();
+    for n in 0..20 {
+        survivors
+            .run(&pool(&format!("while-cut-off-{n}")))
+            .await
+            .expect("the majority commits without the old leader");
+    }
+    let latest = survivors.map(true).await.unwrap();
+
+    // Woken, it is asked at once by a client that saw the newer map: it answers
+    // with that map or newer (having caught up), or sends the client elsewhere;
+    // never with the map it had.
+    cluster.signal_mon(&old, "CONT");
+    let informed = cluster.client_of(&old).with_epoch(latest.epoch);
+    match informed.map(false).await {
+        Ok(map) => assert!(
+            map.epoch >= latest.epoch,
+            "mon.{old} gave epoch {} to a client that had seen {}",
+            map.epoch,
+            latest.epoch
+        ),
+        Err(error) => assert!(error.to_string().contains("older than epoch"), "{error:#}"),
+    }
+
+    // A change sent to it is committed by the quorum (it forwards or has
+    // stepped down), never applied by it alone; every monitor ends with one map.
+    cluster
+        .client_of(&old)
+        .run(&pool("through-the-old-leader"))
+        .await
+        .expect("committed through the quorum");
+    let after = survivors.map(true).await.unwrap();
+    assert!(after.pool_by_name("through-the-old-leader").is_some());
+    assert!(after.pool_by_name("while-cut-off-19").is_some());
+    for name in ["a", "b", "c"] {
+        caught_up(&cluster, name, &after).await;
+    }
+}

@@ -13,8 +13,8 @@ use lcpfs_core::map::Pool;
 use lcpfs_core::pg::object_to_pg;
 use lcpfs_engine::{OpenOptions, Store};
 use lcpfs_tests::{
-    MonCluster, appends_survive_a_killed_primary, cluster_with_pool, contents, http_get, lcpfs,
-    osds_up, placement, start_with_pool, status_until, wait_for,
+    MonCluster, appends_survive_a_killed_primary, clean_since, cluster_with_pool, contents,
+    current_epoch, http_get, lcpfs, osds_up, placement, start_with_pool, status_until, wait_for,
 };
 
 /// Size of object number `n`: mostly small, every 40th 1 MiB, every 125th 8 MiB.
@@ -60,11 +60,9 @@ fn assert_copies_on_disk(
     }
 }
 
+/// All 16 PGs active+clean after the map's latest change.
 async fn all_clean(cluster: &MonCluster) {
-    let status = status_until(cluster, "all PGs active+clean", |status| {
-        status.pg_states.get("active+clean") == Some(&16) && status.pg_states.len() == 1
-    })
-    .await;
+    let status = clean_since(cluster, current_epoch(cluster).await, 16).await;
     assert!(!status.checks.contains_key("PG_DEGRADED"), "{status:?}");
 }
 

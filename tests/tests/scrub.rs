@@ -10,8 +10,8 @@ use std::time::Duration;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::map::ClusterMap;
 use lcpfs_tests::{
-    MonCluster, cluster_with_pool, contents, http_get, osds_up, placement, rot, status_until,
-    wait_for,
+    MonCluster, cluster_with_pool, contents, current_epoch, http_get, osds_up, placement, rot,
+    status_until, wait_for,
 };
 
 /// Stops OSD `id`, rots `data` on its disks, and starts it again.
@@ -120,7 +120,8 @@ async fn deep_scrub_finds_a_rotted_copy_and_repair_fixes_it() {
 
     // `lcpfs pg ls` shows when the PG was deep-scrubbed; the stamp is kept with
     // the PG's copies, so it outlives a restart of the primary.
-    let deep_scrubbed = |cluster: &MonCluster| {
+    // Only a report made at map epoch `since` or later counts.
+    let deep_scrubbed = |cluster: &MonCluster, since: u64| {
         let list = lcpfs(cluster, &["pg", "ls", "data"]);
         let entry = list
             .as_array()
@@ -129,23 +130,31 @@ async fn deep_scrub_finds_a_rotted_copy_and_repair_fixes_it() {
             .find(|entry| entry["pgid"] == pg.to_string())
             .cloned()
             .unwrap_or_else(|| panic!("{pg} listed: {list}"));
-        (entry["state"] == "active+clean")
+        let reported = entry["reported_epoch"].as_u64().unwrap_or(0);
+        (entry["state"] == "active+clean" && reported >= since)
             .then(|| entry["last_deep_scrub"].as_u64().unwrap())
             .filter(|&stamp| stamp > 0)
     };
     let stamp = wait_for("the deep scrub stamp", Duration::from_secs(30), || {
-        std::future::ready(deep_scrubbed(&cluster))
+        std::future::ready(deep_scrubbed(&cluster, 0))
     })
     .await;
+    let before = current_epoch(&cluster).await;
     cluster.kill_osd(primary);
     cluster.start_osd(primary);
-    osds_up(&cluster.client(), 3).await;
-    status_until(&cluster, "the primary back and reporting", |status| {
-        status.pg_states.get("active+clean") == Some(&16)
+    // The restarted primary's boot is a new epoch; its reports from then on
+    // come from the restarted process.
+    let booted = wait_for("the restart in the map", Duration::from_secs(30), || {
+        let client = cluster.client();
+        async move {
+            let epoch = client.map(true).await.ok()?.epoch;
+            (epoch > before).then_some(epoch)
+        }
     })
     .await;
+    osds_up(&cluster.client(), 3).await;
     let restarted = wait_for("the stamp reported again", Duration::from_secs(30), || {
-        std::future::ready(deep_scrubbed(&cluster))
+        std::future::ready(deep_scrubbed(&cluster, booted))
     })
     .await;
     assert_eq!(restarted, stamp, "the deep scrub stamp survives a restart");

@@ -86,29 +86,35 @@ async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
     // To a monitor and to an OSD: the cluster's own certificate answers; no TLS, no
     // certificate, or a certificate of another CA (trusting the cluster's CA, so the
     // refusal is the server's) does not.
+    // Each refusal is followed by an answer to the cluster's own certificate: the
+    // server was up and refused, not down or slow.
     for (addr, monitor) in [(&first, true), (&cluster.osds[&0].addr, false)] {
-        let with_certificate = tls::endpoint(addr, own.as_ref()).unwrap();
-        assert!(
-            answers(with_certificate, monitor).await,
-            "{addr} did not answer"
-        );
+        let own_answers = || async {
+            let with_certificate = tls::endpoint(addr, own.as_ref()).unwrap();
+            if let Err(error) = answers(with_certificate, monitor).await {
+                panic!("{addr} did not answer its own: {error}");
+            }
+        };
+        own_answers().await;
         let plain = tls::endpoint(addr, None).unwrap();
-        assert!(
-            !answers(plain, monitor).await,
-            "{addr} answered a plain client"
-        );
+        refused(answers(plain, monitor).await, addr, "a plain client");
+        own_answers().await;
         let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
-        assert!(
-            !answers(https(addr, anonymous), monitor).await,
-            "{addr} answered a client without a certificate"
+        refused(
+            answers(https(addr, anonymous), monitor).await,
+            addr,
+            "a client without a certificate",
         );
+        own_answers().await;
         let foreign = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&ca))
             .identity(identity(&stranger.join("client")));
-        assert!(
-            !answers(https(addr, foreign), monitor).await,
-            "{addr} answered a client of another CA"
+        refused(
+            answers(https(addr, foreign), monitor).await,
+            addr,
+            "a client of another CA",
         );
+        own_answers().await;
     }
 
     // A client's certificate reads and writes objects but does not make it a
@@ -180,14 +186,15 @@ async fn a_tls_cluster_serves_its_own_and_refuses_everyone_else() {
         Duration::from_secs(30),
         || {
             let endpoint = https(&addr, as_other_host.clone());
-            async move { answers(endpoint, true).await.then_some(()) }
+            async move { answers(endpoint, true).await.ok() }
         },
     )
     .await;
     let as_dialled = tls::endpoint(&addr, own.as_ref()).unwrap();
-    assert!(
-        !answers(as_dialled, true).await,
-        "a monitor with another host's certificate was taken for {addr}"
+    refused(
+        answers(as_dialled, true).await,
+        &addr,
+        "a client dialling it by a name its certificate does not hold",
     );
     child.kill().ok();
     child.wait().ok();
@@ -211,27 +218,50 @@ fn identity(dir: &Path) -> Identity {
     Identity::from_pem(read(tls::CERT_FILE), read(tls::KEY_FILE))
 }
 
-/// Whether a monitor's `Ping` or an OSD's `Echo` through `endpoint` answers.
-async fn answers(endpoint: Endpoint, monitor: bool) -> bool {
-    let Ok(channel) = endpoint
+/// A monitor's `Ping` or an OSD's `Echo` through `endpoint`: `Ok` when it
+/// answers, else the error with its causes.
+async fn answers(endpoint: Endpoint, monitor: bool) -> Result<(), String> {
+    let chain = |error: &dyn std::error::Error| {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    };
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect()
         .await
-    else {
-        return false;
-    };
-    if monitor {
+        .map_err(|error| chain(&error))?;
+    let answer = if monitor {
         MonitorClient::new(channel)
             .ping(lcpfs_proto::PingRequest::default())
             .await
-            .is_ok()
+            .map(|_| ())
     } else {
         OsdClient::new(channel)
             .echo(lcpfs_proto::EchoMessage::default())
             .await
-            .is_ok()
-    }
+            .map(|_| ())
+    };
+    answer.map_err(|status| chain(&status))
+}
+
+/// Asserts that `addr` refused `who`: an error that is a refusal, not a timeout
+/// (a server that is slow or stopped refuses nothing).
+fn refused(answer: Result<(), String>, addr: &str, who: &str) {
+    let error = match answer {
+        Ok(()) => panic!("{addr} answered {who}"),
+        Err(error) => error,
+    };
+    let lowered = error.to_lowercase();
+    assert!(
+        !lowered.contains("timed out") && !lowered.contains("timeout"),
+        "{addr} did not refuse {who}, it only did not answer in time: {error}"
+    );
 }
 
 #[test]

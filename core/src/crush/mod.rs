@@ -122,6 +122,7 @@ pub use choose::{choose_firstn, choose_indep};
 pub use hash::{crush_hash2, crush_hash3, log2_fixed};
 pub use placement::{
     CrushError, PgMapping, PoolPlacement, pg_mapping, pg_to_up_osds, placement_input, primary,
+    share_a_pg,
 };
 pub use simulation::{
     Movement, OsdUtilization, SyntheticCluster, UtilizationReport, synthetic_map,

@@ -186,6 +186,19 @@ pub fn pg_mapping(map: &ClusterMap, pg: PgId) -> Result<PgMapping, CrushError> {
     Ok(placement.map_pg(pg.seed))
 }
 
+/// True when OSDs `a` and `b` are both in the up set of some PG under `map`: they
+/// watch each other's heartbeats, and only such a peer's failure report counts.
+pub fn share_a_pg(map: &ClusterMap, a: u32, b: u32) -> bool {
+    map.pools.keys().any(|&pool| {
+        PoolPlacement::new(map, pool).is_ok_and(|placement| {
+            (0..placement.pool.pg_num).any(|seed| {
+                let up = placement.map_pg(seed).up;
+                up.contains(&Some(a)) && up.contains(&Some(b))
+            })
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +248,38 @@ mod tests {
         size: 3,
         min_size: 2,
     };
+
+    #[test]
+    fn osds_share_a_pg_only_when_one_up_set_holds_both() {
+        let one = PoolKind::Replicated {
+            size: 1,
+            min_size: 1,
+        };
+        let (map, pool) = with_pool(
+            weighted_map(&[vec![1.0], vec![1.0]], 0),
+            one,
+            BucketType::Host,
+            1,
+        );
+        assert!(!share_a_pg(&map, 0, 1), "a pool of one copy in one PG");
+        let mut map = map;
+        map.create_pool(PoolSpec {
+            name: "two".into(),
+            kind: PoolKind::Replicated {
+                size: 2,
+                min_size: 1,
+            },
+            pg_num: 4,
+            failure_domain: BucketType::Osd,
+            device_class: None,
+            compression: None,
+        })
+        .unwrap();
+        assert!(share_a_pg(&map, 0, 1) && share_a_pg(&map, 1, 0));
+        map.pools.retain(|&id, _| id == pool);
+        assert!(!share_a_pg(&map, 0, 1));
+        assert!(!share_a_pg(&map, 0, 7), "an OSD not in the map");
+    }
     const EC42: PoolKind = PoolKind::Erasure { k: 4, m: 2 };
 
     fn map_pool(map: &ClusterMap, pool: u32, num_pgs: u32) -> Vec<PgMapping> {
@@ -400,9 +445,10 @@ mod tests {
             (hosts, zones) in cluster(),
             (kind, failure_domain) in rule(),
         ) {
-            let Some((map, pool)) = try_pool(&weighted_map(&hosts, zones), kind, failure_domain) else {
-                return Ok(());
-            };
+            let placed = try_pool(&weighted_map(&hosts, zones), kind, failure_domain);
+            // A pool the cluster cannot hold is refused when created: not a case.
+            prop_assume!(placed.is_some());
+            let (map, pool) = placed.unwrap();
             let placement = PoolPlacement::new(&map, pool).unwrap();
             let tree = placement.hierarchy();
             let size = placement.pool().size() as usize;
@@ -431,9 +477,10 @@ mod tests {
         ) {
             let host = victim.index(hosts.len());
             hosts[host][0] = 0.0;
-            let Some((map, pool)) = try_pool(&weighted_map(&hosts, zones), kind, failure_domain) else {
-                return Ok(());
-            };
+            let placed = try_pool(&weighted_map(&hosts, zones), kind, failure_domain);
+            // A pool the cluster cannot hold is refused when created: not a case.
+            prop_assume!(placed.is_some());
+            let (map, pool) = placed.unwrap();
             let zero: u32 = hosts[..host].iter().map(|h| h.len() as u32).sum();
             let placement = PoolPlacement::new(&map, pool).unwrap();
             for seed in 0..128 {
@@ -450,9 +497,10 @@ mod tests {
             victim in any::<prop::sample::Index>(),
             reweight in prop::sample::select(vec![0.0, 0.3, 0.7]),
         ) {
-            let Some((map, pool)) = try_pool(&weighted_map(&hosts, zones), kind, failure_domain) else {
-                return Ok(());
-            };
+            let placed = try_pool(&weighted_map(&hosts, zones), kind, failure_domain);
+            // A pool the cluster cannot hold is refused when created: not a case.
+            prop_assume!(placed.is_some());
+            let (map, pool) = placed.unwrap();
             let osd = victim.index(map.osds.len()) as u32;
             let erasure = map.pools[&pool].is_erasure();
             let before = map_pool(&map, pool, 128);
@@ -502,9 +550,10 @@ mod tests {
         ) {
             let kind = PoolKind::Replicated { size, min_size: 1 };
             let failure_domain = BucketType::Host;
-            let Some((map, pool)) = try_pool(&weighted_map(&hosts, 0), kind, failure_domain) else {
-                return Ok(());
-            };
+            let placed = try_pool(&weighted_map(&hosts, 0), kind, failure_domain);
+            // A pool the cluster cannot hold is refused when created: not a case.
+            prop_assume!(placed.is_some());
+            let (map, pool) = placed.unwrap();
             let new_id = map.osds.len() as u32;
             let mut grown = map.clone();
             grown.add_osd(OsdInfo { weight, ..osd(new_id, "new-host") }).unwrap();

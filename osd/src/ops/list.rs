@@ -1,6 +1,7 @@
 //! Listing a PG's objects, a page at a time. A primary lists only after peering,
 //! so the listing has every object; objects its own copy misses are listed by an
-//! up copy that misses nothing, or recovered here first.
+//! up copy that misses nothing, or recovered here first. A listing for another
+//! pg_num than this OSD's map has is refused: its objects may be in other PGs.
 
 use lcpfs_proto::{ListReply, ListRequest};
 
@@ -18,6 +19,12 @@ pub async fn list(node: &Node, request: ListRequest) -> Result<ListReply> {
     let map = node.map_at_least(request.epoch).await?;
     let pool = node::pool(&map, request.pool)?.clone();
     let pg = node::pg_of(&pool, request.pg_seed)?;
+    if request.pg_num != 0 && request.pg_num != pool.pg_num {
+        return Err(node.stale(format!(
+            "pool '{}' has {} PGs at epoch {}, not {}: list it again",
+            pool.name, pool.pg_num, map.epoch, request.pg_num
+        )));
+    }
     if node.mapping(&map, pg)?.primary == Some(node.id) {
         let backend = backend::of(&pool);
         let slot = node.pgs.slot(pg);

@@ -78,41 +78,10 @@ pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<(
     }
     let had_missing = view.exists(MISSING_OBJECT)?;
     for object in objects {
-        let key = object_key(&object.name);
-        let present = view.exists(&key)?;
         if had_missing && keep.is_none() {
             txn.omap_rm(MISSING_OBJECT, vec![object.name.clone()]);
         }
-        if !object.exists {
-            if present {
-                txn.remove(&key);
-            }
-            continue;
-        }
-        txn.write_full(&key, object.data.clone());
-        if present {
-            for (old, _) in view.xattrs(&key)? {
-                if !object.xattrs.iter().any(|pair| pair.key.as_bytes() == old) {
-                    txn.rm_xattr(&key, &old);
-                }
-            }
-        }
-        for pair in &object.xattrs {
-            txn.set_xattr(&key, pair.key.as_bytes(), &pair.value);
-        }
-        if present {
-            txn.omap_clear(&key);
-        }
-        if !object.omap.is_empty() {
-            txn.omap_set(
-                &key,
-                object
-                    .omap
-                    .iter()
-                    .map(|entry| (entry.key.clone(), entry.value.clone()))
-                    .collect(),
-            );
-        }
+        put_object(&mut txn, &view, object)?;
     }
     if let Some(keep) = keep {
         let kept: HashSet<&Vec<u8>> = keep
@@ -162,4 +131,46 @@ pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<(
         return Ok(());
     }
     store.commit(txn).map(|_| ())
+}
+
+/// Adds to `txn` what makes the object in `view`'s collection exactly `object`
+/// (its data, xattrs and omap; removed when it does not exist).
+pub(super) fn put_object(
+    txn: &mut Transaction,
+    view: &engine::View<'_>,
+    object: &ObjectState,
+) -> engine::Result<()> {
+    let key = object_key(&object.name);
+    let present = view.exists(&key)?;
+    if !object.exists {
+        if present {
+            txn.remove(&key);
+        }
+        return Ok(());
+    }
+    txn.write_full(&key, object.data.clone());
+    if present {
+        for (old, _) in view.xattrs(&key)? {
+            if !object.xattrs.iter().any(|pair| pair.key.as_bytes() == old) {
+                txn.rm_xattr(&key, &old);
+            }
+        }
+    }
+    for pair in &object.xattrs {
+        txn.set_xattr(&key, pair.key.as_bytes(), &pair.value);
+    }
+    if present {
+        txn.omap_clear(&key);
+    }
+    if !object.omap.is_empty() {
+        txn.omap_set(
+            &key,
+            object
+                .omap
+                .iter()
+                .map(|entry| (entry.key.clone(), entry.value.clone()))
+                .collect(),
+        );
+    }
+    Ok(())
 }

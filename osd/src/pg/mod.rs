@@ -2,8 +2,9 @@
 //! log and markers, [`objects`] for reading objects, [`delivery`] for what a copy
 //! receives to catch up), its log's entries ([`entry`]), what the OSD keeps of it
 //! in memory ([`log`]), the pure
-//! comparison of two copies' logs ([`catch_up`]), and the [`Registry`] that gives
-//! every PG one lock.
+//! comparison of two copies' logs ([`catch_up`]), the split of a copy when its
+//! pool's pg_num grows ([`split`]), and the [`Registry`] that gives every PG one
+//! lock.
 //!
 //! Everything above this module works on a PG through its lock: a request, a
 //! peering or a recovery step holds it while it reads or changes the PG.
@@ -13,6 +14,7 @@ pub mod delivery;
 pub mod entry;
 pub mod log;
 pub mod objects;
+pub mod split;
 pub mod store;
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ pub use delivery::{Delivery, backfill_names, install};
 pub use entry::Entry;
 pub use log::{PgLog, UpSet};
 pub use objects::{list, names, read, read_shard, scrub_map, size, state};
+pub use split::{split, split_for};
 pub use store::{
     LOG_KEEP, RESERVED_XATTR_PREFIX, SIZE_XATTR, VERSION_XATTR, activated, apply, collection,
     ensure, entry_at, held, is_mutation, load, log_since, pending, prepare, remove, resolve,
@@ -81,9 +84,9 @@ pub async fn loaded<'a>(
 ) -> Result<&'a mut PgLog> {
     if guard.as_ref().is_none_or(|log| log.dirty) {
         let store = store.clone();
-        let compression = pool.compression.clone();
+        let (compression, pg_num) = (pool.compression.clone(), pool.pg_num);
         let mut log = blocking(move || {
-            ensure(&store, pg, compression.as_deref())?;
+            ensure(&store, pg, compression.as_deref(), pg_num)?;
             load(&store, pg)
         })
         .await?;
@@ -95,4 +98,19 @@ pub async fn loaded<'a>(
         **guard = Some(log);
     }
     Ok(guard.as_mut().expect("loaded above"))
+}
+
+/// A new store on one 64 MiB file disk in `dir`, for the PG layer's tests.
+#[cfg(test)]
+pub(crate) fn test_store(dir: &std::path::Path) -> Store {
+    use lcpfs_engine::{CreateSpec, DiskSource, VdevKind};
+    let disk = DiskSource::NewFile(dir.join("disk"), 64 << 20);
+    Store::create(
+        &dir.join("store"),
+        &CreateSpec {
+            vdevs: vec![(VdevKind::Single, vec![disk])],
+            cache_device: None,
+        },
+    )
+    .unwrap()
 }

@@ -146,8 +146,14 @@ pub(super) fn requests_of<'a>(
         .collect()
 }
 
-/// Creates the PG's collection if this OSD does not have it yet.
-pub fn ensure(store: &Store, pg: PgId, compression: Option<&str>) -> engine::Result<()> {
+/// Creates the PG's collection if this OSD does not have it yet, recorded as
+/// split for a pool of `pg_num` PGs (see [`super::split`]).
+pub fn ensure(
+    store: &Store,
+    pg: PgId,
+    compression: Option<&str>,
+    pg_num: u32,
+) -> engine::Result<()> {
     let name = collection(pg);
     if store.collection(&name).is_ok() {
         return Ok(());
@@ -161,7 +167,12 @@ pub fn ensure(store: &Store, pg: PgId, compression: Option<&str>) -> engine::Res
         ..CollectionSettings::default()
     };
     match store.create_collection(&name, settings) {
-        Ok(()) | Err(engine::Error::AlreadyExists(_)) => Ok(()),
+        Ok(()) => {
+            let mut txn = Transaction::new(name);
+            super::split::record_split(&mut txn, pg_num);
+            store.commit(txn).map(|_| ())
+        }
+        Err(engine::Error::AlreadyExists(_)) => Ok(()),
         Err(error) => Err(error),
     }
 }
@@ -510,19 +521,10 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, create: bool) -> Store {
-        use lcpfs_engine::{CreateSpec, DiskSource, OpenOptions, VdevKind};
-        if !create {
-            return Store::open(&dir.join("store"), &OpenOptions::default()).unwrap();
+        if create {
+            return crate::pg::test_store(dir);
         }
-        let disk = DiskSource::NewFile(dir.join("disk"), 64 << 20);
-        Store::create(
-            &dir.join("store"),
-            &CreateSpec {
-                vdevs: vec![(VdevKind::Single, vec![disk])],
-                cache_device: None,
-            },
-        )
-        .unwrap()
+        Store::open(&dir.join("store"), &lcpfs_engine::OpenOptions::default()).unwrap()
     }
 
     fn write_full(data: &[u8]) -> Vec<ObjectOp> {
@@ -536,7 +538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), true);
         let pg = PgId::new(1, 0);
-        ensure(&store, pg, None).unwrap();
+        ensure(&store, pg, None, 1).unwrap();
         for version in 1..=100 {
             let name = format!("o{}", version % 7);
             apply(&store, pg, &entry(version, 3, &name), &write_full(b"x"), 16).unwrap();
@@ -586,7 +588,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pg = PgId::new(1, 0);
         let store = open(dir.path(), true);
-        ensure(&store, pg, None).unwrap();
+        ensure(&store, pg, None, 1).unwrap();
         let first = entry(1, 5, "a");
         prepare(&store, pg, &first, &write_full(b"one"), 2).unwrap();
         drop(store);
@@ -623,7 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pg = PgId::new(1, 0);
         let store = open(dir.path(), true);
-        ensure(&store, pg, None).unwrap();
+        ensure(&store, pg, None, 1).unwrap();
         set_accepted(&store, pg, 42).unwrap();
         drop(store);
         let store = open(dir.path(), false);
@@ -648,7 +650,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pg = PgId::new(1, 0);
         let store = open(dir.path(), true);
-        ensure(&store, pg, None).unwrap();
+        ensure(&store, pg, None, 1).unwrap();
         apply(
             &store,
             pg,

@@ -64,6 +64,13 @@ struct Args {
     /// How long the healed cluster may take to be HEALTH_OK and clean, in seconds.
     #[arg(long, default_value_t = 600)]
     recovery_timeout: u64,
+    /// The run fails with fewer writes (write_full, append, delete) acknowledged:
+    /// a run whose writes all failed proves nothing.
+    #[arg(long, default_value_t = 50)]
+    min_acked: u64,
+    /// The run fails with fewer faults injected.
+    #[arg(long, default_value_t = 3)]
+    min_faults: u64,
     /// Monitor addresses of the compose cluster.
     #[arg(
         long,
@@ -557,6 +564,29 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let counts = counts.lock().await;
+    // A run that did too little passes vacuously: it fails instead.
+    let mut too_little = Vec::new();
+    let writes: u64 = ["write_full", "append", "delete"]
+        .iter()
+        .filter_map(|kind| counts.acked.get(*kind))
+        .sum();
+    if writes < args.min_acked {
+        too_little.push(format!(
+            "only {writes} writes acknowledged (at least {} wanted)",
+            args.min_acked
+        ));
+    }
+    let faults: u64 = injected.values().sum();
+    if faults < args.min_faults {
+        too_little.push(format!(
+            "only {faults} faults injected (at least {} wanted)",
+            args.min_faults
+        ));
+    }
+    let owned = args.clients * args.objects;
+    if verified < owned {
+        too_little.push(format!("only {verified} of {owned} objects verified"));
+    }
     println!("\nlcpfs-chaos report (seed {seed})");
     println!("  operations acknowledged: {:?}", counts.acked);
     println!(
@@ -580,7 +610,14 @@ async fn main() -> anyhow::Result<()> {
     for anomaly in counts.anomalies.iter().chain(&inconsistent) {
         println!("    {anomaly}");
     }
-    if recovery.is_err() || !counts.anomalies.is_empty() || !inconsistent.is_empty() {
+    for shortfall in &too_little {
+        println!("  too little done: {shortfall}");
+    }
+    if recovery.is_err()
+        || !counts.anomalies.is_empty()
+        || !inconsistent.is_empty()
+        || !too_little.is_empty()
+    {
         bail!("chaos found problems; replay with --seed {seed}");
     }
     println!("passed; replay with --seed {seed}");
