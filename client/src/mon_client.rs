@@ -380,9 +380,9 @@ impl MonClient {
         Ok(())
     }
 
-    /// A primary OSD's report of its PGs' states.
-    pub async fn pg_stats(&self, osd: u32, stats: Vec<PgStat>) -> anyhow::Result<()> {
-        let epoch = self.epoch();
+    /// A primary OSD's report of its PGs' states, computed on its map of `epoch`
+    /// or a newer one.
+    pub async fn pg_stats(&self, osd: u32, epoch: u64, stats: Vec<PgStat>) -> anyhow::Result<()> {
         self.call(|mut client| {
             let stats = stats.clone();
             async move { client.pg_stats(PgStatsReport { epoch, osd, stats }).await }

@@ -488,12 +488,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 if let Err(error) = mon.osd_heartbeat(id, used, space.size_bytes).await {
                     tracing::warn!(%error, "heartbeat failed");
                 }
-                // PG states every other heartbeat.
+                // PG states every other heartbeat, stamped with the epoch of the
+                // map they were computed on (or an older one): the monitors trust
+                // a report only for what happened before that epoch.
                 beats += 1;
-                if beats.is_multiple_of(2)
-                    && let Err(error) = mon.pg_stats(id, status::pg_states(&reporter)).await
-                {
-                    tracing::warn!(%error, "PG state report failed");
+                if beats.is_multiple_of(2) {
+                    let epoch = reporter.current().epoch;
+                    let stats = status::pg_states(&reporter);
+                    if let Err(error) = mon.pg_stats(id, epoch, stats).await {
+                        tracing::warn!(%error, "PG state report failed");
+                    }
                 }
             }
         });

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
 use lcpfs_proto::{
-    Inconsistency, ObjectOp, OpRequest, OpResult, PgRef, PushRequest, ReplicateRequest,
+    Inconsistency, ObjectOp, OpRequest, OpResult, PgInfoReply, PgRef, PushRequest, ReplicateRequest,
 };
 
 use super::pg_backend::Backend;
@@ -214,14 +214,7 @@ impl PeeringBackend for Replicated {
             pg,
             std::iter::once(&own).chain(infos.iter().chain(&prior).map(|(_, info)| info)),
         )?;
-        // The newest history wins, wherever it is: its last entry has the greatest
-        // (epoch, version).
-        if let Some((source, info)) = infos
-            .iter()
-            .chain(&prior)
-            .filter(|(_, info)| (info.last_epoch, info.last) > (log.last_epoch, log.last))
-            .max_by_key(|(_, info)| (info.last_epoch, info.last))
-        {
+        if let Some((source, info)) = authoritative(log, infos.iter().chain(&prior)) {
             tracing::info!(%pg, source, from = log.last, to = info.last, "pulling newer PG history");
             let lazy = up.contains(&Some(*source));
             pull(node, map, pg, (*source, &info.missing), lazy, log).await?;
@@ -592,4 +585,54 @@ async fn repair_from_peers(
         "object '{}' is unreadable here and no peer could supply it: {last_error}",
         String::from_utf8_lossy(name),
     )))
+}
+/// The copy whose history peering adopts when it is newer than this OSD's own
+/// (`log`): the newest history wins, wherever it is, and the newest is the one
+/// whose last entry has the greatest (interval epoch, version). A longer log of
+/// an older interval loses to a shorter one of a newer interval: its extra
+/// entries were never acknowledged by the newer interval's copies.
+fn authoritative<'a>(
+    log: &PgLog,
+    copies: impl Iterator<Item = &'a (u32, PgInfoReply)>,
+) -> Option<&'a (u32, PgInfoReply)> {
+    copies
+        .filter(|(_, info)| (info.last_epoch, info.last) > (log.last_epoch, log.last))
+        .max_by_key(|(_, info)| (info.last_epoch, info.last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(last_epoch: u64, last: u64) -> PgInfoReply {
+        PgInfoReply {
+            last_epoch,
+            last,
+            ..PgInfoReply::default()
+        }
+    }
+
+    fn own(last_epoch: u64, last: u64) -> PgLog {
+        let mut log = PgLog::default();
+        (log.last_epoch, log.last) = (last_epoch, last);
+        log
+    }
+
+    fn chosen(log: &PgLog, copies: &[(u32, PgInfoReply)]) -> Option<u32> {
+        authoritative(log, copies.iter()).map(|(osd, _)| *osd)
+    }
+
+    #[test]
+    fn peering_adopts_the_history_of_the_newest_interval_not_the_longest_log() {
+        // osd.1 wrote alone in interval 5 (never acknowledged: min_size not met);
+        // osd.2 took acknowledged writes in interval 9 after it.
+        let copies = [(1, info(5, 40)), (2, info(9, 31)), (3, info(9, 30))];
+        assert_eq!(chosen(&own(5, 30), &copies), Some(2));
+        // Within one interval, the longer log.
+        assert_eq!(chosen(&own(9, 12), &copies[1..]), Some(2));
+        // A primary whose own history is the newest pulls nothing.
+        assert_eq!(chosen(&own(9, 31), &copies), None);
+        assert_eq!(chosen(&own(10, 1), &copies), None);
+        assert_eq!(chosen(&own(9, 31), &[]), None);
+    }
 }

@@ -383,7 +383,10 @@ async fn settled(mon: &MonClient, timeout: Duration) -> anyhow::Result<Duration>
     let began = Instant::now();
     loop {
         if let Some(status) = status(mon).await {
-            let clean = status.pg_states.get("active+clean").copied() == Some(status.pgs);
+            // Clean as of the current map: a report from before the heal (the
+            // monitors keep them a while) says nothing of after it.
+            let clean = status.pg_states.get("active+clean").copied() == Some(status.pgs)
+                && status.pg_states_since >= status.epoch;
             if clean && status.health == HealthStatus::Ok {
                 return Ok(began.elapsed());
             }
