@@ -12,7 +12,9 @@
 //! container, stop and start it, pause it (SIGSTOP to every process), disconnect it
 //! from the network (a partition of one or two nodes), corrupt bytes on an OSD's disk
 //! (while it is stopped), fill an OSD (the full ratio lowered just below its use),
-//! kill the monitor leader. Afterwards every fault is healed
+//! kill the monitor leader; and operator actions under load: double a pool's
+//! pg_num (its PGs split while clients write; kept), mark an OSD out and in again
+//! (its data moves away and back). Afterwards every fault is healed
 //! and the cluster must be HEALTH_OK with every PG active+clean within a deadline;
 //! every object must read back with its last acknowledged value; a deep scrub with
 //! repair, then a second deep scrub, must find every copy agreeing. The report gives
@@ -55,7 +57,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,stop,pause,partition,corrupt,fill,leader"
+        default_value = "kill,stop,pause,partition,corrupt,fill,leader,split,out"
     )]
     faults: Vec<Fault>,
     /// How long a fault lasts before it is healed, at most, in seconds.
@@ -95,7 +97,12 @@ enum Fault {
     Corrupt,
     Fill,
     Leader,
+    Split,
+    Out,
 }
+
+/// The largest pg_num the `split` fault grows a pool to.
+const MAX_PG_NUM: u32 = 256;
 
 /// What the checker knows of one object: the values it may hold (`None`: absent).
 type Possible = Vec<Option<Vec<u8>>>;
@@ -627,7 +634,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Injects one fault, holds it, heals it; says what it did.
+/// Marks `osd` in again, retrying while the monitors cannot take the change.
+async fn mark_in(mon: &MonClient, osd: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match mon.run(&MonCommand::OsdIn { ids: vec![osd] }).await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
 /// The full ratio the compose cluster runs with, set again after a `fill` fault.
 const FULL_RATIO: f64 = 0.95;
 
@@ -649,6 +667,7 @@ async fn restore_full_ratio(mon: &MonClient) -> anyhow::Result<()> {
     }
 }
 
+/// Injects one fault, holds it, heals it; says what it did.
 async fn inject(
     cluster: &Cluster,
     mon: &MonClient,
@@ -747,6 +766,42 @@ async fn inject(
                 fullest.id,
                 used(fullest) * 100.0
             ))
+        }
+        Fault::Split => {
+            let map = mon.map(true).await?;
+            let name = ["data", "ec"][rng.random_range(0..2)];
+            let pool = map
+                .pool_by_name(name)
+                .with_context(|| format!("no pool {name}"))?;
+            let pg_num = pool.pg_num * 2;
+            if pg_num > MAX_PG_NUM {
+                bail!("pool {name} has {} PGs already", pool.pg_num);
+            }
+            mon.run(&MonCommand::PoolSet {
+                name: name.into(),
+                key: "pg_num".into(),
+                value: pg_num.to_string(),
+            })
+            .await?;
+            tokio::time::sleep(hold).await;
+            Ok(format!(
+                "pool {name}: pg_num {} -> {pg_num}, {held} s of splits under load",
+                pool.pg_num
+            ))
+        }
+        Fault::Out => {
+            let map = mon.map(true).await?;
+            let ins: Vec<u32> = map
+                .osds
+                .values()
+                .filter(|osd| osd.in_)
+                .map(|osd| osd.id)
+                .collect();
+            let osd = ins[rng.random_range(0..ins.len())];
+            mon.run(&MonCommand::OsdOut { ids: vec![osd] }).await?;
+            tokio::time::sleep(hold).await;
+            mark_in(mon, osd).await?;
+            Ok(format!("osd.{osd} out for {held} s, then in"))
         }
         Fault::Leader => {
             let leader = status(mon)
