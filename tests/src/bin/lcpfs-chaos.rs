@@ -506,6 +506,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(rng.random_range(2..8))).await;
     }
     cluster.heal_all(&ips).await;
+    // Faults may have failed an OSD often enough for the monitors to hold it
+    // down (flap damping); the operator lets every OSD back once the incident
+    // is over.
+    if let Err(error) = unhold_all(&mon).await {
+        println!("could not let held OSDs back: {error:#}");
+    }
     stop.store(true, Ordering::SeqCst);
     let mut clients = Vec::new();
     for worker in workers {
@@ -632,6 +638,23 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("passed; replay with --seed {seed}");
     Ok(())
+}
+
+/// Lets every OSD the monitors hold down for flapping boot again, retrying while
+/// the monitors cannot take the change.
+async fn unhold_all(mon: &MonClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let unhold = async {
+            let ids = mon.map(true).await?.osds.keys().copied().collect();
+            mon.run(&MonCommand::OsdUnhold { ids }).await
+        };
+        match unhold.await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
 }
 
 /// Marks `osd` in again, retrying while the monitors cannot take the change.
