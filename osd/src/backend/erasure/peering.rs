@@ -201,13 +201,7 @@ pub(super) async fn peer(
         .chain(&prior)
         .map(|((_, osd), info)| (*osd, info.missing.iter().cloned().collect()))
         .collect();
-    // Copies that are sources for another position are rebuilt last: until then
-    // their shards serve the others' rebuilds.
-    let mut targets: Vec<&(Member, PgInfoReply)> = infos
-        .iter()
-        .filter(|copy| !sources.contains(&copy.0))
-        .collect();
-    targets.sort_by_key(|((_, osd), _)| sources.iter().any(|(_, source)| source == osd));
+    let targets = rebuild_order(&infos, &sources);
     for ((position, osd), info) in targets {
         // A source whose shard is being replaced serves no more rebuilds.
         sources.retain(|(_, source)| source != osd);
@@ -292,6 +286,33 @@ pub(super) async fn peer(
     Ok(())
 }
 
+/// The up copies to bring to their own shard positions, in the order to do it
+/// (`sources`: each copy holding the newest history, as (shard held, OSD)).
+/// Copies that are sources for another position come last, and of those, the
+/// ones holding a shard no other source holds the very last: until then their
+/// shards serve the others' rebuilds. A PG split, or a new CRUSH order, can leave
+/// the up copies holding their shards at one another's positions; rebuilding a
+/// copy whose shard is duplicated elsewhere first keeps k distinct shards
+/// readable throughout.
+fn rebuild_order<'a>(
+    infos: &'a [(Member, PgInfoReply)],
+    sources: &[Member],
+) -> Vec<&'a (Member, PgInfoReply)> {
+    let held_by = |osd: u32| {
+        sources
+            .iter()
+            .find(|(_, source)| *source == osd)
+            .map(|(shard, _)| *shard)
+    };
+    let only_copy = |shard: usize| sources.iter().filter(|(held, _)| *held == shard).count() == 1;
+    let mut targets: Vec<&(Member, PgInfoReply)> = infos
+        .iter()
+        .filter(|copy| !sources.contains(&copy.0))
+        .collect();
+    targets.sort_by_key(|((_, osd), _)| held_by(*osd).map(&only_copy));
+    targets
+}
+
 /// Settles the writes the up shards hold prepared: committed on every shard that
 /// holds one when some shard committed it already, dropped otherwise.
 async fn settle_pending(
@@ -334,4 +355,45 @@ async fn settle_pending(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_held_at_one_anothers_positions_are_moved_without_losing_k_of_them() {
+        // A 2+1 PG after a split: position 0 holds its own shard 0, position 1
+        // (osd.3) holds shard 2 and position 2 (osd.4) a second shard 0.
+        let infos: Vec<(Member, PgInfoReply)> = [(0, 0), (1, 3), (2, 4)]
+            .into_iter()
+            .map(|member| (member, PgInfoReply::default()))
+            .collect();
+        let mut sources: Vec<Member> = vec![(0, 0), (2, 3), (0, 4)];
+        let order: Vec<Member> = rebuild_order(&infos, &sources)
+            .into_iter()
+            .map(|(member, _)| *member)
+            .collect();
+        assert_eq!(
+            order,
+            vec![(2, 4), (1, 3)],
+            "the duplicated shard's copy first"
+        );
+        // Replaying the rebuilds: each copy stops serving as it is rebuilt and
+        // serves its own position after; two distinct shards are always readable.
+        for (position, osd) in order {
+            sources.retain(|(_, source)| *source != osd);
+            assert!(
+                positions(&sources) >= 2,
+                "{sources:?} while rebuilding osd.{osd}"
+            );
+            sources.push((position, osd));
+        }
+        // Copies that hold no shard of the newest history come first of all.
+        let mut infos = infos;
+        infos.push(((3, 7), PgInfoReply::default()));
+        let sources: Vec<Member> = vec![(0, 0), (2, 3), (0, 4)];
+        let first = rebuild_order(&infos, &sources)[0].0;
+        assert_eq!(first, (3, 7));
+    }
 }
