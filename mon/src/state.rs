@@ -128,6 +128,12 @@ impl MonState {
         }
     }
 
+    /// Forgets OSD `id`'s failures and hold: it starts afresh.
+    fn forget_flaps(&mut self, id: u32) {
+        self.failures_ms.remove(&id);
+        self.held_until_ms.remove(&id);
+    }
+
     /// Records the epoch each OSD was marked out (forgotten when it is in again).
     fn track_out(&mut self) {
         let epoch = self.map.epoch;
@@ -194,8 +200,7 @@ impl MonState {
                             (until - at_ms).div_ceil(1000)
                         ));
                     }
-                    self.held_until_ms.remove(&id);
-                    self.failures_ms.remove(&id);
+                    self.forget_flaps(id);
                 }
                 self.next_osd_id = self.next_osd_id.max(id + 1);
                 let mut osd = osd.clone();
@@ -308,21 +313,21 @@ impl MonState {
                         return Err(err(MapError::OsdNotFound(*id)));
                     }
                 }
-                for id in ids {
-                    self.held_until_ms.remove(id);
-                    self.failures_ms.remove(id);
+                for &id in ids {
+                    self.forget_flaps(id);
                 }
                 format!("{} may boot again", osd_list(ids))
             }
             Command::OsdRm { ids } => {
                 for &id in ids {
                     incs.push(map.remove_osd(id).map_err(err)?);
+                }
+                for &id in ids {
                     self.osd_uuids.retain(|_, osd| *osd != id);
                     self.down_since_ms.remove(&id);
                     self.auto_out.remove(&id);
                     self.up_from.remove(&id);
-                    self.failures_ms.remove(&id);
-                    self.held_until_ms.remove(&id);
+                    self.forget_flaps(id);
                     self.auth.remove(&format!("osd.{id}"));
                 }
                 format!("removed {}", osd_list(ids))

@@ -762,6 +762,16 @@ impl MonCluster {
             .0
     }
 
+    /// The id `map` gives OSD process `index` (matched by address).
+    pub fn osd_id(&self, map: &lcpfs_core::map::ClusterMap, index: u32) -> u32 {
+        let addr = &self.osds[&index].addr;
+        map.osds
+            .values()
+            .find(|osd| osd.addr == *addr)
+            .unwrap_or_else(|| panic!("OSD process {index} ({addr}) is not in the map"))
+            .id
+    }
+
     /// The stderr of a monitor, for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.mons[name].data.join("stderr.log")).unwrap_or_default()

@@ -89,12 +89,7 @@ async fn survive_wholesale_moves(cluster: &mut MonCluster, pool_name: &str) {
     all_clean(cluster).await;
     let grown = cluster.client().map(true).await.unwrap();
     for index in 0..3 {
-        let id = grown
-            .osds
-            .iter()
-            .find(|(_, osd)| osd.addr == cluster.osds[&index].addr)
-            .map(|(id, _)| *id)
-            .unwrap();
+        let id = cluster.osd_id(&grown, index);
         let pool = grown.pool_by_name(pool_name).unwrap();
         let held = (0..pool.pg_num)
             .filter(|&seed| {

@@ -49,14 +49,7 @@ async fn an_osd_that_flaps_is_held_down_until_an_operator_lets_it_back() {
     cluster.osd_flags = vec!["--osd-heartbeat-grace".into(), "2".into()];
     let cluster = start_with_pool(cluster, 4).await;
     let client = cluster.client();
-    let id = {
-        let map = client.map(true).await.unwrap();
-        map.osds
-            .values()
-            .find(|osd| osd.addr == cluster.osds[&0].addr)
-            .unwrap()
-            .id
-    };
+    let id = cluster.osd_id(&client.map(true).await.unwrap(), 0);
     // The first failure: thawed, it boots again.
     cluster.signal_osd(0, "STOP");
     osds_up(&client, 3).await;

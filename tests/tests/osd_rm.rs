@@ -27,19 +27,9 @@ async fn done(client: &MonClient, command: Command) {
     }
 }
 
-/// The id of OSD process `index`, from its address.
-async fn id_of(cluster: &MonCluster, index: u32) -> u32 {
-    let map = cluster.client().map(true).await.unwrap();
-    map.osds
-        .values()
-        .find(|osd| osd.addr == cluster.osds[&index].addr)
-        .map(|osd| osd.id)
-        .expect("the OSD booted")
-}
-
 /// Stops OSD process `index` and waits for the map to mark it down.
 async fn stop(cluster: &mut MonCluster, index: u32) -> u32 {
-    let id = id_of(cluster, index).await;
+    let id = cluster.osd_id(&cluster.client().map(true).await.unwrap(), index);
     cluster.kill_osd(index);
     let client = cluster.client();
     done(&client, Command::OsdDown { ids: vec![id] }).await;

@@ -586,6 +586,7 @@ async fn repair_from_peers(
         String::from_utf8_lossy(name),
     )))
 }
+
 /// The copy whose history peering adopts when it is newer than this OSD's own
 /// (`log`): the newest history wins, wherever it is, and the newest is the one
 /// whose last entry has the greatest (interval epoch, version). A longer log of

@@ -13,7 +13,7 @@ use super::entry::Entry;
 use super::objects::names;
 use super::store::{
     DUPS_OBJECT, LOG_OBJECT, MISSING_OBJECT, PENDING_OBJECT, SHARD_XATTR, collection, encode_entry,
-    object_key, requests_of,
+    mark_missing, object_key, requests_of,
 };
 
 /// What a copy of a PG receives to catch up, installed in one transaction.
@@ -111,12 +111,7 @@ pub fn install(store: &Store, pg: PgId, delivery: &Delivery) -> engine::Result<(
         }
     }
     if !missing.is_empty() {
-        let marks = missing
-            .iter()
-            .map(|name| (name.clone(), Vec::new()))
-            .collect();
-        txn.create(MISSING_OBJECT, false)
-            .omap_set(MISSING_OBJECT, marks);
+        mark_missing(&mut txn, missing);
     }
     if !entries.is_empty() {
         let log = entries.iter().map(encode_entry).collect();

@@ -28,8 +28,8 @@ use super::delivery::put_object;
 use super::entry::Entry;
 use super::objects::{names, state};
 use super::store::{
-    DUPS_OBJECT, LOG_OBJECT, MISSING_OBJECT, PENDING_OBJECT, collection, ensure, missing,
-    object_key, pending,
+    DUPS_OBJECT, LOG_OBJECT, MISSING_OBJECT, PENDING_OBJECT, collection, ensure, mark_missing,
+    missing, object_key, pending,
 };
 
 /// Xattr of the log object: the pool's pg_num this copy's objects are sorted for
@@ -119,12 +119,7 @@ pub fn split(
         }
         record_split(&mut txn, pg_num);
         if let Some(names) = missing_in.get(&child) {
-            let marks = names
-                .iter()
-                .map(|name| (name.clone(), Vec::new()))
-                .collect();
-            txn.create(MISSING_OBJECT, false)
-                .omap_set(MISSING_OBJECT, marks);
+            mark_missing(&mut txn, names);
         }
         if pending_in == Some(child) {
             let bytes = view.read(PENDING_OBJECT, 0, u64::MAX)?;

@@ -146,6 +146,16 @@ pub(super) fn requests_of<'a>(
         .collect()
 }
 
+/// Adds to `txn` missing marks for the PG's objects `names`.
+pub(super) fn mark_missing(txn: &mut Transaction, names: &[Vec<u8>]) {
+    let marks = names
+        .iter()
+        .map(|name| (name.clone(), Vec::new()))
+        .collect();
+    txn.create(MISSING_OBJECT, false)
+        .omap_set(MISSING_OBJECT, marks);
+}
+
 /// Creates the PG's collection if this OSD does not have it yet, recorded as
 /// split for a pool of `pg_num` PGs (see [`super::split`]).
 pub fn ensure(
