@@ -21,7 +21,8 @@ use lcpfs_proto::monitor_client::MonitorClient;
 use lcpfs_proto::tls::{self, Tls};
 use lcpfs_proto::{
     CommandRequest, FailureReport, GetMapRequest, MapUpdate, OsdBootRequest, OsdHeartbeatRequest,
-    PgStat, PgStatsReport, PingReply, PingRequest, QueryRequest, SubscribeRequest, map_update,
+    OsdUpThruRequest, PgStat, PgStatsReport, PingReply, PingRequest, QueryRequest,
+    SubscribeRequest, map_update,
 };
 use rand::seq::SliceRandom;
 use serde::de::DeserializeOwned;
@@ -356,6 +357,22 @@ impl MonClient {
                         used_bytes: used,
                         size_bytes: size,
                     })
+                    .await
+            })
+            .await?;
+        let reply = reply.into_inner();
+        self.saw(reply.epoch);
+        Ok(reply.epoch)
+    }
+
+    /// Asks the monitors to record OSD `id` up through `epoch` (its PGs of an
+    /// interval that began then may go active once a map says so); returns the
+    /// epoch of a map that does.
+    pub async fn up_thru(&self, id: u32, epoch: u64) -> anyhow::Result<u64> {
+        let reply = self
+            .call(|mut client| async move {
+                client
+                    .osd_up_thru(OsdUpThruRequest { osd_id: id, epoch })
                     .await
             })
             .await?;

@@ -646,6 +646,29 @@ impl Monitor {
         }
     }
 
+    /// On the leader: records that OSD `id` is up through `epoch` (once, however
+    /// many of its PGs ask); returns the epoch of a map that says so.
+    pub async fn up_thru(&self, id: u32, epoch: u64) -> Result<u64, Status> {
+        let map = self.state.map();
+        let osd = map
+            .osds
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("osd.{id} is not in the map")))?;
+        if !osd.up {
+            return Err(Status::failed_precondition(format!(
+                "osd.{id} is down at epoch {}: boot it again",
+                map.epoch
+            )));
+        }
+        if osd.up_thru >= epoch.min(map.epoch) {
+            return Ok(map.epoch);
+        }
+        match self.write(Proposal::UpThru { id, epoch }).await? {
+            CommandOutcome::Done { epoch, .. } => Ok(epoch),
+            CommandOutcome::Refused { reason } => Err(Status::failed_precondition(reason)),
+        }
+    }
+
     /// On the leader: `reporter` cannot reach `failed`. Once OSDs on enough distinct
     /// hosts report the same peer within the grace period, it is marked down.
     pub async fn failure_report(&self, reporter: u32, failed: u32) -> Result<(), Status> {

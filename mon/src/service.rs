@@ -15,9 +15,9 @@ use lcpfs_proto::monitor_server::Monitor as MonitorRpc;
 use lcpfs_proto::tls::{Tls, require};
 use lcpfs_proto::{
     CommandReply, CommandRequest, FailureReply, FailureReport, GetMapRequest, MapReply, MapUpdate,
-    OsdBootReply, OsdBootRequest, OsdHeartbeatReply, OsdHeartbeatRequest, PgStatsReply,
-    PgStatsReport, PingReply, PingRequest, QueryReply, QueryRequest, RaftPayload, SubscribeRequest,
-    map_update,
+    OsdBootReply, OsdBootRequest, OsdHeartbeatReply, OsdHeartbeatRequest, OsdUpThruReply,
+    OsdUpThruRequest, PgStatsReply, PgStatsReport, PingReply, PingRequest, QueryReply,
+    QueryRequest, RaftPayload, SubscribeRequest, map_update,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -319,6 +319,19 @@ impl MonitorRpc for MonitorService {
         Ok(Response::new(FailureReply {
             epoch: self.epoch(),
         }))
+    }
+
+    async fn osd_up_thru(
+        &self,
+        request: Request<OsdUpThruRequest>,
+    ) -> Result<Response<OsdUpThruReply>, Status> {
+        require(&request, &["osd", "mon"], "Monitor.OsdUpThru")?;
+        if let Some(mut leader) = self.forward_target(&request)? {
+            return leader.osd_up_thru(forwarded(request.into_inner())).await;
+        }
+        let want = request.into_inner();
+        let epoch = self.0.up_thru(want.osd_id, want.epoch).await?;
+        Ok(Response::new(OsdUpThruReply { epoch }))
     }
 
     async fn pg_stats(

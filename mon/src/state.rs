@@ -251,6 +251,13 @@ impl MonState {
                 }
                 Ok((format!("marked out {}", osd_list(ids)), None))
             }
+            Proposal::UpThru { id, epoch } => {
+                incs.extend(self.map.set_up_thru(*id, *epoch).map_err(err)?);
+                Ok((
+                    format!("osd.{id} up through epoch {}", self.map.epoch),
+                    None,
+                ))
+            }
             Proposal::SetFull { full, not_full } => {
                 for (ids, flag) in [(full, true), (not_full, false)] {
                     for &id in ids {

@@ -72,6 +72,14 @@ pub enum Proposal {
         /// OSD ids.
         ids: BTreeSet<u32>,
     },
+    /// A primary OSD asks to be recorded up through an epoch, before its PGs of
+    /// an interval that began then go active.
+    UpThru {
+        /// OSD id.
+        id: u32,
+        /// The epoch its interval began.
+        epoch: u64,
+    },
     /// OSDs whose disks crossed the full ratio, one way or the other.
     SetFull {
         /// OSD ids now full.

@@ -34,6 +34,9 @@ pub struct OsdConfig {
     /// Where the PG intervals this OSD saw are saved, so that a restarted OSD
     /// still knows them (`None`: kept in memory only).
     pub intervals_file: Option<std::path::PathBuf>,
+    /// How long a read lease lasts (see [`crate::lease`]): a primary cut off from
+    /// the cluster stops serving reads this long after its last renewal.
+    pub read_lease: Duration,
     /// Mutual TLS for connections to peer OSDs (`None`: plain connections).
     pub tls: Option<Tls>,
 }
@@ -51,6 +54,7 @@ impl Default for OsdConfig {
             max_recovering_pgs: 2,
             pg_log_entries: pg::LOG_KEEP,
             intervals_file: None,
+            read_lease: Duration::from_secs(16),
             tls: None,
         }
     }

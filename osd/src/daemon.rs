@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::OsdConfig;
+use crate::lease::{self, LEASE_RATIO};
 use crate::node::Node;
 use crate::server::OsdServer;
 use crate::split::{split_for_map, split_held};
@@ -72,6 +73,10 @@ pub struct DaemonArgs {
     /// Seconds between heartbeats to the monitors.
     #[arg(long, default_value_t = 1.0)]
     pub heartbeat_interval: f64,
+    /// Seconds a write waits for a replica that does not store it (but is not
+    /// marked down) before failing; the client retries it.
+    #[arg(long, default_value_t = 30.0)]
+    pub replicate_timeout: f64,
     /// Seconds a write waits for a PG with fewer than min_size OSDs up before failing.
     #[arg(long, default_value_t = 10.0)]
     pub pg_inactive_wait: f64,
@@ -104,6 +109,14 @@ pub struct DaemonArgs {
     /// report it).
     #[arg(long, default_value_t = 20.0)]
     pub osd_heartbeat_grace: f64,
+    /// Seconds a read lease lasts (default: 0.8 × --osd-heartbeat-grace, and at
+    /// least two heartbeats): a primary cut off from its peers stops serving
+    /// reads this long after its last renewal, and a new primary may wait this
+    /// long before taking writes. Keep it below the monitors'
+    /// --osd-heartbeat-grace, so a crashed OSD's leases run out before it is
+    /// marked down.
+    #[arg(long)]
+    pub read_lease: Option<f64>,
     /// Listen here (e.g. 0.0.0.0:6800) instead of on the address the map knows
     /// this OSD by, which may then be a DNS name (a Kubernetes pod's stable name).
     #[arg(long)]
@@ -212,12 +225,15 @@ async fn boot(mon: &MonClient, boot: &OsdBoot) -> anyhow::Result<u32> {
     }
 }
 
-/// Waits for a stop request (Ctrl-C or SIGTERM), then asks the monitors to mark
-/// this OSD down before it stops serving, so clients and peers move to other OSDs at
-/// once instead of waiting out the heartbeat grace.
-async fn mark_down_on_shutdown(mon: MonClient, id: u32, stopping: Arc<AtomicBool>) {
+/// Waits for a stop request (Ctrl-C or SIGTERM), gives back the read leases this
+/// OSD holds (it serves no more reads), then asks the monitors to mark it down
+/// before it stops serving, so clients and peers move to other OSDs at once
+/// instead of waiting out the heartbeat grace or the leases.
+async fn mark_down_on_shutdown(mon: MonClient, node: Arc<Node>, stopping: Arc<AtomicBool>) {
     lcpfs_core::shutdown::requested().await;
     stopping.store(true, Ordering::SeqCst);
+    lease::release_all(&node).await;
+    let id = node.id;
     let command = lcpfs_core::monitor::Command::OsdDown { ids: vec![id] };
     match tokio::time::timeout(Duration::from_secs(5), mon.run(&command)).await {
         Ok(Ok(_)) => tracing::info!(osd = id, "marked down for shutdown"),
@@ -228,10 +244,11 @@ async fn mark_down_on_shutdown(mon: MonClient, id: u32, stopping: Arc<AtomicBool
     }
 }
 
-/// Pings, every `interval`, the OSDs this one shares PGs with, and reports to the
-/// monitors each one that has not answered for `grace` (again every `grace` while
-/// it stays silent and up in the map). Peers see a network failure between OSDs
-/// that the monitors, reachable from both, cannot.
+/// Pings, every `interval`, the OSDs this one shares PGs with (each ping asks for
+/// a read lease), and reports to the monitors each one that has not answered for
+/// `grace` (again every `grace` while it stays silent and up in the map). Peers
+/// see a network failure between OSDs that the monitors, reachable from both,
+/// cannot.
 async fn heartbeat_peers(
     node: Arc<Node>,
     mon: MonClient,
@@ -246,19 +263,9 @@ async fn heartbeat_peers(
         let peers = node.heartbeat_peers();
         last_answer.retain(|osd, _| peers.contains(osd));
         reported.retain(|osd, _| peers.contains(osd));
-        let mut pings = tokio::task::JoinSet::new();
-        for &osd in &peers {
-            let node = node.clone();
-            pings.spawn(async move {
-                let answered =
-                    tokio::time::timeout(interval.max(Duration::from_secs(1)), node.ping(osd))
-                        .await
-                        .is_ok_and(|result| result.is_ok());
-                (osd, answered)
-            });
-        }
         let now = Instant::now();
-        while let Some(Ok((osd, answered))) = pings.join_next().await {
+        let answers = lease::renew(&node, peers, interval.max(Duration::from_secs(1))).await;
+        for (osd, answered) in answers {
             let last = last_answer.entry(osd).or_insert(now);
             if answered {
                 *last = Instant::now();
@@ -284,6 +291,29 @@ async fn heartbeat_peers(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Asks the monitors to record this OSD up through each epoch its peering needs
+/// ([`Node::wait_up_thru`]), once per rise, again after a failure while the map
+/// still lacks it.
+async fn send_up_thru(mon: MonClient, node: Arc<Node>) {
+    let mut wanted = node.up_thru_wanted();
+    loop {
+        let epoch = *wanted.borrow_and_update();
+        let missing = node
+            .current()
+            .osds
+            .get(&node.id)
+            .is_some_and(|osd| osd.up && osd.up_thru < epoch);
+        if missing && let Err(error) = mon.up_thru(node.id, epoch).await {
+            tracing::warn!(%error, epoch, "could not have this OSD recorded up; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if wanted.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -379,6 +409,14 @@ async fn observe_missed_epochs(
     Ok(current)
 }
 
+/// How long the read leases this OSD asks for last: [`LEASE_RATIO`] of the
+/// heartbeat grace, so that a crashed OSD's leases run out before its peers
+/// report it, but at least two heartbeats, so that one late renewal does not
+/// stop reads.
+fn read_lease(grace: Duration, heartbeat: Duration) -> Duration {
+    grace.mul_f64(LEASE_RATIO).max(heartbeat * 2)
+}
+
 /// Runs an OSD until the process is stopped.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let Some(data) = args.data.clone() else {
@@ -388,6 +426,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|interval| !interval.is_zero())
         .context("--heartbeat-interval must be a positive number of seconds")?;
+    let grace = Duration::try_from_secs_f64(args.osd_heartbeat_grace)
+        .context("--osd-heartbeat-grace must be a number of seconds")?;
     let mon = MonClient::from_flags(args.mon.as_deref(), args.tls_dir.as_deref())?;
     let (store, identity) = {
         let data = data.clone();
@@ -414,6 +454,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .context("cannot fetch the cluster map")?;
     let config = OsdConfig {
         max_object_size: args.max_object_mib.saturating_mul(1 << 20),
+        replicate_deadline: Duration::try_from_secs_f64(args.replicate_timeout)
+            .context("--replicate-timeout must be a number of seconds")?,
         inactive_wait: Duration::try_from_secs_f64(args.pg_inactive_wait)
             .context("--pg-inactive-wait must be a number of seconds")?,
         scrub_interval: Duration::try_from_secs_f64(args.scrub_interval_hours * 3600.0)
@@ -426,8 +468,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         max_recovering_pgs: args.max_recovering_pgs.max(1),
         pg_log_entries: args.pg_log_entries,
         intervals_file: Some(data.join(INTERVALS_FILE)),
+        read_lease: match args.read_lease {
+            Some(seconds) => Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|lease| !lease.is_zero())
+                .context("--read-lease must be a positive number of seconds")?,
+            None => read_lease(grace, heartbeat),
+        },
         tls: mon.tls().cloned(),
-        ..OsdConfig::default()
     };
     let stopping = Arc::new(AtomicBool::new(false));
     // The pools may have grown while this OSD was stopped: its copies are split
@@ -449,6 +497,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         boot_info,
         stopping.clone(),
     ));
+    tokio::spawn(send_up_thru(mon.clone(), node.clone()));
     tokio::spawn(peering::peer_on_map_changes(
         node.clone(),
         backend::peering_of,
@@ -459,8 +508,6 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(scrub::scrub_on_schedule(node.clone()));
     tokio::spawn(strays::remove_strays(node.clone()));
-    let grace = Duration::try_from_secs_f64(args.osd_heartbeat_grace)
-        .context("--osd-heartbeat-grace must be a number of seconds")?;
     tokio::spawn(heartbeat_peers(
         node.clone(),
         mon.clone(),
@@ -503,6 +550,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         });
     }
 
+    let shutdown_node = node.clone();
     tracing::info!(osd = id, addr = %identity.addr, "serving");
     eprintln!("osd.{id} serving on {}", identity.addr);
     let mut server = tls::server(mon.tls()).context("cannot set up TLS")?;
@@ -515,7 +563,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(
             // Small requests and replies go out at once (no Nagle delay).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            mark_down_on_shutdown(mon, id, stopping),
+            mark_down_on_shutdown(mon, shutdown_node, stopping),
         )
         .await
         .context("serving stopped")

@@ -17,21 +17,38 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use lcpfs_core::crush::{PoolPlacement, primary};
-use lcpfs_core::map::ClusterMap;
+use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::{PgId, split_parent};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::UpSet;
 
-/// One interval of a PG: its up set, the epoch it began, and the smallest
-/// min_size its pool had during it (0: not recorded, in intervals saved before
-/// it was).
+/// One interval of a PG: its up set, the epoch it began, the smallest min_size
+/// its pool had during it (0: not recorded, in intervals saved before it was),
+/// and whether it may have gone active: its primary was recorded up through its
+/// start (`up_thru`) before it ended, or this OSD could not see (an interval that
+/// never went active took no writes and served no reads).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub up: UpSet,
     pub start: u64,
     #[serde(default)]
     pub min_size: u32,
+    #[serde(default = "may_have")]
+    pub went_rw: bool,
+}
+
+/// Intervals saved before `went_rw` was recorded may have gone active.
+fn may_have() -> bool {
+    true
+}
+
+/// True when `map` records the primary of `up` up through `start`: a PG of the
+/// interval that began at `start` may have gone active.
+fn recorded_up_thru(map: &ClusterMap, up: &UpSet, start: u64) -> bool {
+    primary(up)
+        .and_then(|osd| map.osds.get(&osd))
+        .is_some_and(|osd| osd.up_thru >= start)
 }
 
 /// The smaller of two recorded min_sizes (0 is not recorded).
@@ -56,6 +73,7 @@ fn remember(history: &mut Vec<Interval>, ended: Interval) {
         }
         merged.start = merged.start.max(old.start);
         merged.min_size = lowest(merged.min_size, old.min_size);
+        merged.went_rw |= old.went_rw;
         false
     });
     history.push(merged);
@@ -241,10 +259,15 @@ impl Intervals {
                     up: up.clone(),
                     start: map.epoch,
                     min_size,
+                    went_rw: !contiguous,
                 });
                 // An interval may have acknowledged writes with the smallest
-                // min_size the pool had during it.
+                // min_size the pool had during it, once its primary was recorded
+                // up through its start in one of its maps.
                 entry.min_size = lowest(entry.min_size, min_size);
+                if contiguous && entry.up == up {
+                    entry.went_rw |= recorded_up_thru(map, &entry.up, entry.start);
+                }
                 // With epochs skipped (this OSD just started, or fell behind),
                 // earlier intervals went unseen; a PG first seen in the map that
                 // follows the last observed is new and has none.
@@ -258,6 +281,7 @@ impl Intervals {
                             up,
                             start: map.epoch,
                             min_size,
+                            went_rw: !contiguous,
                         },
                     );
                     if ended.up != entry.up {
@@ -356,38 +380,64 @@ impl Intervals {
     }
 
     /// The PG's earlier intervals, from the one that began at epoch `since` on,
-    /// whose writes peering cannot see: intervals with at least the min_size of
-    /// their time (`min_size`, today's, where it was not recorded) OSDs (they may
-    /// have acknowledged writes, each held by all of them) of which
-    /// fewer than `needed` are up now, while one that is down is not marked lost.
+    /// that peering cannot do without while one of their down OSDs is not marked
+    /// lost: of those that may have gone active (see [`Interval`]), those with at least the min_size of their time OSDs (today's, where
+    /// it was not recorded), which may have acknowledged writes (each held by all
+    /// of them), of which fewer than the pool needs to read an object are up
+    /// now; and, for erasure-coded pools, which serve reads with `k` shards,
+    /// those of at least `k` OSDs none of which is up, so none can say how long
+    /// the read lease it granted their primary lasts (see [`crate::lease`]).
     pub fn unreachable(
         &self,
         map: &ClusterMap,
+        pool: &Pool,
         pg: PgId,
         since: u64,
-        min_size: u32,
-        needed: u32,
     ) -> Vec<Interval> {
         let state = self.state();
         let up = |osd: &u32| map.osds.get(osd).is_some_and(|info| info.up);
         let waited_for = |osd: &u32| map.osds.get(osd).is_some_and(|info| !info.up && !info.lost);
+        let needed = pool.shards_needed() as u32;
         state
             .past
             .get(&pg)
             .into_iter()
             .flatten()
-            .filter(|interval| interval.start >= since)
+            .filter(|interval| interval.start >= since && interval.went_rw)
             .filter(|interval| {
                 let min_size = match interval.min_size {
-                    0 => min_size,
+                    0 => pool.min_size(),
                     then => then,
                 };
-                interval.members().count() as u32 >= min_size
+                let members = interval.members().count() as u32;
+                let reachable = interval.members().filter(up).count() as u32;
+                let wrote = members >= min_size && reachable < needed;
+                let read = pool.is_erasure() && members >= pool.read_size() && reachable == 0;
+                wrote || read
             })
-            .filter(|interval| (interval.members().filter(up).count() as u32) < needed)
             .filter(|interval| interval.members().any(|osd| waited_for(&osd)))
             .cloned()
             .collect()
+    }
+
+    /// The primaries of the PG's earlier intervals from the one that began at
+    /// epoch `since` on that may have gone active, each with its interval's
+    /// OSDs.
+    pub fn past_primaries(&self, pg: PgId, since: u64) -> Vec<(u32, Vec<u32>)> {
+        let state = self.state();
+        state
+            .past
+            .get(&pg)
+            .into_iter()
+            .flatten()
+            .filter(|interval| interval.start >= since && interval.went_rw)
+            .filter_map(|interval| Some((primary(&interval.up)?, interval.members().collect())))
+            .collect()
+    }
+
+    /// True when the PG's earlier intervals went unseen (epochs skipped).
+    pub fn unknown(&self, pg: PgId) -> bool {
+        self.state().unknown.contains(&pg)
     }
 
     /// After peering in the interval that began at `start` with up set `up`, that
@@ -439,6 +489,14 @@ mod tests {
         (map, PgId::new(pool, 0))
     }
 
+    /// The PG's current primary is recorded up through its interval (it went
+    /// active and may take writes), in a map `intervals` observes.
+    fn went_active(map: &mut ClusterMap, intervals: &Intervals, pg: PgId) {
+        let primary = pg_mapping(map, pg).unwrap().primary.unwrap();
+        map.set_up_thru(primary, intervals.start(pg)).unwrap();
+        intervals.observe(map);
+    }
+
     fn up(map: &ClusterMap, pg: PgId) -> Vec<u32> {
         pg_mapping(map, pg)
             .unwrap()
@@ -459,6 +517,7 @@ mod tests {
         map.mark_down(c).unwrap();
         intervals.observe(&map);
         let took_writes = intervals.start(pg);
+        went_active(&mut map, &intervals, pg);
         for change in [
             ClusterMap::mark_down as fn(&mut ClusterMap, u32) -> _,
             ClusterMap::mark_out,
@@ -468,7 +527,8 @@ mod tests {
                 intervals.observe(&map);
             }
         }
-        let blocking = |map: &ClusterMap, since| intervals.unreachable(map, pg, since, 2, 1);
+        let blocking =
+            |map: &ClusterMap, since| intervals.unreachable(map, &map.pools[&pg.pool], pg, since);
         let blocked = blocking(&map, took_writes);
         assert_eq!(blocked.len(), 1, "{blocked:?}");
         assert_eq!(blocked[0].up, vec![Some(a), Some(b)]);
@@ -505,6 +565,8 @@ mod tests {
         };
         map.mark_down(c).unwrap();
         before.observe(&map);
+        let took_writes = before.start(pg);
+        went_active(&mut map, &before, pg);
         let saved = map.clone();
         let copy = dir.path().join("copy.json");
         std::fs::copy(&file, &copy).unwrap();
@@ -525,10 +587,10 @@ mod tests {
         for epoch in &missed {
             after.observe(epoch);
         }
-        let blocked = after.unreachable(&map, pg, saved.epoch, 2, 1);
+        let blocked = after.unreachable(&map, &map.pools[&pg.pool], pg, took_writes);
         assert_eq!(blocked.len(), 1, "{blocked:?}");
         assert_eq!(blocked[0].up, vec![Some(a), Some(b)]);
-        assert_eq!(blocked[0].start, saved.epoch);
+        assert_eq!(blocked[0].start, took_writes);
 
         // Without the epochs in between, every up OSD is asked.
         let skipped = Intervals::new(Some(copy));
@@ -578,7 +640,11 @@ mod tests {
                 down.mark_down(osd).unwrap();
                 intervals.observe(&down);
             }
-            assert!(!intervals.unreachable(&down, child, 0, 2, 1).is_empty());
+            assert!(
+                !intervals
+                    .unreachable(&down, &down.pools[&child.pool], child, 0)
+                    .is_empty()
+            );
         }
     }
 
@@ -618,6 +684,7 @@ mod tests {
         map.mark_down(c).unwrap();
         intervals.observe(&map);
         let took_writes = intervals.start(pg);
+        went_active(&mut map, &intervals, pg);
         map.mark_down(b).unwrap();
         intervals.observe(&map);
         map.mark_down(a).unwrap();
@@ -626,10 +693,42 @@ mod tests {
         map.set_pool_size(pg.pool, 3, 3).unwrap();
         intervals.observe(&map);
         // Today's min_size (3) would call the two-OSD interval harmless.
-        let blocked = intervals.unreachable(&map, pg, took_writes, 3, 1);
+        let blocked = intervals.unreachable(&map, &map.pools[&pg.pool], pg, took_writes);
         assert!(
             blocked.iter().any(|interval| interval.start == took_writes),
             "{blocked:?}"
         );
+    }
+
+    #[test]
+    fn an_interval_whose_primary_was_never_recorded_up_through_it_blocks_nothing() {
+        // `a` and `b` of an interval of two (min_size 2) die, with `a` recorded up
+        // through it or not (it died before it could peer).
+        let history = |recorded: bool| {
+            let (mut map, pg) = cluster();
+            let intervals = Intervals::new(None);
+            intervals.observe(&map);
+            let [a, b, c] = up(&map, pg)[..] else {
+                panic!("three copies")
+            };
+            map.mark_down(c).unwrap();
+            intervals.observe(&map);
+            let start = intervals.start(pg);
+            if recorded {
+                went_active(&mut map, &intervals, pg);
+            }
+            for osd in [a, b] {
+                map.mark_down(osd).unwrap();
+                intervals.observe(&map);
+            }
+            let blocking = intervals.unreachable(&map, &map.pools[&pg.pool], pg, start);
+            (blocking, intervals.past_primaries(pg, start), [a, b])
+        };
+        let (blocking, primaries, _) = history(false);
+        assert!(blocking.is_empty(), "{blocking:?}");
+        assert!(primaries.is_empty(), "{primaries:?}");
+        let (blocking, primaries, [a, b]) = history(true);
+        assert_eq!(blocking.len(), 1, "{blocking:?}");
+        assert_eq!(primaries, vec![(a, vec![a, b])]);
     }
 }

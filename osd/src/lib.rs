@@ -8,7 +8,8 @@
 //!   [`scrub`]: comparing and repairing a PG's copies; [`status`]: PG states;
 //!   [`strays`]: removing copies this OSD no longer needs;
 //! - [`backend`]: one trait, replicated and erasure-coded pools behind it;
-//! - [`peering`]: bringing a PG's copies level in a new interval;
+//! - [`peering`]: bringing a PG's copies level in a new interval; [`lease`]:
+//!   read leases, so that a replaced primary stops serving reads;
 //!   [`replica`]: the receiving side of the calls between OSDs;
 //! - [`recovery`]: objects brought level in the background once a PG is active;
 //! - [`split`]: splitting this OSD's PG copies when a pool's pg_num grows;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod intervals;
+pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod ops;

@@ -21,9 +21,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::config::OsdConfig;
 use crate::error::{OsdError, Result};
 use crate::intervals::Intervals;
+use crate::lease::Leases;
 use crate::metrics::OsdMetrics;
 use crate::peers::Peers;
 use crate::pg::{self, PgLog, Registry, UpSet};
+
+/// How long peering waits for the monitors to record its primary up through
+/// the PG's interval.
+pub const UP_THRU_WAIT: Duration = Duration::from_secs(10);
 
 /// One running OSD's shared state.
 pub struct Node {
@@ -42,6 +47,12 @@ pub struct Node {
     pub config: OsdConfig,
     /// Counters and histograms served at `/metrics`.
     pub metrics: OsdMetrics,
+    /// Read leases held from and granted to peers.
+    pub leases: Leases,
+    /// The newest epoch this OSD needs the monitors to record it up through
+    /// (`up_thru`) before its PGs of an interval that began then go active; the
+    /// daemon sends it to the monitors.
+    up_thru_wanted: watch::Sender<u64>,
     /// PGs recovering or waiting for a recovery slot.
     pub recovery: RecoveryTable,
     /// Scrub history of the PGs this OSD is (or was) primary for.
@@ -79,6 +90,8 @@ impl Node {
             recovery: RecoveryTable::new(config.max_recovering_pgs),
             scrubs: Mutex::new(HashMap::new()),
             down: Mutex::new(HashSet::new()),
+            leases: Leases::new(config.read_lease),
+            up_thru_wanted: watch::Sender::new(0),
             config,
             metrics: OsdMetrics::new().expect("OSD metrics register once"),
         }
@@ -121,14 +134,39 @@ impl Node {
         peers
     }
 
-    /// Pings OSD `osd` (an empty echo).
-    pub async fn ping(&self, osd: u32) -> Result<()> {
-        self.peers.send_ping(&self.current(), osd).await
-    }
-
     /// True when the map this OSD follows says it is up.
     pub fn is_up(&self) -> bool {
         self.current().osds.get(&self.id).is_some_and(|osd| osd.up)
+    }
+
+    /// Waits (up to [`UP_THRU_WAIT`]) until the map records this OSD up through
+    /// `epoch`, asking the monitors for it: before that, a PG this OSD leads in
+    /// an interval that began at `epoch` may not go active (Ceph's `up_thru`), so
+    /// that peering can tell the intervals that never went active.
+    pub async fn wait_up_thru(&self, epoch: u64) -> Result<()> {
+        let id = self.id;
+        let recorded =
+            |map: &Arc<ClusterMap>| map.osds.get(&id).is_some_and(|osd| osd.up_thru >= epoch);
+        if recorded(&self.current()) {
+            return Ok(());
+        }
+        self.up_thru_wanted.send_if_modified(|wanted| {
+            let raise = *wanted < epoch;
+            *wanted = (*wanted).max(epoch);
+            raise
+        });
+        let mut map = self.map.clone();
+        match tokio::time::timeout(UP_THRU_WAIT, map.wait_for(recorded)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(OsdError::Unavailable(format!(
+                "the monitors have not recorded osd.{id} up through epoch {epoch} yet; retry"
+            ))),
+        }
+    }
+
+    /// The epochs this OSD needs recorded as up through, as they rise.
+    pub fn up_thru_wanted(&self) -> watch::Receiver<u64> {
+        self.up_thru_wanted.subscribe()
     }
 
     /// The map this OSD follows now.

@@ -17,6 +17,7 @@ use lcpfs_core::pg::PgId;
 use lcpfs_proto::{ObjectState, PgInfoReply, PgRef, PushRequest};
 
 use crate::error::{OsdError, Result};
+use crate::lease;
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
 use crate::pg::{self, Delivery, Entry, PgLog, UpSet, entry};
@@ -82,6 +83,15 @@ pub async fn ensure_peered(
     backend
         .peer(node, map, pool, pg, log, &up, reference)
         .await?;
+    // The monitors record this primary up through the interval before the PG
+    // goes active: an interval they never recorded so took no writes and served
+    // no reads, and later peerings need not wait for its OSDs.
+    node.wait_up_thru(interval).await?;
+    if node.interval(pg) != interval {
+        return Err(OsdError::Unavailable(format!(
+            "PG {pg} changed its OSDs while it peered; retry"
+        )));
+    }
     // Every up OSD now holds every write this one has.
     activate(node, map, pg, &up, interval).await?;
     log.clear_incomplete();
@@ -199,28 +209,30 @@ pub async fn push_to_peers(
 /// among them) has: one whose OSDs are down, not enough of them up to read its
 /// writes (one copy; `k` shards), and not all marked lost. Intervals before the
 /// newest one in which an answering copy was brought level are not asked: that
-/// copy holds their writes.
+/// copy holds their writes. Otherwise sets when the PG may take writes again
+/// ([`PgLog::writable_after`]): once the read leases of its earlier primaries
+/// have run out.
 pub fn check_not_down<'a>(
     node: &Node,
     map: &ClusterMap,
     pool: &Pool,
     pg: PgId,
+    log: &mut PgLog,
     infos: impl IntoIterator<Item = &'a PgInfoReply>,
 ) -> Result<()> {
+    let infos: Vec<&PgInfoReply> = infos.into_iter().collect();
     let since = infos
-        .into_iter()
+        .iter()
         .map(|info| info.activated.max(info.last_epoch))
         .max()
         .unwrap_or(0);
-    let unreachable =
-        node.intervals
-            .unreachable(map, pg, since, pool.min_size(), pool.shards_needed() as u32);
-    let mut down = node.down.lock().expect("down PGs");
+    let unreachable = node.intervals.unreachable(map, pool, pg, since);
     if unreachable.is_empty() {
-        down.remove(&pg);
+        node.down.lock().expect("down PGs").remove(&pg);
+        log.writable_after = lease::writable_after(node, map, pg, since, infos);
         return Ok(());
     }
-    down.insert(pg);
+    node.down.lock().expect("down PGs").insert(pg);
     let waited: Vec<String> = unreachable
         .iter()
         .map(|interval| {
@@ -346,6 +358,7 @@ pub async fn info_of(node: &Node, pg: PgId, log: &PgLog, clean: bool) -> Result<
         pending,
         activated,
         missing: log.missing.iter().cloned().collect(),
+        leases: node.leases.granted_left(),
     })
 }
 

@@ -16,9 +16,9 @@ use lcpfs_proto::connections::OsdConnections;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::tls::Tls;
 use lcpfs_proto::{
-    EcCommitRequest, EchoMessage, ListReply, ListRequest, ObjectState, PgInfoReply, PgLogRequest,
-    PgRef, PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest, ReplicateRequest,
-    ScrubMapRequest, ScrubObject,
+    EcCommitRequest, LeaseReply, LeaseRequest, ListReply, ListRequest, ObjectState, PgInfoReply,
+    PgLogRequest, PgRef, PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest,
+    ReplicateRequest, ScrubMapRequest, ScrubObject,
 };
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -69,10 +69,15 @@ impl Peers {
             .map_err(|_| OsdError::Internal(format!("bad OSD address {addr:?} in the map")))
     }
 
-    /// An empty echo: is `osd` answering?
-    pub async fn send_ping(&self, map: &ClusterMap, osd: u32) -> Result<()> {
-        self.client(map, osd)?.echo(EchoMessage::default()).await?;
-        Ok(())
+    /// A read lease request (or release) to `osd`; also the heartbeat between
+    /// OSDs sharing PGs.
+    pub async fn send_lease(
+        &self,
+        map: &ClusterMap,
+        osd: u32,
+        request: LeaseRequest,
+    ) -> Result<LeaseReply> {
+        Ok(self.client(map, osd)?.lease(request).await?.into_inner())
     }
 
     /// `osd`'s info of its copy of a PG (peering; `reference.probe` for an OSD of

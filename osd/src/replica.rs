@@ -97,6 +97,7 @@ pub async fn handle_pg_info(node: &Node, reference: PgRef) -> Result<PgInfoReply
             Some(log) => info_of(node, pg, &log, false).await,
             None => Ok(PgInfoReply {
                 epoch: map.epoch,
+                leases: node.leases.granted_left(),
                 ..PgInfoReply::default()
             }),
         };

@@ -620,6 +620,14 @@ impl MonCluster {
     /// Starts OSD `index` (host `h{index}`, one 256 MiB file disk), creating its store
     /// on first start.
     pub fn start_osd(&mut self, index: u32) {
+        let names: Vec<String> = self.mons.keys().cloned().collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.start_osd_following(index, &names);
+    }
+
+    /// Starts OSD `index` knowing only the monitors `names` (so that stopping
+    /// them cuts it off from the map).
+    pub fn start_osd_following(&mut self, index: u32, names: &[&str]) {
         let tls = self.tls_flags(&format!("osd.h{index}"));
         let data = self.dir.path().join(format!("osd.{index}"));
         let osd = self.osds.entry(index).or_insert_with(|| Osd {
@@ -635,7 +643,10 @@ impl MonCluster {
             .append(true)
             .open(osd.data.join("stderr.log"))
             .expect("osd log file");
-        let mons: Vec<String> = self.mons.values().map(|mon| mon.addr.clone()).collect();
+        let mons: Vec<String> = names
+            .iter()
+            .map(|name| self.mons[*name].addr.clone())
+            .collect();
         let host = format!("h{index}");
         let child = command("lcpfs-osd")
             .arg("--data")
@@ -655,6 +666,10 @@ impl MonCluster {
                 &self.osd_disk_size,
                 "--heartbeat-interval",
                 "0.5",
+                // Below the monitors' grace the tests give (2 s): a killed
+                // OSD's read leases run out before it is marked down.
+                "--read-lease",
+                "1.5",
             ])
             .args(&self.osd_flags)
             .args(&tls)

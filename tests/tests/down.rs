@@ -5,7 +5,8 @@
 //! of returning the older value, and once one of those OSDs comes back, the PG
 //! takes the write from it and goes active with it. The OSD that missed the write
 //! was itself stopped meanwhile: it learns the interval it missed from the epochs
-//! it replays when it starts.
+//! it replays when it starts. An interval that never went active, on the other
+//! hand, keeps nothing down.
 
 use std::time::Duration;
 
@@ -15,23 +16,27 @@ use lcpfs_tests::{
     MonCluster, osd_listening, osds_up, placement, replicated_pool, start_with, status_until,
 };
 
+/// Writes "first" to object `ledger` of pool `data`; returns the ids of the OSDs
+/// of its PG (primary first) and their indexes in `cluster`.
+async fn ledger(cluster: &MonCluster, objects: &ObjectClient) -> ([u32; 3], [u32; 3]) {
+    objects
+        .put("data", b"ledger", b"first".to_vec())
+        .await
+        .unwrap();
+    let map = cluster.client().map(true).await.unwrap();
+    let (_, up) = placement(&map, "data", b"ledger");
+    let ids: [u32; 3] = up[..].try_into().expect("three copies");
+    (ids, ids.map(|id| cluster.osd_index(&map, id)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pg_waits_for_the_osds_holding_its_newest_write() {
     let cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
     let mut cluster = start_with(cluster, 5, &replicated_pool("data", 1)).await;
     let client = cluster.client();
     let objects = ObjectClient::connect(client.clone()).await.unwrap();
-    objects
-        .put("data", b"ledger", b"first".to_vec())
-        .await
-        .unwrap();
-    let map = client.map(true).await.unwrap();
-    let (_, up) = placement(&map, "data", b"ledger");
-    let [first, second, third] = up[..] else {
-        panic!("three copies: {up:?}");
-    };
-    let [first_index, second_index, third_index] =
-        [first, second, third].map(|id| cluster.osd_index(&map, id));
+    let ([first, second, third], [first_index, second_index, third_index]) =
+        ledger(&cluster, &objects).await;
 
     // The third copy stops; the write that follows is acknowledged by the other
     // two alone.
@@ -94,4 +99,51 @@ async fn a_pg_waits_for_the_osds_holding_its_newest_write() {
         b"second",
         "the newest acknowledged write survives"
     );
+}
+
+/// An interval whose primary never had the monitors record it up through the
+/// interval (`up_thru`) never went active, so it took no writes: when its OSDs
+/// are gone, the PG does not wait for them. Here the primary is frozen when the
+/// interval begins, so it cannot peer in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_does_not_wait_for_an_interval_that_never_went_active() {
+    // Long timers: the test marks OSDs down itself.
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "600"]);
+    cluster.osd_flags = ["--osd-heartbeat-grace", "600"].map(String::from).to_vec();
+    let mut cluster = start_with(cluster, 4, &replicated_pool("data", 1)).await;
+    let client = cluster.client();
+    let objects = ObjectClient::connect(client.clone())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let ([first, second, third], [first_index, second_index, third_index]) =
+        ledger(&cluster, &objects).await;
+
+    // The primary freezes, then the third copy stops: the interval of the first
+    // two (min_size of them) begins, but its primary cannot go active in it.
+    cluster.signal_osd(first_index, "STOP");
+    cluster.kill_osd(third_index);
+    let down = |ids: Vec<u32>| Command::OsdDown { ids };
+    client.run(&down(vec![third])).await.unwrap();
+    client.run(&down(vec![first])).await.unwrap();
+    cluster.kill_osd(second_index);
+    client.run(&down(vec![second])).await.unwrap();
+    client
+        .run(&Command::OsdOut {
+            ids: vec![first, second],
+        })
+        .await
+        .unwrap();
+    cluster.kill_osd(first_index);
+
+    // The third copy returns beside an OSD that never held the PG: nothing was
+    // written after "first", and the PG serves it.
+    cluster.start_osd(third_index);
+    osds_up(&client, 2).await;
+    assert_eq!(objects.get("data", b"ledger").await.unwrap(), b"first");
+    objects
+        .put("data", b"ledger", b"second".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(objects.get("data", b"ledger").await.unwrap(), b"second");
 }

@@ -49,6 +49,13 @@ pub struct OsdInfo {
     /// no writes but deletes, so that recovery keeps room to work.
     #[serde(default)]
     pub full: bool,
+    /// The newest epoch up to which the OSD, as some PG's primary, had itself
+    /// recorded up (Ceph's `up_thru`): a PG interval that began after its
+    /// primary's `up_thru` in the interval's last map never went active, so it
+    /// took no writes and served no reads, and peering need not wait for its
+    /// OSDs.
+    #[serde(default)]
+    pub up_thru: u64,
 }
 
 fn full_reweight() -> f64 {
@@ -71,6 +78,7 @@ impl OsdInfo {
             reweight: 1.0,
             lost: false,
             full: false,
+            up_thru: 0,
         }
     }
 

@@ -294,6 +294,22 @@ impl ClusterMap {
         })
     }
 
+    /// Records that up OSD `id` is up through `epoch` (at most the current one):
+    /// a PG it leads may go active in an interval that began then. `None` when
+    /// the map already says so, or the OSD is not up (its intervals ended).
+    pub fn set_up_thru(&mut self, id: u32, epoch: u64) -> Result<Option<MapIncremental>, MapError> {
+        let osd = self.osds.get(&id).ok_or(MapError::OsdNotFound(id))?;
+        let epoch = epoch.min(self.epoch);
+        if !osd.up || osd.up_thru >= epoch {
+            return Ok(None);
+        }
+        self.update_osd(id, |osd| {
+            osd.up_thru = epoch;
+            Ok(())
+        })
+        .map(Some)
+    }
+
     /// Declares a down OSD's data lost: peering stops waiting for it.
     pub fn mark_lost(&mut self, id: u32) -> Result<MapIncremental, MapError> {
         self.update_osd(id, |osd| {

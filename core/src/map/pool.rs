@@ -89,6 +89,16 @@ impl Pool {
         }
     }
 
+    /// OSDs of a PG that must be up for it to serve reads: `min_size` for
+    /// replicated pools (below it, the PG is inactive, as in Ceph), `k` for
+    /// erasure-coded ones (any `k` shards rebuild an object).
+    pub fn read_size(&self) -> u32 {
+        match self.kind {
+            PoolKind::Replicated { min_size, .. } => min_size,
+            PoolKind::Erasure { k, .. } => k,
+        }
+    }
+
     /// Copies of an object that must be read to have it whole: one for replicated
     /// pools, `k` shards for erasure-coded ones.
     pub fn shards_needed(&self) -> usize {

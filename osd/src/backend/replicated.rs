@@ -91,24 +91,23 @@ impl Backend for Replicated {
             version_epoch: entry.epoch,
             ..ReplicateRequest::default()
         };
-        match send_replicate_all(node, pool, pg, replication, log).await {
+        let outcome = match send_replicate_all(node, pool, pg, replication, log).await {
             Ok(copies) if copies + 1 >= pool.min_size() as usize => {
                 log.set_incomplete(&request.client, request.tid, false);
-                Ok(entry.version)
+                return Ok(entry.version);
             }
-            Ok(copies) => Err(OsdError::Unavailable(format!(
+            Ok(copies) => OsdError::Unavailable(format!(
                 "PG {pg} has only {} copies of the write, below min_size {}; retry",
                 copies + 1,
                 pool.min_size()
-            ))),
-            Err(error) => {
-                if !error.is_transient() {
-                    // A replica's history differs: peer again before the next write.
-                    log.peered = None;
-                }
-                Err(error)
-            }
-        }
+            )),
+            Err(error) => error,
+        };
+        // Applied here but not on every up copy: the PG peers again before it
+        // serves anything, which puts the write in every up copy's log, so a read
+        // never returns a write that a new primary could then roll back.
+        log.peered = None;
+        Err(outcome)
     }
 
     async fn read(
@@ -212,6 +211,7 @@ impl PeeringBackend for Replicated {
             map,
             pool,
             pg,
+            log,
             std::iter::once(&own).chain(infos.iter().chain(&prior).map(|(_, info)| info)),
         )?;
         if let Some((source, info)) = authoritative(log, infos.iter().chain(&prior)) {

@@ -7,6 +7,7 @@ use lcpfs_proto::{ListReply, ListRequest};
 
 use crate::backend;
 use crate::error::Result;
+use crate::lease;
 use crate::node::{self, Node};
 use crate::peering::ensure_peered;
 use crate::pg;
@@ -25,7 +26,8 @@ pub async fn list(node: &Node, request: ListRequest) -> Result<ListReply> {
             pool.name, pool.pg_num, map.epoch, request.pg_num
         )));
     }
-    if node.mapping(&map, pg)?.primary == Some(node.id) {
+    let primary = node.mapping(&map, pg)?.primary == Some(node.id);
+    if primary {
         let backend = backend::of(&pool);
         let slot = node.pgs.slot(pg);
         let mut guard = slot.lock().await;
@@ -39,7 +41,9 @@ pub async fn list(node: &Node, request: ListRequest) -> Result<ListReply> {
                 .find(|(_, names)| names.is_empty())
                 .map(|(osd, _)| *osd);
             if let Some(osd) = complete {
-                return node.peers.send_list(&current, osd, request).await;
+                let page = node.peers.send_list(&current, osd, request).await?;
+                lease::check_readable(node, &pool, pg).await?;
+                return Ok(page);
             }
         }
         let missing: Vec<Vec<u8>> = log.missing.iter().cloned().collect();
@@ -56,6 +60,9 @@ pub async fn list(node: &Node, request: ListRequest) -> Result<ListReply> {
     let entries = node
         .on_store(move |store| pg::list(store, pg, &request.start_after, limit))
         .await?;
+    if primary {
+        lease::check_readable(node, &pool, pg).await?;
+    }
     Ok(ListReply {
         epoch: map.epoch,
         entries,

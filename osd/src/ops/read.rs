@@ -1,6 +1,7 @@
 //! The reads of a client request at the PG's primary, after its mutations: under
 //! the PG's lock, with the PG peered and the object recovered where the read needs
-//! it, answered by the pool's backend.
+//! it, answered by the pool's backend, and returned only if this OSD still held
+//! its read lease when the read was done (see [`crate::lease`]).
 
 use lcpfs_core::map::Pool;
 use lcpfs_core::pg::PgId;
@@ -8,6 +9,7 @@ use lcpfs_proto::{OpRequest, OpResult};
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::lease;
 use crate::node::Node;
 use crate::peering::ensure_peered;
 
@@ -29,5 +31,7 @@ pub async fn read(
             .recover_object(node, &map, pool, pg, log, &request.name)
             .await?;
     }
-    backend.read(node, &map, pool, pg, request, log).await
+    let results = backend.read(node, &map, pool, pg, request, log).await?;
+    lease::check_readable(node, pool, pg).await?;
+    Ok(results)
 }

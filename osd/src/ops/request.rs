@@ -2,10 +2,11 @@
 //! followed to the sender's map epoch, its mutations applied ([`super::write`])
 //! and then its reads answered ([`super::read`]), and counted in the metrics.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use lcpfs_core::map::Pool;
-use lcpfs_core::pg::object_to_pg;
+use lcpfs_core::map::{ClusterMap, Pool};
+use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{KeyValue, OpReply, OpRequest, OpResult, op_result};
 
@@ -14,6 +15,9 @@ use crate::backend;
 use crate::error::{OsdError, Result};
 use crate::node::{self, Node};
 use crate::pg;
+
+/// How often a request waiting for an inactive PG looks at the map again.
+const INACTIVE_POLL: Duration = Duration::from_millis(500);
 
 /// Runs a client's request at this OSD, the primary of the object's PG.
 pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
@@ -40,6 +44,7 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         .ops
         .iter()
         .any(|op| op.op.as_ref().is_some_and(pg::is_mutation));
+    let map = wait_active(node, map, &pool, pg, mutations).await?;
     let version = if mutations {
         write::mutate(node, backend, &map, &pool, pg, &request)
             .await
@@ -64,6 +69,38 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         results,
         version,
     })
+}
+
+/// Waits a little (`--pg-inactive-wait`) for the map to give the PG enough up
+/// OSDs for the request (`min_size` for a mutation, [`Pool::read_size`] for
+/// reads), then refuses clearly: like Ceph, a PG below that is inactive.
+/// Returns the map it saw enough in.
+async fn wait_active(
+    node: &Node,
+    mut map: Arc<ClusterMap>,
+    pool: &Pool,
+    pg: PgId,
+    mutations: bool,
+) -> Result<Arc<ClusterMap>> {
+    let (needed, what, outcome) = if mutations {
+        (pool.min_size(), "min_size is", "the write was not applied")
+    } else {
+        (pool.read_size(), "reads need", "nothing was read")
+    };
+    let waited_until = Instant::now() + node.config.inactive_wait;
+    loop {
+        let up = node.up_osds(&map, pg)?.len() as u32;
+        if up >= needed {
+            return Ok(map);
+        }
+        if Instant::now() >= waited_until {
+            return Err(OsdError::Unavailable(format!(
+                "PG {pg} is inactive: {up} of its OSDs are up, {what} {needed}; {outcome}"
+            )));
+        }
+        node.map_changed(INACTIVE_POLL).await;
+        map = node.current();
+    }
 }
 
 /// Refuses a malformed request: no object name, an operation of no kind, or an

@@ -1,11 +1,10 @@
-//! The mutations of a client request at the PG's primary: refused while the PG
-//! has fewer than `min_size` OSDs up (after a short wait for the map), when the
+//! The mutations of a client request at the PG's primary: refused when the
 //! object would grow past the size limit, or when an OSD of the PG is full; then,
-//! under the PG's lock and with the PG peered and the object recovered, applied
-//! exactly once as one log entry on every up copy.
+//! under the PG's lock, with the PG peered, the earlier primaries' read leases
+//! run out and the object recovered, applied exactly once as one log entry on
+//! every up copy.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lcpfs_core::map::{ClusterMap, Pool};
 use lcpfs_core::pg::PgId;
@@ -18,9 +17,6 @@ use crate::node::Node;
 use crate::peering::ensure_peered;
 use crate::pg::{self, Entry};
 
-/// How often a write waiting for an inactive PG looks at the map again.
-const INACTIVE_POLL: Duration = Duration::from_millis(500);
-
 /// Applies the mutations of `request` to the PG; returns the version they got.
 pub async fn mutate(
     node: &Node,
@@ -30,26 +26,8 @@ pub async fn mutate(
     pg: PgId,
     request: &OpRequest,
 ) -> Result<u64> {
-    // A PG with fewer than min_size OSDs up does not take writes: wait a little
-    // for the map to change, then refuse clearly.
-    let waited_until = Instant::now() + node.config.inactive_wait;
-    let mut map = Arc::new(map.clone());
-    loop {
-        let up = node.up_osds(&map, pg)?.len() as u32;
-        if up >= pool.min_size() {
-            break;
-        }
-        if Instant::now() >= waited_until {
-            return Err(OsdError::Unavailable(format!(
-                "PG {pg} is inactive: {up} of its OSDs are up, min_size is {}; the write was not applied",
-                pool.min_size()
-            )));
-        }
-        node.map_changed(INACTIVE_POLL).await;
-        map = node.current();
-    }
     check_sizes(node, pg, &request.name, &request.ops).await?;
-    check_full(node, &map, pg, &request.ops)?;
+    check_full(node, map, pg, &request.ops)?;
 
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;
@@ -58,6 +36,17 @@ pub async fn mutate(
     // the up set's copies.
     let map = node.current();
     ensure_peered(node, backend, &map, pool, pg, log).await?;
+    // An earlier primary cut off from the cluster may still serve reads until its
+    // lease runs out: no write may be acknowledged before then.
+    // (Cleared only after the wait: a request cancelled during it leaves the
+    // wait to the next one.)
+    if let Some(until) = log.writable_after {
+        if let Some(left) = until.checked_duration_since(Instant::now()) {
+            tracing::info!(%pg, wait_ms = left.as_millis() as u64, "waiting out an earlier primary's read lease");
+            tokio::time::sleep(left).await;
+        }
+        log.writable_after = None;
+    }
     // Every up copy holds the object's newest data before it changes.
     backend
         .recover_object(node, &map, pool, pg, log, &request.name)

@@ -3,6 +3,7 @@
 //! interval and which copies miss which objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use lcpfs_core::pg::PgId;
 
@@ -46,6 +47,9 @@ pub struct PgLog {
     /// backfilled (every object of theirs was marked missing, to be compared
     /// and sent again) and that may still miss objects.
     pub backfilled: BTreeSet<u32>,
+    /// On a primary, when the PG may take writes after its last peering: once
+    /// the read leases of its earlier primaries have run out (`None`: now).
+    pub writable_after: Option<Instant>,
 }
 
 impl PgLog {
@@ -75,7 +79,9 @@ impl PgLog {
         let (peered, accepted) = (self.peered.take(), self.accepted_interval);
         let peer_missing = std::mem::take(&mut self.peer_missing);
         let backfilled = std::mem::take(&mut self.backfilled);
+        let writable_after = self.writable_after.take();
         *self = fresh;
+        self.writable_after = writable_after;
         self.peered = peered;
         self.accepted_interval = accepted;
         self.peer_missing = peer_missing;

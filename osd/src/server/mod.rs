@@ -12,10 +12,10 @@ use lcpfs_core::pg::PgId;
 use lcpfs_proto::osd_server::Osd;
 use lcpfs_proto::tls;
 use lcpfs_proto::{
-    DataChunk, EcCommitReply, EcCommitRequest, EchoMessage, ListReply, ListRequest, OpReply,
-    OpRequest, PgInfoReply, PgLogReply, PgLogRequest, PgRef, PullReply, PullRequest, PushReply,
-    PushRequest, ReadShardReply, ReadShardRequest, ReplicateReply, ReplicateRequest, ScrubMapReply,
-    ScrubMapRequest, ScrubReply, ScrubRequest,
+    DataChunk, EcCommitReply, EcCommitRequest, EchoMessage, LeaseReply, LeaseRequest, ListReply,
+    ListRequest, OpReply, OpRequest, PgInfoReply, PgLogReply, PgLogRequest, PgRef, PullReply,
+    PullRequest, PushReply, PushRequest, ReadShardReply, ReadShardRequest, ReplicateReply,
+    ReplicateRequest, ScrubMapReply, ScrubMapRequest, ScrubReply, ScrubRequest,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,7 +23,7 @@ use crate::error::OsdError;
 use crate::node::{self, Node};
 use crate::ops::{self, stream};
 use crate::pg::entry;
-use crate::{replica, scrub};
+use crate::{lease, replica, scrub};
 
 /// The OSD protocol served over a [`Node`].
 pub struct OsdServer {
@@ -150,6 +150,14 @@ impl Osd for OsdServer {
     ) -> Result<Response<ReadShardReply>, Status> {
         tls::require(&request, &["osd"], "Osd.ReadShard")?;
         reply(replica::handle_read_shard(&self.node, request.into_inner()).await)
+    }
+
+    async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        tls::require(&request, &["osd"], "Osd.Lease")?;
+        Ok(Response::new(lease::handle_lease(
+            &self.node,
+            request.into_inner(),
+        )))
     }
 
     async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {

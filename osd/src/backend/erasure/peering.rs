@@ -123,6 +123,7 @@ pub(super) async fn peer(
         map,
         pool,
         pg,
+        log,
         infos
             .iter()
             .map(|(_, info)| info)

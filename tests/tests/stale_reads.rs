@@ -1,0 +1,193 @@
+//! Reads never go back in time: a primary cut off from the cluster stops
+//! answering reads once its read lease runs out, so a client still following an
+//! old map cannot read data older than a write a newer primary acknowledged; and a
+//! write that failed half-way is never read and then lost.
+
+use std::time::Duration;
+
+use lcpfs_client::objects::ObjectClient;
+use lcpfs_core::map::ClusterMap;
+use lcpfs_proto::osd_client::OsdClient;
+use lcpfs_proto::{ObjectOp, OpReply, OpRequest, ReadRange, object_op};
+use lcpfs_tests::{MonCluster, osds_up, placement, replicated_pool, wait_for};
+
+/// A whole-object read of `name` in pool `data`, sent straight to `osd` by a
+/// client whose map is `map` (it does not follow the monitors).
+async fn read_at(map: &ClusterMap, osd: u32, name: &[u8]) -> Result<OpReply, tonic::Status> {
+    let mut client = OsdClient::connect(format!("http://{}", map.osds[&osd].addr))
+        .await
+        .expect("connect to the OSD");
+    let read = object_op::Op::Read(ReadRange {
+        offset: 0,
+        length: 0,
+    });
+    let request = OpRequest {
+        epoch: map.epoch,
+        pool: map.pool_by_name("data").expect("pool data").id,
+        name: name.to_vec(),
+        client: "client.old-map".into(),
+        tid: 1,
+        ops: vec![ObjectOp { op: Some(read) }],
+    };
+    tokio::time::timeout(Duration::from_secs(20), client.op(request))
+        .await
+        .expect("the OSD answers")
+        .map(tonic::Response::into_inner)
+}
+
+/// The data a read reply carries.
+fn data(reply: &OpReply) -> Vec<u8> {
+    match reply
+        .results
+        .first()
+        .and_then(|result| result.result.as_ref())
+    {
+        Some(lcpfs_proto::op_result::Result::Data(data)) => data.clone(),
+        other => panic!("not a data result: {other:?}"),
+    }
+}
+
+/// Waits until `client`'s map says `osd` is down.
+async fn marked_down(client: &lcpfs_client::mon_client::MonClient, osd: u32) {
+    wait_for(
+        "the OSD marked down",
+        Duration::from_secs(60),
+        || async move {
+            let map = client.map(true).await.ok()?;
+            map.osds
+                .get(&osd)
+                .is_some_and(|info| !info.up)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// An object name whose PG's primary is `osd`.
+fn led_by(map: &ClusterMap, osd: u32) -> Vec<u8> {
+    (0..)
+        .map(|n| format!("object-{n}").into_bytes())
+        .find(|name| placement(map, "data", name).1.first() == Some(&osd))
+        .expect("some object")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_from_the_map_stops_serving_reads_once_its_lease_runs_out() {
+    // Three monitors; osd 0 knows only monitor c, so stopping c cuts it off from
+    // every newer map while it still reaches its peers and its clients (the
+    // others know only a and b, which stay).
+    let mut cluster = MonCluster::new(&["a", "b", "c"], &["--osd-heartbeat-grace", "2"]);
+    cluster.bootstrap(&["a", "b", "c"]);
+    cluster.ready().await;
+    cluster.start_osd_following(0, &["c"]);
+    cluster.start_osd_following(1, &["a", "b"]);
+    cluster.start_osd_following(2, &["a", "b"]);
+    let admin = cluster.client_of("a");
+    osds_up(&admin, 3).await;
+    admin.run(&replicated_pool("data", 8)).await.expect("pool");
+    let objects = ObjectClient::connect(cluster.client_of("a"))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(60));
+    let old_map = objects.map();
+    let cut_off = cluster.osd_id(&old_map, 0);
+    let name = led_by(&old_map, cut_off);
+    objects.put("data", &name, b"old".to_vec()).await.unwrap();
+    let old_map = objects.map();
+    assert_eq!(
+        data(&read_at(&old_map, cut_off, &name).await.unwrap()),
+        b"old"
+    );
+
+    // The primary freezes and loses its monitor; the others mark it down and a
+    // new primary takes a write.
+    cluster.signal_osd(0, "STOP");
+    cluster.signal_mon("c", "STOP");
+    marked_down(&admin, cut_off).await;
+    objects.put("data", &name, b"new".to_vec()).await.unwrap();
+
+    // Woken, it still has the map in which it leads the PG, and a client with
+    // that map asks it: it must not answer with the overwritten data.
+    cluster.signal_osd(0, "CONT");
+    let error = read_at(&old_map, cut_off, &name)
+        .await
+        .expect_err("a cut-off primary answered a read");
+    assert!(
+        error.message().contains("read lease"),
+        "{}",
+        error.message()
+    );
+
+    // Back in touch with its monitor, it learns it was replaced (and, up again,
+    // may lead the PG again, with the new data).
+    cluster.signal_mon("c", "CONT");
+    assert_eq!(objects.get("data", &name).await.unwrap(), b"new");
+    wait_for("the old primary caught up", Duration::from_secs(60), || {
+        let (map, name) = (old_map.clone(), name.clone());
+        async move {
+            match read_at(&map, cut_off, &name).await {
+                Ok(reply) => {
+                    assert_eq!(data(&reply), b"new", "a stale read");
+                    Some(())
+                }
+                Err(status) => (status.code() == tonic::Code::FailedPrecondition).then_some(()),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_failed_half_way_is_never_read_and_then_lost() {
+    // Timers long enough that frozen OSDs stay up in the map, and a short wait
+    // for replicas, so that the write fails while the PG keeps its OSDs.
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "600"]);
+    cluster.osd_flags = ["--replicate-timeout", "2", "--osd-heartbeat-grace", "600"]
+        .map(String::from)
+        .to_vec();
+    let mut cluster = lcpfs_tests::start_with_pool(cluster, 3).await;
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let map = objects.map();
+    let (_, up) = placement(&map, "data", b"ledger");
+    objects
+        .put("data", b"ledger", b"old".to_vec())
+        .await
+        .unwrap();
+
+    // Both replicas freeze: the primary applies the write, no replica stores it,
+    // and the client is told it failed.
+    let [primary, first, second] = [up[0], up[1], up[2]].map(|id| cluster.osd_index(&map, id));
+    cluster.signal_osd(first, "STOP");
+    cluster.signal_osd(second, "STOP");
+    let impatient = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(5));
+    let failed = impatient.put("data", b"ledger", b"new".to_vec()).await;
+    assert!(
+        failed.is_err(),
+        "a write no replica stored was acknowledged"
+    );
+
+    // A read now must not see the failed write: the primary is the only copy
+    // of it, and it is about to be lost.
+    let seen = impatient.get("data", b"ledger").await;
+    if let Ok(seen) = &seen {
+        assert_eq!(seen, b"old", "the failed write was visible");
+    }
+
+    // The primary dies for good; the replicas carry on without it.
+    cluster.kill_osd(primary);
+    cluster.signal_osd(first, "CONT");
+    cluster.signal_osd(second, "CONT");
+    let admin = cluster.client();
+    admin
+        .run(&lcpfs_core::monitor::Command::OsdDown { ids: vec![up[0]] })
+        .await
+        .unwrap();
+    osds_up(&admin, 2).await;
+    assert_eq!(objects.get("data", b"ledger").await.unwrap(), b"old");
+}
