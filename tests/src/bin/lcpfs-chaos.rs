@@ -6,7 +6,11 @@
 //! with unique values, keeping a history: for each object, the values it may hold
 //! given every acknowledged operation (one, unless an operation failed and may or may
 //! not have been applied). A read whose value is not one of them is an anomaly: a
-//! lost write, a resurrected delete, a torn object.
+//! lost write, a resurrected delete, a torn object, a failed write seen and then
+//! gone. Clients also read each other's objects: such a read must return a value
+//! the object held at some moment while the read ran (linearizability, with the
+//! owner's operations as the register's history), so a stale read from a primary
+//! that was replaced is an anomaly, reported with the operations around it.
 //!
 //! Meanwhile faults are injected at random, one at a time, for a set time: kill -9 a
 //! container, stop and start it, pause it (SIGSTOP to every process), disconnect it
@@ -16,8 +20,9 @@
 //! pg_num (its PGs split while clients write; kept), mark an OSD out and in again
 //! (its data moves away and back). Afterwards every fault is healed
 //! and the cluster must be HEALTH_OK with every PG active+clean within a deadline;
-//! every object must read back with its last acknowledged value; a deep scrub with
-//! repair, then a second deep scrub, must find every copy agreeing. The report gives
+//! every object must read back with its last acknowledged value; a deep scrub
+//! before any repair must find every copy and shard agreeing (unless bytes were
+//! corrupted on purpose), and after a deep scrub with repair, a second one too. The report gives
 //! the counts and the seed; the same seed replays the same faults and operations.
 
 use std::collections::BTreeMap;
@@ -120,6 +125,82 @@ struct Client {
     names: Vec<(String, String)>,
     history: BTreeMap<String, Possible>,
     rng: StdRng,
+    /// Every client's operations, for reads of the objects of others.
+    timelines: Timelines,
+    /// Every client's objects.
+    everyone: Arc<Vec<(String, String)>>,
+}
+
+/// Per object (`pool/name`), every operation its owner ran on it, in order.
+type Timelines = Arc<std::sync::Mutex<BTreeMap<String, Vec<Step>>>>;
+
+/// One operation on an object: when it began, when it ended (`None`: it runs),
+/// and the values the object may hold after it (while it runs: before or after).
+struct Step {
+    kind: &'static str,
+    began: Instant,
+    ended: Option<Instant>,
+    after: Possible,
+}
+
+/// What a client means to do to one of its objects.
+enum Planned {
+    Read,
+    WriteFull(Vec<u8>),
+    Append(Vec<u8>),
+    Delete,
+}
+
+/// `values` with each of `more` not among them added.
+fn union(mut values: Possible, more: &Possible) -> Possible {
+    for value in more {
+        if !values.contains(value) {
+            values.push(value.clone());
+        }
+    }
+    values
+}
+
+/// The values a read that ran from `began` to `ended` may return, linearizably:
+/// what the object held before the read began, and what it held after each
+/// operation that ran (at least partly) while the read did.
+fn readable(steps: &[Step], began: Instant, ended: Instant) -> Possible {
+    let before = steps
+        .iter()
+        .rev()
+        .find(|step| step.ended.is_some_and(|end| end < began))
+        .map_or_else(|| vec![None], |step| step.after.clone());
+    steps
+        .iter()
+        .filter(|step| step.began < ended && step.ended.is_none_or(|end| end >= began))
+        .fold(before, |allowed, step| union(allowed, &step.after))
+}
+
+/// The operations of `steps` that ran while a read from `began` to `ended` did
+/// (and the one before), for an anomaly's report.
+fn around(steps: &[Step], began: Instant, ended: Instant, origin: Instant) -> String {
+    let at = |instant: Instant| instant.saturating_duration_since(origin).as_secs_f64();
+    let first = steps
+        .iter()
+        .rposition(|step| step.ended.is_some_and(|end| end < began))
+        .unwrap_or(0);
+    steps[first..]
+        .iter()
+        .filter(|step| step.began < ended)
+        .map(|step| {
+            let end = step
+                .ended
+                .map_or("running".to_owned(), |end| format!("{:.3}", at(end)));
+            let values: Vec<String> = step.after.iter().map(describe).collect();
+            format!(
+                "{} {:.3}-{end} s -> [{}]",
+                step.kind,
+                at(step.began),
+                values.join(" | ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Counts {
@@ -134,8 +215,13 @@ impl Counts {
 }
 
 impl Client {
-    /// One operation on one of this client's objects, checked against its history.
-    async fn step(&mut self, step: u64, counts: &Mutex<Counts>) {
+    /// One operation: mostly on one of this client's objects, checked against
+    /// its history; sometimes a read of another client's object, checked against
+    /// what that client did meanwhile.
+    async fn step(&mut self, step: u64, counts: &Mutex<Counts>, origin: Instant) {
+        if self.rng.random_range(0..6) == 0 {
+            return self.observe(counts, origin).await;
+        }
         let (pool, name) = self.names[self.rng.random_range(0..self.names.len())].clone();
         let possible = self
             .history
@@ -149,51 +235,69 @@ impl Client {
             self.rng.random_range(0..10)
         };
         let value = |size: usize| contents(&format!("{name}-{step}"), size);
-        let (kind, outcome, next): (&'static str, anyhow::Result<()>, Possible) = match choice {
-            0..=3 => {
-                let result = self.objects.get(&pool, name.as_bytes()).await;
-                let read = match result {
-                    Ok(data) => Ok(Some(data)),
-                    Err(error) if format!("{error:#}").contains("does not exist") => Ok(None),
-                    Err(error) => Err(error),
-                };
+        let planned = match choice {
+            0..=3 => Planned::Read,
+            4..=6 => Planned::WriteFull(value(self.rng.random_range(0..48_000))),
+            7..=8 => Planned::Append(value(self.rng.random_range(1..3_000))),
+            _ => Planned::Delete,
+        };
+        let (kind, applied): (&'static str, Possible) = match &planned {
+            Planned::Read => ("read", possible.clone()),
+            Planned::WriteFull(data) => ("write_full", vec![Some(data.clone())]),
+            Planned::Append(data) => (
+                "append",
+                possible
+                    .iter()
+                    .map(|old| {
+                        let mut new = old.clone().unwrap_or_default();
+                        new.extend_from_slice(data);
+                        Some(new)
+                    })
+                    .collect(),
+            ),
+            Planned::Delete => ("delete", vec![None]),
+        };
+        let key = format!("{pool}/{name}");
+        self.timelines
+            .lock()
+            .expect("timelines")
+            .entry(key.clone())
+            .or_default()
+            .push(Step {
+                kind,
+                began: Instant::now(),
+                ended: None,
+                after: union(possible.clone(), &applied),
+            });
+        let (outcome, next): (anyhow::Result<()>, Possible) = match planned {
+            Planned::Read => {
+                let read = read_value(&self.objects, &pool, &name).await;
                 if let Ok(read) = &read
                     && !possible.contains(read)
                 {
                     counts.lock().await.anomalies.push(format!(
-                        "{pool}/{name}: read {} that no acknowledged history gives ({} possible)",
+                        "{pool}/{name}: read {} that no acknowledged history gives ({} possible; \
+                         map epoch {})",
                         describe(read),
-                        possible.len()
+                        possible.len(),
+                        self.objects.map().epoch
                     ));
                 }
                 let next = match &read {
                     Ok(read) => vec![read.clone()],
                     Err(_) => possible.clone(),
                 };
-                ("read", read.map(|_| ()), next)
+                (read.map(|_| ()), next)
             }
-            4..=6 => {
-                let data = value(self.rng.random_range(0..48_000));
-                let result = self.objects.put(&pool, name.as_bytes(), data.clone()).await;
-                ("write_full", result, vec![Some(data)])
+            Planned::WriteFull(data) => {
+                let result = self.objects.put(&pool, name.as_bytes(), data).await;
+                (result, applied)
             }
-            7..=8 => {
-                let data = value(self.rng.random_range(1..3_000));
-                let result = self
-                    .objects
-                    .append(&pool, name.as_bytes(), data.clone())
-                    .await;
-                let next = possible
-                    .iter()
-                    .map(|old| {
-                        let mut new = old.clone().unwrap_or_default();
-                        new.extend_from_slice(&data);
-                        Some(new)
-                    })
-                    .collect();
-                ("append", result, next)
+            Planned::Append(data) => {
+                let result = self.objects.append(&pool, name.as_bytes(), data).await;
+                (result, applied)
             }
-            _ => {
+            Planned::Delete => {
                 let result = self.objects.remove(&pool, name.as_bytes()).await;
                 let missing = matches!(&result, Err(error) if format!("{error:#}").contains("does not exist"));
                 if missing && !possible.contains(&None) {
@@ -202,24 +306,78 @@ impl Client {
                     ));
                 }
                 let result = if missing { Ok(()) } else { result };
-                ("delete", result, vec![None])
+                (result, applied)
             }
         };
         let ok = outcome.is_ok();
+        // Failed: it may or may not have been applied.
         let state = if ok || kind == "read" {
             next
         } else {
-            // Failed: it may or may not have been applied.
-            let mut either = possible;
-            for value in next {
-                if !either.contains(&value) {
-                    either.push(value);
-                }
-            }
-            either
+            union(possible, &next)
         };
+        if let Some(last) = self
+            .timelines
+            .lock()
+            .expect("timelines")
+            .get_mut(&key)
+            .and_then(|steps| steps.last_mut())
+        {
+            last.ended = Some(Instant::now());
+            last.after = state.clone();
+        }
         self.history.insert(name, state);
         counts.lock().await.record(kind, ok);
+    }
+
+    /// Reads another client's object and checks the value against what its owner
+    /// did before and during the read.
+    async fn observe(&mut self, counts: &Mutex<Counts>, origin: Instant) {
+        let others: Vec<&(String, String)> = self
+            .everyone
+            .iter()
+            .filter(|entry| !self.names.contains(entry))
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let (pool, name) = others[self.rng.random_range(0..others.len())].clone();
+        let began = Instant::now();
+        let read = read_value(&self.objects, &pool, &name).await;
+        let ended = Instant::now();
+        let anomaly = read.as_ref().ok().and_then(|read| {
+            let key = format!("{pool}/{name}");
+            let timelines = self.timelines.lock().expect("timelines");
+            let steps = timelines.get(&key).map_or(&[][..], Vec::as_slice);
+            (!readable(steps, began, ended).contains(read)).then(|| {
+                format!(
+                    "{key}: another client read {} at {:.3}-{:.3} s (map epoch {}), which \
+                     neither the object's value before nor any operation during that read \
+                     gives: {}",
+                    describe(read),
+                    began.saturating_duration_since(origin).as_secs_f64(),
+                    ended.saturating_duration_since(origin).as_secs_f64(),
+                    self.objects.map().epoch,
+                    around(steps, began, ended, origin)
+                )
+            })
+        });
+        let mut counts = counts.lock().await;
+        counts.anomalies.extend(anomaly);
+        counts.record("read_other", read.is_ok());
+    }
+}
+
+/// An object's value (`None`: absent), or the error that kept it from being read.
+async fn read_value(
+    objects: &ObjectClient,
+    pool: &str,
+    name: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    match objects.get(pool, name.as_bytes()).await {
+        Ok(data) => Ok(Some(data)),
+        Err(error) if format!("{error:#}").contains("does not exist") => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
@@ -454,28 +612,35 @@ async fn main() -> anyhow::Result<()> {
     let counts = Arc::new(Mutex::new(Counts::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let steps = Arc::new(AtomicU64::new(0));
+    let timelines = Timelines::default();
+    let owned = |c: usize| -> Vec<(String, String)> {
+        (0..args.objects)
+            .map(|i| {
+                let pool = if i % 2 == 0 { "data" } else { "ec" };
+                (pool.to_owned(), format!("chaos-{seed}-c{c}-{i}"))
+            })
+            .collect()
+    };
+    let everyone = Arc::new((0..args.clients).flat_map(owned).collect::<Vec<_>>());
+    let origin = Instant::now();
     let mut workers = Vec::new();
     for c in 0..args.clients {
         let objects = ObjectClient::connect(mon.clone())
             .await?
             .with_timeout(Duration::from_secs(30));
-        let names = (0..args.objects)
-            .map(|i| {
-                let pool = if i % 2 == 0 { "data" } else { "ec" };
-                (pool.to_owned(), format!("chaos-{seed}-c{c}-{i}"))
-            })
-            .collect();
         let mut client = Client {
             objects,
-            names,
+            names: owned(c),
             history: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            timelines: timelines.clone(),
+            everyone: everyone.clone(),
         };
         let (counts, stop, steps) = (counts.clone(), stop.clone(), steps.clone());
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let step = steps.fetch_add(1, Ordering::SeqCst);
-                client.step(step, &counts).await;
+                client.step(step, &counts, origin).await;
             }
             client
         }));
@@ -532,9 +697,8 @@ async fn main() -> anyhow::Result<()> {
                 .get(&name)
                 .cloned()
                 .unwrap_or_else(|| vec![None]);
-            let read = match client.objects.get(&pool, name.as_bytes()).await {
-                Ok(data) => Some(data),
-                Err(error) if format!("{error:#}").contains("does not exist") => None,
+            let read = match read_value(&client.objects, &pool, &name).await {
+                Ok(read) => read,
                 Err(error) => {
                     counts.lock().await.anomalies.push(format!(
                         "{pool}/{name}: unreadable after healing: {error:#}"
@@ -552,15 +716,31 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Deep scrub with repair (corruption injected may still sit in objects nobody
-    // read), then a deep scrub that must find every copy agreeing.
+    // Every copy and shard of every object compared directly, by a deep scrub
+    // before any repair: copies that disagree are an anomaly (unless bytes were
+    // corrupted on purpose, which only repair may fix). Then a deep scrub with
+    // repair, and one that must find every copy agreeing.
     let objects = &clients[0].objects;
     let map = objects.map();
+    let corrupted = injected.contains_key("corrupt");
+    let mut divergent = 0;
     let mut repaired = 0;
     let mut inconsistent = Vec::new();
     for pool in map.pools.values() {
         for seed in 0..pool.pg_num {
             let pg = PgId::new(pool.id, seed);
+            match objects.scrub(pg, true, false).await {
+                Ok(report) => {
+                    divergent += report.inconsistencies.len();
+                    if !corrupted && !report.inconsistencies.is_empty() {
+                        inconsistent.push(format!(
+                            "PG {pg}: copies disagree before any repair: {:?}",
+                            report.inconsistencies
+                        ));
+                    }
+                }
+                Err(error) => inconsistent.push(format!("PG {pg}: deep scrub failed: {error:#}")),
+            }
             match objects.scrub(pg, true, true).await {
                 Ok(report) => {
                     repaired += report
@@ -618,6 +798,7 @@ async fn main() -> anyhow::Result<()> {
         Err(error) => println!("  recovery: {error:#}"),
     }
     println!("  objects verified after healing: {verified}");
+    println!("  copies found disagreeing before any repair: {divergent}");
     println!("  copies repaired by the final deep scrub: {repaired}");
     println!(
         "  anomalies: {}",
@@ -843,5 +1024,36 @@ async fn inject(
                 "kill -9 the monitor leader {service}, started again after {held} s"
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_may_return_the_value_before_it_or_one_written_while_it_ran() {
+        let origin = Instant::now();
+        let at = |ms| origin + Duration::from_millis(ms);
+        let value = |byte: u8| Some(vec![byte]);
+        let write = |began, ended, after| Step {
+            kind: "write_full",
+            began,
+            ended,
+            after,
+        };
+        let steps = [
+            write(at(0), Some(at(10)), vec![value(1)]),
+            write(at(20), Some(at(30)), vec![value(2)]),
+            write(at(40), None, vec![value(2), value(3)]),
+        ];
+        assert_eq!(readable(&[], at(0), at(1)), vec![None]);
+        assert_eq!(readable(&steps, at(12), at(15)), vec![value(1)]);
+        // The second write ran while the read did: either value.
+        assert_eq!(readable(&steps, at(25), at(35)), vec![value(1), value(2)]);
+        // It had ended before the read began: the older value is stale.
+        assert_eq!(readable(&steps, at(31), at(35)), vec![value(2)]);
+        assert_eq!(readable(&steps, at(45), at(50)), vec![value(2), value(3)]);
+        assert!(around(&steps, at(31), at(35), origin).starts_with("write_full 0.020-0.030 s"));
     }
 }
