@@ -14,6 +14,10 @@
 //! saying so, never a mix. Writers of one name must not overlap (the pieces of an
 //! overlapping writer that loses may stay behind).
 //!
+//! Removal takes the object away first, in one operation on its head, and its
+//! pieces after: a removal cut short leaves no part of an object to read, and the
+//! next removal or write of the name takes what it left behind.
+//!
 //! Objects striped before generations existed (no `striper.generation`) keep their
 //! pieces named `NAME.<index>` and read as before; writing them again moves them to
 //! the new naming.
@@ -46,6 +50,8 @@ pub const DEFAULT_PIECE_SIZE: u64 = 4 << 20;
 const SIZE_XATTR: &str = "striper.size";
 const PIECE_XATTR: &str = "striper.piece_size";
 const GENERATION_XATTR: &str = "striper.generation";
+/// On the head of a striped object being removed, in place of its size.
+const REMOVING_XATTR: &str = "striper.removing";
 
 /// How a striped object is laid out, read from its head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,28 +146,35 @@ impl Striper {
 
     /// The layout of striped object `name`.
     pub async fn layout(&self, name: &[u8]) -> anyhow::Result<Layout> {
-        Ok(self.head(name, None).await?.0)
+        Ok(self.head(name, SIZE_XATTR, None).await?.0)
+    }
+
+    /// The layout of a striped object whose removal was cut short (its head is
+    /// marked, some pieces may remain).
+    async fn removing(&self, name: &[u8]) -> anyhow::Result<Layout> {
+        Ok(self.head(name, REMOVING_XATTR, None).await?.0)
     }
 
     /// The layout of striped object `name` and when its current version was written
     /// (nanoseconds since the Unix epoch), read together.
     pub async fn stat(&self, name: &[u8]) -> anyhow::Result<(Layout, u64)> {
-        match self.head(name, Some(Op::Stat(true))).await? {
+        match self.head(name, SIZE_XATTR, Some(Op::Stat(true))).await? {
             (layout, Some(op_result::Result::Stat(stat))) => Ok((layout, stat.mtime_ns)),
             _ => bail!("the OSD sent no stat of the striped object's head"),
         }
     }
 
-    /// The layout of striped object `name` and the result of `extra` on its head (a
-    /// read of the first piece, a stat), in one operation so that both belong to the
-    /// same version.
+    /// The layout of striped object `name` (its size taken from xattr
+    /// `size_key`) and the result of `extra` on its head (a read of the first
+    /// piece, a stat), in one operation so that both belong to the same version.
     async fn head(
         &self,
         name: &[u8],
+        size_key: &str,
         extra: Option<Op>,
     ) -> anyhow::Result<(Layout, Option<op_result::Result>)> {
         let mut ops = vec![
-            get_xattr(SIZE_XATTR),
+            get_xattr(size_key),
             get_xattr(PIECE_XATTR),
             get_xattr(GENERATION_XATTR),
         ];
@@ -231,9 +244,13 @@ impl Striper {
         reader: impl AsyncRead + Unpin,
         progress: impl Fn(u64),
     ) -> anyhow::Result<u64> {
-        let old = match self.layout(name).await {
-            Ok(layout) => Some(layout),
-            Err(error) if is_missing(&error) => None,
+        // A removal cut short left pieces behind: they go like an old version's.
+        let (old, cut_short) = match self.layout(name).await {
+            Ok(layout) => (Some(layout), false),
+            Err(error) if is_missing(&error) => {
+                let left = self.removing(name).await.ok();
+                (left, left.is_some())
+            }
             Err(error) => return Err(error),
         };
         let mut layout = Layout {
@@ -262,17 +279,17 @@ impl Striper {
         };
         // The head commits the new version: its first piece and layout at once.
         let first_length = first.len() as u64;
+        let mut commit = vec![
+            op(Op::WriteFull(first)),
+            set_xattr(SIZE_XATTR, layout.size),
+            set_xattr(PIECE_XATTR, layout.piece_size),
+            set_xattr(GENERATION_XATTR, layout.generation),
+        ];
+        if cut_short {
+            commit.push(op(Op::RmXattr(REMOVING_XATTR.to_owned())));
+        }
         self.objects
-            .operate(
-                &self.pool,
-                &head_name(name),
-                vec![
-                    op(Op::WriteFull(first)),
-                    set_xattr(SIZE_XATTR, layout.size),
-                    set_xattr(PIECE_XATTR, layout.piece_size),
-                    set_xattr(GENERATION_XATTR, layout.generation),
-                ],
-            )
+            .operate(&self.pool, &head_name(name), commit)
             .await?;
         progress(stored + first_length);
         if let Some(old) = old {
@@ -377,7 +394,7 @@ impl Striper {
             offset: 0,
             length: 0,
         });
-        let (layout, mut first) = match self.head(name, Some(read_first)).await? {
+        let (layout, mut first) = match self.head(name, SIZE_XATTR, Some(read_first)).await? {
             (layout, Some(op_result::Result::Data(first))) => (layout, first),
             _ => bail!("the OSD sent no data of the striped object's head"),
         };
@@ -458,9 +475,29 @@ impl Striper {
         )
     }
 
-    /// Removes striped object `name` and all its pieces.
+    /// Removes striped object `name` and all its pieces. The object disappears at
+    /// once, in one operation on its head (its size moves to `striper.removing`),
+    /// before any piece goes: a removal cut short (a crash, a timeout) never
+    /// leaves part of an object to read, and the next removal (or write) of the
+    /// name takes the pieces left behind.
     pub async fn remove(&self, name: &[u8]) -> anyhow::Result<()> {
-        let layout = self.layout(name).await?;
+        let layout = match self.layout(name).await {
+            Ok(layout) => {
+                self.objects
+                    .operate(
+                        &self.pool,
+                        &head_name(name),
+                        vec![
+                            op(Op::RmXattr(SIZE_XATTR.to_owned())),
+                            set_xattr(REMOVING_XATTR, layout.size),
+                        ],
+                    )
+                    .await?;
+                layout
+            }
+            Err(error) if is_missing(&error) => self.removing(name).await.map_err(|_| error)?,
+            Err(error) => return Err(error),
+        };
         for index in (1..layout.pieces()).rev() {
             self.remove_piece(&layout.piece_name(name, index)).await?;
         }

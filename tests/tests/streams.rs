@@ -273,3 +273,80 @@ async fn a_striped_object_reads_as_one_version_while_it_is_rewritten() {
     striper.read(b"legacy", &mut read, |_| {}).await.unwrap();
     assert!(read == version(3));
 }
+
+/// The pieces of striped object `name` (head included) in pool `data`.
+async fn pieces_of(objects: &ObjectClient, name: &str) -> Vec<String> {
+    let prefix = format!("{name}.");
+    objects
+        .list("data")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name)
+        .filter(|object| object.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_striped_removal_cut_short_leaves_nothing_to_read_and_is_finished_later() {
+    let cluster = cluster_with_pool(3, &[]).await;
+    let objects = Arc::new(ObjectClient::connect(cluster.client()).await.unwrap());
+    let striper = Striper::new(objects.clone(), "data").with_piece_size(512 << 10);
+    for name in [&b"reel"[..], b"tape"] {
+        striper.write(name, &version(2)[..], |_| {}).await.unwrap();
+    }
+    let layout = striper.layout(b"reel").await.unwrap();
+    assert_eq!(
+        pieces_of(&objects, "reel").await.len() as u64,
+        layout.pieces()
+    );
+
+    // A removal stopped (the client died) after its first step and one piece:
+    // the object is gone at once, not a torn object missing a piece.
+    let marked = vec![
+        ObjectOp {
+            op: Some(Op::RmXattr("striper.size".to_owned())),
+        },
+        ObjectOp {
+            op: Some(Op::SetXattr(KeyValue {
+                key: "striper.removing".to_owned(),
+                value: layout.size.to_string().into_bytes(),
+            })),
+        },
+    ];
+    for name in [&b"reel"[..], b"tape"] {
+        let layout = striper.layout(name).await.unwrap();
+        objects
+            .operate("data", &head_name(name), marked.clone())
+            .await
+            .unwrap();
+        objects
+            .remove("data", &layout.piece_name(name, layout.pieces() - 1))
+            .await
+            .unwrap();
+    }
+    let error = striper
+        .read(b"reel", &mut Vec::new(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+
+    // Removing it again finishes the job; writing the other name again takes
+    // what its removal left behind.
+    striper.remove(b"reel").await.unwrap();
+    assert_eq!(pieces_of(&objects, "reel").await, Vec::<String>::new());
+    let error = striper.remove(b"reel").await.unwrap_err();
+    assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+    striper
+        .write(b"tape", &version(3)[..], |_| {})
+        .await
+        .unwrap();
+    let layout = striper.layout(b"tape").await.unwrap();
+    assert_eq!(
+        pieces_of(&objects, "tape").await.len() as u64,
+        layout.pieces()
+    );
+    let mut read = Vec::new();
+    striper.read(b"tape", &mut read, |_| {}).await.unwrap();
+    assert!(read == version(3));
+}
