@@ -15,7 +15,7 @@ use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, object_state, prior_holders};
 use crate::peers::fan_out;
-use crate::pg::{Delivery, PgLog};
+use crate::pg::{Delivery, PgLog, SIZE_XATTR, VERSION_XATTR};
 
 /// Brings the newest data of one object of an erasure-coded PG to every up shard
 /// that misses it, rebuilt from `k` shards that hold it. A client operation on
@@ -84,7 +84,8 @@ pub(super) async fn recover_shards(
 }
 
 /// Shard `position` of an object, rebuilt from `k` of the `sources` (shards that
-/// hold the PG's newest history).
+/// hold the PG's newest history) that agree: of one version, consistent with the
+/// code (see [`agreeing`]).
 pub(super) async fn rebuild_shard(
     node: &Node,
     map: &ClusterMap,
@@ -94,30 +95,40 @@ pub(super) async fn rebuild_shard(
     sources: &[Member],
     position: usize,
 ) -> Result<ObjectState> {
-    let mut pieces: Vec<Option<Vec<u8>>> = vec![None; code.k + code.m];
-    let mut xattrs = Vec::new();
+    let mut read = Vec::new();
+    let mut absent = None;
     let mut failures = Vec::new();
     for &(source, osd) in sources {
-        if pieces.iter().flatten().count() == code.k {
-            break;
-        }
         match object_state(node, map, pg, name, osd).await {
-            Ok(state) if !state.exists => return Ok(state),
-            Ok(state) => {
-                pieces[source] = Some(state.data);
-                xattrs = state.xattrs;
-            }
+            Ok(state) if !state.exists => absent = Some(state),
+            Ok(state) => read.push((source, state)),
             Err(error) => failures.push(format!("osd.{osd}: {error}")),
         }
     }
-    if pieces.iter().flatten().count() < code.k {
-        return Err(OsdError::Unavailable(format!(
-            "PG {pg}: shard {position} of '{}' cannot be rebuilt: fewer than {} shards could be read ({})",
-            String::from_utf8_lossy(name),
-            code.k,
-            failures.join("; ")
-        )));
+    // Removed, as every source that answered says; a source without the object
+    // beside others holding it lags, and is not believed.
+    if let Some(absent) = absent.filter(|_| read.is_empty()) {
+        return Ok(absent);
     }
+    let unbuildable = |why: String| {
+        OsdError::Unavailable(format!(
+            "PG {pg}: shard {position} of '{}' cannot be rebuilt: {why}",
+            String::from_utf8_lossy(name)
+        ))
+    };
+    let pieces = agreeing(code, &read).map_err(|why| {
+        let failed = if failures.is_empty() {
+            String::new()
+        } else {
+            format!(" (unread: {})", failures.join("; "))
+        };
+        unbuildable(format!("{why}{failed}"))
+    })?;
+    let xattrs = read
+        .iter()
+        .find(|(source, _)| pieces[*source].is_some())
+        .map(|(_, state)| state.xattrs.clone())
+        .unwrap_or_default();
     let mut rebuilt = code.rebuild(pieces).map_err(OsdError::Internal)?;
     Ok(ObjectState {
         name: name.to_vec(),
@@ -126,6 +137,62 @@ pub(super) async fn rebuild_shard(
         xattrs,
         omap: Vec::new(),
     })
+}
+
+/// The version and size a shard's xattrs say it holds of its object.
+fn shard_version(state: &ObjectState) -> (u64, u64) {
+    let number = |key: &str| {
+        state
+            .xattrs
+            .iter()
+            .find(|pair| pair.key == key)
+            .and_then(|pair| pair.value.as_slice().try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    (number(VERSION_XATTR), number(SIZE_XATTR))
+}
+
+/// The pieces to decode an object from, out of the shards `read` (position and
+/// state): only shards of the newest version (and size) the shards hold, never
+/// combined with shards of another, and, where more than `k` of them are at hand,
+/// without any that the others show to disagree with the code. Fails, saying what
+/// was found, when fewer than `k` shards of the newest version agree: decoding an
+/// older version, or a mix, would rebuild the wrong bytes.
+fn agreeing(
+    code: Code,
+    read: &[(usize, ObjectState)],
+) -> std::result::Result<Vec<Option<Vec<u8>>>, String> {
+    let newest = read.iter().map(|(_, state)| shard_version(state)).max();
+    let Some(newest) = newest else {
+        return Err(format!("no shard could be read ({} needed)", code.k));
+    };
+    let mut pieces: Vec<Option<Vec<u8>>> = vec![None; code.k + code.m];
+    for (position, state) in read {
+        if shard_version(state) == newest && *position < pieces.len() {
+            pieces[*position] = Some(state.data.clone());
+        }
+    }
+    for wrong in code.inconsistent(&pieces)? {
+        pieces[wrong] = None;
+    }
+    let usable = pieces.iter().flatten().count();
+    if usable < code.k {
+        let mut found: Vec<String> = read
+            .iter()
+            .map(|(position, state)| {
+                let (version, size) = shard_version(state);
+                format!("shard {position}: version {version}, {size} bytes")
+            })
+            .collect();
+        found.sort();
+        return Err(format!(
+            "only {usable} shards of its newest version (version {}) agree, {} are needed ({})",
+            newest.0,
+            code.k,
+            found.join("; ")
+        ));
+    }
+    Ok(pieces)
 }
 
 /// Installs a delivery in a shard's copy of the PG (this OSD's own, or a peer's
@@ -255,4 +322,57 @@ pub(super) async fn rebuild_damaged(
     install_shard(node, map, pg, member, Delivery::objects(vec![state]), log).await?;
     tracing::warn!(%pg, osd = member.1, shard = member.0, object = %String::from_utf8_lossy(name), "rebuilt an unreadable shard");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lcpfs_proto::KeyValue;
+
+    use super::*;
+
+    /// Shard `position` of version `version` of an object, from `pieces`.
+    fn shard(pieces: &[Vec<u8>], position: usize, version: u64) -> (usize, ObjectState) {
+        let xattr = |key: &str, value: u64| KeyValue {
+            key: key.to_owned(),
+            value: value.to_le_bytes().to_vec(),
+        };
+        let state = ObjectState {
+            name: b"o".to_vec(),
+            exists: true,
+            data: pieces[position].clone(),
+            xattrs: vec![xattr(VERSION_XATTR, version), xattr(SIZE_XATTR, 8192)],
+            omap: Vec::new(),
+        };
+        (position, state)
+    }
+
+    #[test]
+    fn shards_of_different_versions_are_never_combined() {
+        let code = Code { k: 2, m: 2 };
+        let old = code.encode(&[7u8; 8192]).unwrap();
+        let new = code.encode(&[9u8; 8192]).unwrap();
+        // Two shards of the new version and a stale one: the new pair is decoded.
+        let read = [shard(&new, 0, 5), shard(&old, 1, 4), shard(&new, 3, 5)];
+        let pieces = agreeing(code, &read).unwrap();
+        assert_eq!(pieces[1], None, "the stale shard is left out");
+        assert_eq!(code.rebuild(pieces).unwrap(), new);
+        // One shard of the new version with a stale one: nothing is decoded.
+        let error = agreeing(code, &[shard(&new, 0, 5), shard(&old, 1, 4)]).unwrap_err();
+        assert!(
+            error.contains("only 1 shards of its newest version"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_shard_that_disagrees_with_the_code_is_left_out() {
+        let code = Code { k: 2, m: 2 };
+        let good = code.encode(&[3u8; 8192]).unwrap();
+        let mut rotten = good.clone();
+        rotten[1][100] ^= 0xff;
+        let read: Vec<_> = (0..4).map(|position| shard(&rotten, position, 1)).collect();
+        let pieces = agreeing(code, &read).unwrap();
+        assert_eq!(pieces[1], None);
+        assert_eq!(code.rebuild(pieces).unwrap(), good);
+    }
 }
