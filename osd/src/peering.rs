@@ -26,6 +26,11 @@ use crate::recovery::{ObjectRecovery, queue_recovery};
 /// How soon a PG whose peering failed is peered again, without a map change.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// How often the PGs are looked at without a map change: a PG left to peer again
+/// by a write that failed half-way is brought level even if no client comes back
+/// to it.
+const SWEEP: Duration = Duration::from_secs(5);
+
 /// How a pool's backend peers a PG (implemented by the layer above, one per kind
 /// of pool).
 #[tonic::async_trait]
@@ -108,7 +113,8 @@ pub async fn ensure_peered(
 }
 
 /// Peers, in the background, every PG this OSD is primary for whenever the map
-/// changes, so PGs without client traffic are brought level too.
+/// changes (and every [`SWEEP`]), so PGs without client traffic are brought level
+/// too.
 pub async fn peer_on_map_changes(node: Arc<Node>, backends: Backends) {
     let mut watch = node.map_watch();
     loop {
@@ -130,7 +136,7 @@ pub async fn peer_on_map_changes(node: Arc<Node>, backends: Backends) {
             }
         }
         // After a failure, try again soon even if the map does not change.
-        let retry = if failed { RETRY_AFTER } else { Duration::MAX };
+        let retry = if failed { RETRY_AFTER } else { SWEEP };
         if let Ok(Err(_)) = tokio::time::timeout(retry, watch.changed()).await {
             return;
         }

@@ -14,11 +14,13 @@
 //!
 //! Meanwhile faults are injected at random, one at a time, for a set time: kill -9 a
 //! container, stop and start it, pause it (SIGSTOP to every process), disconnect it
-//! from the network (a partition of one or two nodes), corrupt bytes on an OSD's disk
-//! (while it is stopped), fill an OSD (the full ratio lowered just below its use),
-//! kill the monitor leader; and operator actions under load: double a pool's
-//! pg_num (its PGs split while clients write; kept), mark an OSD out and in again
-//! (its data moves away and back). Afterwards every fault is healed
+//! from the network (a partition of one or two nodes), cut one link (one way, or
+//! both ways between two nodes that still reach everyone else), corrupt bytes on an
+//! OSD's disk (while it is stopped), fill an OSD (the full ratio lowered just below
+//! its use), kill the monitor leader; and operator actions under load: double a
+//! pool's pg_num (its PGs split while clients write; kept), mark an OSD out and in
+//! again (its data moves away and back), reweight an OSD to half and back, lower
+//! the replicated pool's min_size to 1 and raise it again. Afterwards every fault is healed
 //! and the cluster must be HEALTH_OK with every PG active+clean within a deadline;
 //! every object must read back with its last acknowledged value; a deep scrub
 //! before any repair must find every copy and shard agreeing (unless bytes were
@@ -62,7 +64,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,stop,pause,partition,corrupt,fill,leader,split,out"
+        default_value = "kill,stop,pause,partition,link,corrupt,fill,leader,split,out,reweight,min-size"
     )]
     faults: Vec<Fault>,
     /// How long a fault lasts before it is healed, at most, in seconds.
@@ -104,6 +106,9 @@ enum Fault {
     Leader,
     Split,
     Out,
+    Link,
+    Reweight,
+    MinSize,
 }
 
 /// The largest pg_num the `split` fault grows a pool to.
@@ -487,7 +492,20 @@ impl Cluster {
                 let _ = docker(&["network", "connect", "--ip", ip, &self.network, id]).await;
             }
             let _ = docker(&["start", id]).await;
+            // Links cut inside the container's namespace (it holds no other rules).
+            if let Ok(pid) = self.pid(service).await {
+                let _ = iptables(&pid, &["-F"]).await;
+            }
         }
+    }
+
+    /// The host PID of a running container's first process.
+    async fn pid(&self, service: &str) -> anyhow::Result<String> {
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", self.id(service)]).await?;
+        if pid == "0" {
+            bail!("{service} is not running");
+        }
+        Ok(pid)
     }
 }
 
@@ -838,37 +856,41 @@ async fn unhold_all(mon: &MonClient) -> anyhow::Result<()> {
     }
 }
 
-/// Marks `osd` in again, retrying while the monitors cannot take the change.
-async fn mark_in(mon: &MonClient, osd: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match mon.run(&MonCommand::OsdIn { ids: vec![osd] }).await {
-            Ok(_) => return Ok(()),
-            Err(error) if Instant::now() > deadline => return Err(error),
-            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-        }
-    }
-}
-
 /// The full ratio the compose cluster runs with, set again after a `fill` fault.
 const FULL_RATIO: f64 = 0.95;
 
-/// Sets the full ratio back to [`FULL_RATIO`], retrying while the monitors cannot
-/// take the change (their leader may be under a fault of its own).
-async fn restore_full_ratio(mon: &MonClient) -> anyhow::Result<()> {
+/// Runs `command` on the monitors, retrying for up to two minutes while they
+/// cannot take it (their leader may be under a fault of its own).
+async fn run_retrying(mon: &MonClient, command: &MonCommand) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match mon
-            .run(&MonCommand::OsdSetFullRatio { ratio: FULL_RATIO })
-            .await
-        {
+        match mon.run(command).await {
             Ok(_) => return Ok(()),
             Err(error) if Instant::now() >= deadline => {
-                return Err(error.context("restoring the full ratio"));
+                return Err(error.context(format!("{command:?}")));
             }
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
+}
+
+/// Runs `iptables ARGS` in the network namespace of the process `pid` (a
+/// container's), from the host.
+async fn iptables(pid: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Process::new("nsenter")
+        .args(["-t", pid, "-n", "iptables"])
+        .args(args)
+        .output()
+        .await
+        .context("running nsenter")?;
+    if !output.status.success() {
+        bail!(
+            "iptables {} in the namespace of {pid}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Injects one fault, holds it, heals it; says what it did.
@@ -938,6 +960,63 @@ async fn inject(
                 targets.join(" and ")
             ))
         }
+        Fault::Link => {
+            // One link cut, not a whole node: the target stops hearing one
+            // peer (one way), or the two stop hearing each other, while both
+            // still reach everyone else.
+            let others: Vec<&String> = cluster
+                .containers
+                .keys()
+                .filter(|name| *name != target)
+                .collect();
+            let peer = others[rng.random_range(0..others.len())].clone();
+            let both_ways = rng.random_bool(0.5);
+            let pid = cluster.pid(target).await?;
+            let peer_ip = ips[&peer].as_str();
+            let mut rules = vec![["INPUT", "-s", peer_ip, "-j", "DROP"]];
+            if both_ways {
+                rules.push(["OUTPUT", "-d", peer_ip, "-j", "DROP"]);
+            }
+            for rule in &rules {
+                iptables(&pid, &[&["-I"][..], &rule[..]].concat()).await?;
+            }
+            tokio::time::sleep(hold).await;
+            for rule in &rules {
+                iptables(&pid, &[&["-D"][..], &rule[..]].concat()).await?;
+            }
+            let how = if both_ways {
+                format!("cut the link between {target} and {peer}")
+            } else {
+                format!("{target} stopped hearing {peer} (one way)")
+            };
+            Ok(format!("{how} for {held} s"))
+        }
+        Fault::Reweight => {
+            let map = mon.map(true).await?;
+            let ins: Vec<u32> = map
+                .osds
+                .values()
+                .filter(|osd| osd.in_)
+                .map(|osd| osd.id)
+                .collect();
+            let osd = ins[rng.random_range(0..ins.len())];
+            let reweight = |reweight| MonCommand::OsdReweight { id: osd, reweight };
+            mon.run(&reweight(0.5)).await?;
+            tokio::time::sleep(hold).await;
+            run_retrying(mon, &reweight(1.0)).await?;
+            Ok(format!("osd.{osd} reweighted to 0.5 for {held} s, then 1"))
+        }
+        Fault::MinSize => {
+            let min_size = |value: &str| MonCommand::PoolSet {
+                name: "data".to_owned(),
+                key: "min_size".to_owned(),
+                value: value.to_owned(),
+            };
+            mon.run(&min_size("1")).await?;
+            tokio::time::sleep(hold).await;
+            run_retrying(mon, &min_size("2")).await?;
+            Ok(format!("pool data at min_size 1 for {held} s, then 2"))
+        }
         Fault::Corrupt => {
             let osds = cluster.osds();
             let osd = osds[rng.random_range(0..osds.len())].clone();
@@ -964,7 +1043,7 @@ async fn inject(
             let ratio = used(fullest) * 0.99;
             mon.run(&MonCommand::OsdSetFullRatio { ratio }).await?;
             tokio::time::sleep(hold).await;
-            restore_full_ratio(mon).await?;
+            run_retrying(mon, &MonCommand::OsdSetFullRatio { ratio: FULL_RATIO }).await?;
             Ok(format!(
                 "filled osd.{} ({:.3}% used): full ratio {ratio:.6} for {held} s",
                 fullest.id,
@@ -1004,7 +1083,7 @@ async fn inject(
             let osd = ins[rng.random_range(0..ins.len())];
             mon.run(&MonCommand::OsdOut { ids: vec![osd] }).await?;
             tokio::time::sleep(hold).await;
-            mark_in(mon, osd).await?;
+            run_retrying(mon, &MonCommand::OsdIn { ids: vec![osd] }).await?;
             Ok(format!("osd.{osd} out for {held} s, then in"))
         }
         Fault::Leader => {
