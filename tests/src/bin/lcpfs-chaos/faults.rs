@@ -26,6 +26,7 @@ pub(crate) enum Fault {
     Split,
     Out,
     Link,
+    Double,
     Reweight,
     MinSize,
 }
@@ -334,6 +335,23 @@ pub(crate) async fn inject(
                 format!("{target} stopped hearing {peer} (one way)")
             };
             Ok(format!("{how} for {held} s"))
+        }
+        Fault::Double => {
+            // Two OSDs at once: PGs on both keep fewer than min_size copies up
+            // and stop taking writes until one is back; nothing acknowledged
+            // may be lost.
+            let osds = cluster.osds();
+            let first = osds[rng.random_range(0..osds.len())].clone();
+            let others: Vec<&String> = osds.iter().filter(|osd| **osd != first).collect();
+            let second = others[rng.random_range(0..others.len())].clone();
+            for service in [&first, &second] {
+                docker(&["pause", cluster.id(service)]).await?;
+            }
+            tokio::time::sleep(hold).await;
+            for service in [&first, &second] {
+                docker(&["unpause", cluster.id(service)]).await?;
+            }
+            Ok(format!("paused {first} and {second} together for {held} s"))
         }
         Fault::Reweight => {
             let osd = random_in_osd(mon, rng).await?;

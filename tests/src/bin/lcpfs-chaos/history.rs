@@ -3,8 +3,9 @@
 //! objects, checked for linearizability against their owners' timed operations.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_tests::contents;
@@ -17,6 +18,8 @@ pub(crate) type Possible = Vec<Option<Vec<u8>>>;
 
 #[derive(Default)]
 pub(crate) struct Counts {
+    /// Writes the client gave up mid-request.
+    pub(crate) abandoned: u64,
     pub(crate) acked: BTreeMap<&'static str, u64>,
     pub(crate) failed: BTreeMap<&'static str, u64>,
     pub(crate) anomalies: Vec<String>,
@@ -160,6 +163,10 @@ impl Client {
             ),
             Planned::Delete => ("delete", vec![None]),
         };
+        // Now and then the client gives a write up mid-request, as a client that
+        // dies would: the OSD sees the request cancelled.
+        let abandon = (kind != "read" && self.rng.random_range(0..20) == 0)
+            .then(|| Duration::from_millis(self.rng.random_range(1..40)));
         let key = format!("{pool}/{name}");
         self.timelines
             .lock()
@@ -193,15 +200,16 @@ impl Client {
                 (read.map(|_| ()), next)
             }
             Planned::WriteFull(data) => {
-                let result = self.objects.put(&pool, name.as_bytes(), data).await;
-                (result, applied)
+                let put = self.objects.put(&pool, name.as_bytes(), data);
+                (within(abandon, put, counts).await, applied)
             }
             Planned::Append(data) => {
-                let result = self.objects.append(&pool, name.as_bytes(), data).await;
-                (result, applied)
+                let append = self.objects.append(&pool, name.as_bytes(), data);
+                (within(abandon, append, counts).await, applied)
             }
             Planned::Delete => {
-                let result = self.objects.remove(&pool, name.as_bytes()).await;
+                let remove = self.objects.remove(&pool, name.as_bytes());
+                let result = within(abandon, remove, counts).await;
                 let missing = matches!(&result, Err(error) if format!("{error:#}").contains("does not exist"));
                 if missing && !possible.contains(&None) {
                     counts.lock().await.anomalies.push(format!(
@@ -271,6 +279,26 @@ impl Client {
     }
 }
 
+/// Runs `operation`, or gives it up after `limit` (counted as abandoned): the
+/// operation then failed as far as the client knows, and may or may not be
+/// applied.
+async fn within(
+    limit: Option<Duration>,
+    operation: impl Future<Output = anyhow::Result<()>>,
+    counts: &Mutex<Counts>,
+) -> anyhow::Result<()> {
+    let Some(limit) = limit else {
+        return operation.await;
+    };
+    match tokio::time::timeout(limit, operation).await {
+        Ok(result) => result,
+        Err(_) => {
+            counts.lock().await.abandoned += 1;
+            Err(anyhow::anyhow!("abandoned after {limit:?}"))
+        }
+    }
+}
+
 /// An object's value (`None`: absent), or the error that kept it from being read.
 pub(crate) async fn read_value(
     objects: &ObjectClient,
@@ -297,8 +325,6 @@ pub(crate) fn describe(value: &Option<Vec<u8>>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]

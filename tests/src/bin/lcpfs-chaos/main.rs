@@ -13,19 +13,23 @@
 //! that was replaced is an anomaly, reported with the operations around it.
 //!
 //! Meanwhile faults are injected at random, one at a time, for a set time: kill -9 a
-//! container, stop and start it, pause it (SIGSTOP to every process), disconnect it
-//! from the network (a partition of one or two nodes), cut one link (one way, or
-//! both ways between two nodes that still reach everyone else), corrupt bytes on an
-//! OSD's disk (while it is stopped), fill an OSD (the full ratio lowered just below
-//! its use), kill the monitor leader; and operator actions under load: double a
-//! pool's pg_num (its PGs split while clients write; kept), mark an OSD out and in
-//! again (its data moves away and back), reweight an OSD to half and back, lower
-//! the replicated pool's min_size to 1 and raise it again. Afterwards every fault is healed
-//! and the cluster must be HEALTH_OK with every PG active+clean within a deadline;
-//! every object must read back with its last acknowledged value; a deep scrub
-//! before any repair must find every copy and shard agreeing (unless bytes were
-//! corrupted on purpose), and after a deep scrub with repair, a second one too. The report gives
-//! the counts and the seed; the same seed replays the same faults and operations.
+//! container, stop and start it, pause it (SIGSTOP to every process), pause two
+//! OSDs together, disconnect it from the network (a partition of one or two nodes),
+//! cut one link (one way, or both ways between two nodes that still reach everyone
+//! else), corrupt bytes on an OSD's disk (while it is stopped), fill an OSD (the
+//! full ratio lowered just below its use), kill the monitor leader; and operator
+//! actions under load: double a pool's pg_num (its PGs split while clients write;
+//! kept), mark an OSD out and in again (its data moves away and back), reweight an
+//! OSD to half and back, lower the replicated pool's min_size to 1 and raise it
+//! again. Clients also give one write in twenty up mid-request, as a client that
+//! dies would.
+//!
+//! Afterwards every fault is healed and the cluster must be HEALTH_OK with every PG
+//! active+clean within a deadline; every object must read back with its last
+//! acknowledged value; a deep scrub before any repair must find every copy and
+//! shard agreeing (unless bytes were corrupted on purpose), and after a deep scrub
+//! with repair, a second one too. The report gives the counts and the seed; the
+//! same seed replays the same faults and operations.
 
 mod faults;
 mod history;
@@ -67,7 +71,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,stop,pause,partition,link,corrupt,fill,leader,split,out,reweight,min-size"
+        default_value = "kill,stop,pause,double,partition,link,corrupt,fill,leader,split,out,reweight,min-size"
     )]
     faults: Vec<Fault>,
     /// How long a fault lasts before it is healed, at most, in seconds.
@@ -345,8 +349,8 @@ async fn main() -> anyhow::Result<()> {
     println!("\nlcpfs-chaos report (seed {seed})");
     println!("  operations acknowledged: {:?}", counts.acked);
     println!(
-        "  operations failed (allowed during faults): {:?}",
-        counts.failed
+        "  operations failed (allowed during faults): {:?}, {} of them given up mid-request",
+        counts.failed, counts.abandoned
     );
     println!("  faults injected: {injected:?}");
     match &recovery {
