@@ -6,6 +6,7 @@
 
 pub mod status;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use lcpfs_core::pg::PgId;
@@ -37,6 +38,18 @@ impl OsdServer {
     }
 }
 
+/// Runs a handler's work on a task of its own, to its end: a caller that gives
+/// up (a timeout, a dropped connection) cancels only its wait, never a change
+/// half-made to a PG (its lock would be released while the store work it
+/// started still runs, and the next request could interleave with it).
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, OsdError>> + Send + 'static,
+) -> Result<T, OsdError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|error| OsdError::Internal(format!("a request's task failed: {error}")))?
+}
+
 /// A handler's answer.
 fn reply<T>(result: Result<T, OsdError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
@@ -45,7 +58,8 @@ fn reply<T>(result: Result<T, OsdError>) -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Osd for OsdServer {
     async fn op(&self, request: Request<OpRequest>) -> Result<Response<OpReply>, Status> {
-        reply(ops::op(&self.node, request.into_inner()).await)
+        let node = self.node.clone();
+        reply(to_completion(async move { ops::op(&node, request.into_inner()).await }).await)
     }
 
     type ReadStreamStream = tokio_stream::Iter<std::vec::IntoIter<Result<DataChunk, Status>>>;
@@ -73,7 +87,8 @@ impl Osd for OsdServer {
         while let Some(chunk) = chunks.message().await? {
             assembly.push(&chunk.data)?;
         }
-        reply(assembly.finish(&self.node).await)
+        let node = self.node.clone();
+        reply(to_completion(async move { assembly.finish(&node).await }).await)
     }
 
     async fn replicate(
@@ -81,13 +96,16 @@ impl Osd for OsdServer {
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicateReply>, Status> {
         tls::require(&request, &["osd"], "Osd.Replicate")?;
-        let epoch = replica::handle_replicate(&self.node, request.into_inner()).await;
+        let (node, request) = (self.node.clone(), request.into_inner());
+        let epoch =
+            to_completion(async move { replica::handle_replicate(&node, request).await }).await;
         reply(epoch.map(|epoch| ReplicateReply { epoch }))
     }
 
     async fn pg_info(&self, request: Request<PgRef>) -> Result<Response<PgInfoReply>, Status> {
         tls::require(&request, &["osd"], "Osd.PgInfo")?;
-        reply(replica::handle_pg_info(&self.node, request.into_inner()).await)
+        let (node, request) = (self.node.clone(), request.into_inner());
+        reply(to_completion(async move { replica::handle_pg_info(&node, request).await }).await)
     }
 
     async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
@@ -112,7 +130,8 @@ impl Osd for OsdServer {
         request: Request<PushRequest>,
     ) -> Result<Response<PushReply>, Status> {
         tls::require(&request, &["osd"], "Osd.PushObjects")?;
-        reply(replica::handle_push(&self.node, request.into_inner()).await)
+        let (node, request) = (self.node.clone(), request.into_inner());
+        reply(to_completion(async move { replica::handle_push(&node, request).await }).await)
     }
 
     async fn scrub_map(
@@ -132,7 +151,13 @@ impl Osd for OsdServer {
             node::pg_of(pool, request.pg_seed)
         };
         let pg: PgId = pg.await?;
-        reply(scrub::scrub_pg(&self.node, pg, request.deep, request.repair).await)
+        let node = self.node.clone();
+        reply(
+            to_completion(
+                async move { scrub::scrub_pg(&node, pg, request.deep, request.repair).await },
+            )
+            .await,
+        )
     }
 
     async fn ec_commit(
@@ -140,7 +165,9 @@ impl Osd for OsdServer {
         request: Request<EcCommitRequest>,
     ) -> Result<Response<EcCommitReply>, Status> {
         tls::require(&request, &["osd"], "Osd.EcCommit")?;
-        let last = replica::handle_ec_commit(&self.node, request.into_inner()).await;
+        let (node, request) = (self.node.clone(), request.into_inner());
+        let last =
+            to_completion(async move { replica::handle_ec_commit(&node, request).await }).await;
         reply(last.map(|last| EcCommitReply { last }))
     }
 
