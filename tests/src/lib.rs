@@ -491,6 +491,8 @@ pub struct MonCluster {
     pub osds: BTreeMap<u32, Osd>,
     /// Extra flags for every OSD.
     pub osd_flags: Vec<String>,
+    /// The OSDs' log filter (`LCPFS_LOG`; their default, `warn`, when `None`).
+    pub osd_log_filter: Option<String>,
     /// Size of each OSD's file disk (sparse), made on its first start.
     pub osd_disk_size: String,
     /// Extra flags for every monitor (timers).
@@ -509,6 +511,7 @@ impl MonCluster {
             mons: BTreeMap::new(),
             osds: BTreeMap::new(),
             osd_flags: Vec::new(),
+            osd_log_filter: None,
             osd_disk_size: "256M".to_owned(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
             tls: None,
@@ -648,7 +651,11 @@ impl MonCluster {
             .map(|name| self.mons[*name].addr.clone())
             .collect();
         let host = format!("h{index}");
-        let child = command("lcpfs-osd")
+        let mut child = command("lcpfs-osd");
+        if let Some(filter) = &self.osd_log_filter {
+            child.env("LCPFS_LOG", filter);
+        }
+        let child = child
             .arg("--data")
             .arg(&osd.data)
             .args([

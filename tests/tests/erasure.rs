@@ -452,3 +452,61 @@ async fn an_erasure_coded_pg_serves_while_its_shards_recover() {
     let lagging = cluster.osd_index(&map, up[0]);
     pgs_serve_while_they_recover(&mut cluster, ("ec", 4), (24, 1), lagging, "recover").await;
 }
+
+/// A shard's OSD that missed more writes than the PG log keeps
+/// (`--pg-log-entries 16`) is backfilled when it returns: it takes every object's
+/// shard, rebuilt from the others, and loses the objects removed meanwhile, so
+/// that every shard on disk matches the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_missed_more_than_the_log_keeps_is_backfilled() {
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
+    cluster.osd_disk_size = "512M".to_owned();
+    cluster.osd_flags = ["--pg-log-entries", "16"].map(String::from).to_vec();
+    cluster.osd_log_filter = Some("warn,lcpfs_osd::backend=info".to_owned());
+    // 2+2 over 4 OSDs and one PG: a shard on every OSD, writable (min_size 3)
+    // with one of them down.
+    let mut cluster = start_with(cluster, 4, &erasure_pool("ec", 2, 2, 1)).await;
+    let client = cluster.client();
+    let objects = ObjectClient::connect(client.clone()).await.unwrap();
+    let mut model = write_objects(&objects, "ec", "before", 8).await;
+
+    let map = objects.map();
+    let (_, up) = lcpfs_tests::placement(&map, "ec", b"before-000");
+    let (primary, away) = (up[0], up[1]);
+    let away_index = cluster.osd_index(&map, away);
+    cluster.kill_osd(away_index);
+    client
+        .run(&Command::OsdDown { ids: vec![away] })
+        .await
+        .unwrap();
+    model.extend(write_objects(&objects, "ec", "during", 24).await);
+    for name in ["before-000", "before-001", "before-002"] {
+        objects.remove("ec", name.as_bytes()).await.unwrap();
+        model.remove(name);
+    }
+
+    cluster.start_osd(away_index);
+    osd_listening(&cluster, away_index).await;
+    osds_up(&client, 4).await;
+    clean_since(&cluster, current_epoch(&cluster).await, 1).await;
+    let primary_log = cluster.osd_log(cluster.osd_index(&map, primary));
+    assert!(
+        primary_log.contains(&format!("osd={away}")) && primary_log.contains("backfill=true"),
+        "the returning shard was backfilled, not caught up from the log"
+    );
+    assert_reads(&objects, "ec", &model).await;
+
+    let pool = map.pool_by_name("ec").unwrap().clone();
+    let all: Vec<u32> = (0..4).collect();
+    for &index in &all {
+        cluster.kill_osd(index);
+    }
+    assert_shards_on_disk(&cluster, &all, &pool, Code { k: 2, m: 2 }, &model);
+    let store = Store::open(&cluster.osds[&away_index].data, &OpenOptions::default()).unwrap();
+    let pg = object_to_pg(&pool, b"before-000");
+    let view = store.head(&format!("pg.{pg}")).unwrap();
+    assert!(
+        !view.exists(b"o/before-000").unwrap(),
+        "an object removed while the shard was away is gone from it"
+    );
+}
