@@ -594,6 +594,39 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_kept_for_the_dups_window_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        let pg = PgId::new(1, 0);
+        ensure(&store, pg, None, 1).unwrap();
+        let newest = DUPS_KEEP + DUPS_KEEP / 4;
+        for version in 1..=newest {
+            let name = format!("o{}", version % 5);
+            apply(&store, pg, &entry(version, 3, &name), &write_full(b"x"), 16).unwrap();
+        }
+        let tid = |version: u64| version * 100 + 3;
+        let reloaded = load(&store, pg).unwrap();
+        // A retry within the newest DUPS_KEEP versions is answered, not applied
+        // again, long after the 16-entry log forgot it...
+        for version in [newest - DUPS_KEEP + 1, newest - 1000, newest] {
+            assert_eq!(reloaded.applied("c", tid(version)), Some(version));
+        }
+        // ...and the ids of older ones are dropped, in the store as in memory,
+        // so neither grows with the PG's age.
+        assert_eq!(reloaded.applied("c", tid(1)), None);
+        let kept = store
+            .head(&collection(pg))
+            .unwrap()
+            .omap_range(DUPS_OBJECT, None, None, 0)
+            .unwrap()
+            .len() as u64;
+        assert!(
+            (DUPS_KEEP..=DUPS_KEEP + DUPS_KEEP / 8).contains(&kept),
+            "{kept} request ids kept in the store"
+        );
+    }
+
+    #[test]
     fn a_prepared_write_waits_for_its_commit_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let pg = PgId::new(1, 0);
