@@ -651,6 +651,13 @@ impl MonCluster {
             .map(|name| self.mons[*name].addr.clone())
             .collect();
         let host = format!("h{index}");
+        // Below the monitors' grace the tests give (2 s): a killed OSD's read
+        // leases run out before it is marked down (unless a test sets its own).
+        let read_lease: &[&str] = if self.osd_flags.iter().any(|flag| flag == "--read-lease") {
+            &[]
+        } else {
+            &["--read-lease", "1.5"]
+        };
         let mut child = command("lcpfs-osd");
         if let Some(filter) = &self.osd_log_filter {
             child.env("LCPFS_LOG", filter);
@@ -673,11 +680,8 @@ impl MonCluster {
                 &self.osd_disk_size,
                 "--heartbeat-interval",
                 "0.5",
-                // Below the monitors' grace the tests give (2 s): a killed
-                // OSD's read leases run out before it is marked down.
-                "--read-lease",
-                "1.5",
             ])
+            .args(read_lease)
             .args(&self.osd_flags)
             .args(&tls)
             .stdin(Stdio::null())

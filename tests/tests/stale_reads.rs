@@ -1,7 +1,8 @@
 //! Reads never go back in time: a primary cut off from the cluster stops
-//! answering reads once its read lease runs out, so a client still following an
-//! old map cannot read data older than a write a newer primary acknowledged; and a
-//! write that failed half-way is never read and then lost.
+//! answering reads once its read lease runs out, and a new primary takes no
+//! write before then, so a client still following an old map cannot read data
+//! older than a write a newer primary acknowledged; and a write that failed
+//! half-way is never read and then lost.
 
 use std::time::Duration;
 
@@ -61,6 +62,20 @@ async fn marked_down(client: &lcpfs_client::mon_client::MonClient, osd: u32) {
         },
     )
     .await;
+}
+
+/// Three OSDs and pool `data`, with timers long enough that frozen OSDs stay up
+/// in the map until the test marks them down, `osd_flags` besides, and the
+/// OSDs logging what their client operations wait for.
+async fn long_timers(osd_flags: &[&str]) -> MonCluster {
+    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "600"]);
+    cluster.osd_flags = [&["--osd-heartbeat-grace", "600"][..], osd_flags]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    cluster.osd_log_filter = Some("warn,lcpfs_osd::ops=info".to_owned());
+    lcpfs_tests::start_with_pool(cluster, 3).await
 }
 
 /// An object name whose PG's primary is `osd`.
@@ -139,13 +154,9 @@ async fn a_primary_cut_off_from_the_map_stops_serving_reads_once_its_lease_runs_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_failed_half_way_is_never_read_and_then_lost() {
-    // Timers long enough that frozen OSDs stay up in the map, and a short wait
-    // for replicas, so that the write fails while the PG keeps its OSDs.
-    let mut cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "600"]);
-    cluster.osd_flags = ["--replicate-timeout", "2", "--osd-heartbeat-grace", "600"]
-        .map(String::from)
-        .to_vec();
-    let mut cluster = lcpfs_tests::start_with_pool(cluster, 3).await;
+    // A short wait for replicas, so that the write fails while the PG keeps
+    // its OSDs.
+    let mut cluster = long_timers(&["--replicate-timeout", "2"]).await;
     let objects = ObjectClient::connect(cluster.client())
         .await
         .unwrap()
@@ -190,4 +201,46 @@ async fn a_write_that_failed_half_way_is_never_read_and_then_lost() {
         .unwrap();
     osds_up(&admin, 2).await;
     assert_eq!(objects.get("data", b"ledger").await.unwrap(), b"old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_primary_waits_out_the_old_primarys_lease_before_its_first_write() {
+    // Leases of 10 s, and the frozen primary marked down by hand at once: its
+    // peers granted it a lease moments before, which the new primary must wait
+    // out before it takes a write.
+    let cluster = long_timers(&["--read-lease", "10"]).await;
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(60));
+    objects.put("data", b"key", b"old".to_vec()).await.unwrap();
+    let old_map = objects.map();
+    let (_, up) = placement(&old_map, "data", b"key");
+    let old_index = cluster.osd_index(&old_map, up[0]);
+    assert_eq!(
+        data(&read_at(&old_map, up[0], b"key").await.unwrap()),
+        b"old"
+    );
+
+    cluster.signal_osd(old_index, "STOP");
+    let admin = cluster.client();
+    admin
+        .run(&lcpfs_core::monitor::Command::OsdDown { ids: vec![up[0]] })
+        .await
+        .unwrap();
+    objects.put("data", b"key", b"new".to_vec()).await.unwrap();
+    let new_primary = cluster.osd_index(&objects.map(), up[1]);
+    assert!(
+        cluster
+            .osd_log(new_primary)
+            .contains("waiting out an earlier primary's read lease"),
+        "the new primary took the write without waiting out the old one's lease"
+    );
+
+    // The old primary, woken with its old map, answers no read from it.
+    cluster.signal_osd(old_index, "CONT");
+    if let Ok(reply) = read_at(&old_map, up[0], b"key").await {
+        assert_eq!(data(&reply), b"new", "a stale read");
+    }
+    assert_eq!(objects.get("data", b"key").await.unwrap(), b"new");
 }
