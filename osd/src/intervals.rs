@@ -381,12 +381,13 @@ impl Intervals {
 
     /// The PG's earlier intervals, from the one that began at epoch `since` on,
     /// that peering cannot do without while one of their down OSDs is not marked
-    /// lost: of those that may have gone active (see [`Interval`]), those with at least the min_size of their time OSDs (today's, where
-    /// it was not recorded), which may have acknowledged writes (each held by all
-    /// of them), of which fewer than the pool needs to read an object are up
-    /// now; and, for erasure-coded pools, which serve reads with `k` shards,
-    /// those of at least `k` OSDs none of which is up, so none can say how long
-    /// the read lease it granted their primary lasts (see [`crate::lease`]).
+    /// lost. Of those that may have gone active (see [`Interval`]): those with at
+    /// least the min_size of their time OSDs (today's, where it was not
+    /// recorded), which may have acknowledged writes (each held by all of them),
+    /// of which fewer than the pool needs to read an object are up now; and, for
+    /// erasure-coded pools, which serve reads with `k` shards, those of at least
+    /// `k` OSDs none of which is up, so none can say how long the read lease it
+    /// granted their primary lasts (see [`crate::lease`]).
     pub fn unreachable(
         &self,
         map: &ClusterMap,

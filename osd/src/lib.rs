@@ -13,7 +13,8 @@
 //!   [`replica`]: the receiving side of the calls between OSDs;
 //! - [`recovery`]: objects brought level in the background once a PG is active;
 //! - [`split`]: splitting this OSD's PG copies when a pool's pg_num grows;
-//! - [`node`]: one running OSD's shared state (store, map, PGs, peers, tables);
+//! - [`node`]: one running OSD's shared state (store, map, PGs, peers, tables;
+//!   [`leases`]: the read leases held and granted);
 //! - [`pg`]: a PG's copy in the engine store and in memory; [`intervals`]: each
 //!   PG's up sets over epochs; [`peers`]: every call to another OSD;
 //! - [`config`], [`error`], [`metrics`]: settings, the error enum, `/metrics`;
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod error;
 pub mod intervals;
 pub mod lease;
+pub mod leases;
 pub mod metrics;
 pub mod node;
 pub mod ops;

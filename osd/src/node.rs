@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::config::OsdConfig;
 use crate::error::{OsdError, Result};
 use crate::intervals::Intervals;
-use crate::lease::Leases;
+use crate::leases::Leases;
 use crate::metrics::OsdMetrics;
 use crate::peers::Peers;
 use crate::pg::{self, PgLog, Registry, UpSet};

@@ -44,7 +44,8 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         .ops
         .iter()
         .any(|op| op.op.as_ref().is_some_and(pg::is_mutation));
-    let map = wait_active(node, map, &pool, pg, mutations).await?;
+    let up = mapping.up.iter().flatten().count();
+    let map = wait_active(node, (map, up), &pool, pg, mutations).await?;
     let version = if mutations {
         write::mutate(node, backend, &map, &pool, pg, &request)
             .await
@@ -74,10 +75,11 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
 /// Waits a little (`--pg-inactive-wait`) for the map to give the PG enough up
 /// OSDs for the request (`min_size` for a mutation, [`Pool::read_size`] for
 /// reads), then refuses clearly: like Ceph, a PG below that is inactive.
+/// `(map, up)`: the request's map and how many of the PG's OSDs it has up.
 /// Returns the map it saw enough in.
 async fn wait_active(
     node: &Node,
-    mut map: Arc<ClusterMap>,
+    (mut map, mut up): (Arc<ClusterMap>, usize),
     pool: &Pool,
     pg: PgId,
     mutations: bool,
@@ -89,8 +91,7 @@ async fn wait_active(
     };
     let waited_until = Instant::now() + node.config.inactive_wait;
     loop {
-        let up = node.up_osds(&map, pg)?.len() as u32;
-        if up >= needed {
+        if up as u32 >= needed {
             return Ok(map);
         }
         if Instant::now() >= waited_until {
@@ -100,6 +101,7 @@ async fn wait_active(
         }
         node.map_changed(INACTIVE_POLL).await;
         map = node.current();
+        up = node.up_osds(&map, pg)?.len();
     }
 }
 

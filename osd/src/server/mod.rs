@@ -36,18 +36,24 @@ impl OsdServer {
     pub fn new(node: Arc<Node>) -> Self {
         OsdServer { node }
     }
-}
 
-/// Runs a handler's work on a task of its own, to its end: a caller that gives
-/// up (a timeout, a dropped connection) cancels only its wait, never a change
-/// half-made to a PG (its lock would be released while the store work it
-/// started still runs, and the next request could interleave with it).
-async fn to_completion<T: Send + 'static>(
-    work: impl Future<Output = Result<T, OsdError>> + Send + 'static,
-) -> Result<T, OsdError> {
-    tokio::spawn(work)
-        .await
-        .map_err(|error| OsdError::Internal(format!("a request's task failed: {error}")))?
+    /// Runs a handler's work on the node, on a task of its own, to its end: a
+    /// caller that gives up (a timeout, a dropped connection) cancels only its
+    /// wait, never a change half-made to a PG (its lock would be released while
+    /// the store work it started still runs, and the next request could
+    /// interleave with it).
+    async fn to_completion<T, Work>(
+        &self,
+        work: impl FnOnce(Arc<Node>) -> Work,
+    ) -> Result<T, OsdError>
+    where
+        T: Send + 'static,
+        Work: Future<Output = Result<T, OsdError>> + Send + 'static,
+    {
+        tokio::spawn(work(self.node.clone()))
+            .await
+            .map_err(|error| OsdError::Internal(format!("a request's task failed: {error}")))?
+    }
 }
 
 /// A handler's answer.
@@ -58,8 +64,11 @@ fn reply<T>(result: Result<T, OsdError>) -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Osd for OsdServer {
     async fn op(&self, request: Request<OpRequest>) -> Result<Response<OpReply>, Status> {
-        let node = self.node.clone();
-        reply(to_completion(async move { ops::op(&node, request.into_inner()).await }).await)
+        let request = request.into_inner();
+        reply(
+            self.to_completion(|node| async move { ops::op(&node, request).await })
+                .await,
+        )
     }
 
     type ReadStreamStream = tokio_stream::Iter<std::vec::IntoIter<Result<DataChunk, Status>>>;
@@ -87,8 +96,10 @@ impl Osd for OsdServer {
         while let Some(chunk) = chunks.message().await? {
             assembly.push(&chunk.data)?;
         }
-        let node = self.node.clone();
-        reply(to_completion(async move { assembly.finish(&node).await }).await)
+        reply(
+            self.to_completion(|node| async move { assembly.finish(&node).await })
+                .await,
+        )
     }
 
     async fn replicate(
@@ -96,16 +107,20 @@ impl Osd for OsdServer {
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicateReply>, Status> {
         tls::require(&request, &["osd"], "Osd.Replicate")?;
-        let (node, request) = (self.node.clone(), request.into_inner());
-        let epoch =
-            to_completion(async move { replica::handle_replicate(&node, request).await }).await;
+        let request = request.into_inner();
+        let epoch = self
+            .to_completion(|node| async move { replica::handle_replicate(&node, request).await })
+            .await;
         reply(epoch.map(|epoch| ReplicateReply { epoch }))
     }
 
     async fn pg_info(&self, request: Request<PgRef>) -> Result<Response<PgInfoReply>, Status> {
         tls::require(&request, &["osd"], "Osd.PgInfo")?;
-        let (node, request) = (self.node.clone(), request.into_inner());
-        reply(to_completion(async move { replica::handle_pg_info(&node, request).await }).await)
+        let request = request.into_inner();
+        reply(
+            self.to_completion(|node| async move { replica::handle_pg_info(&node, request).await })
+                .await,
+        )
     }
 
     async fn pg_log(&self, request: Request<PgLogRequest>) -> Result<Response<PgLogReply>, Status> {
@@ -130,8 +145,11 @@ impl Osd for OsdServer {
         request: Request<PushRequest>,
     ) -> Result<Response<PushReply>, Status> {
         tls::require(&request, &["osd"], "Osd.PushObjects")?;
-        let (node, request) = (self.node.clone(), request.into_inner());
-        reply(to_completion(async move { replica::handle_push(&node, request).await }).await)
+        let request = request.into_inner();
+        reply(
+            self.to_completion(|node| async move { replica::handle_push(&node, request).await })
+                .await,
+        )
     }
 
     async fn scrub_map(
@@ -151,11 +169,10 @@ impl Osd for OsdServer {
             node::pg_of(pool, request.pg_seed)
         };
         let pg: PgId = pg.await?;
-        let node = self.node.clone();
         reply(
-            to_completion(
-                async move { scrub::scrub_pg(&node, pg, request.deep, request.repair).await },
-            )
+            self.to_completion(|node| async move {
+                scrub::scrub_pg(&node, pg, request.deep, request.repair).await
+            })
             .await,
         )
     }
@@ -165,9 +182,10 @@ impl Osd for OsdServer {
         request: Request<EcCommitRequest>,
     ) -> Result<Response<EcCommitReply>, Status> {
         tls::require(&request, &["osd"], "Osd.EcCommit")?;
-        let (node, request) = (self.node.clone(), request.into_inner());
-        let last =
-            to_completion(async move { replica::handle_ec_commit(&node, request).await }).await;
+        let request = request.into_inner();
+        let last = self
+            .to_completion(|node| async move { replica::handle_ec_commit(&node, request).await })
+            .await;
         reply(last.map(|last| EcCommitReply { last }))
     }
 
