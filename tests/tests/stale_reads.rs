@@ -228,6 +228,17 @@ async fn a_new_primary_waits_out_the_old_primarys_lease_before_its_first_write()
         .run(&lcpfs_core::monitor::Command::OsdDown { ids: vec![up[0]] })
         .await
         .unwrap();
+    // The write goes to the new primary at once (sent to the frozen one, it
+    // would wait out the lease in the client's retry instead).
+    wait_for(
+        "the client's map without the old primary",
+        Duration::from_secs(30),
+        || {
+            let down = !objects.map().osds[&up[0]].up;
+            async move { down.then_some(()) }
+        },
+    )
+    .await;
     objects.put("data", b"key", b"new".to_vec()).await.unwrap();
     let new_primary = cluster.osd_index(&objects.map(), up[1]);
     assert!(
