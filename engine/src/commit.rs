@@ -5,7 +5,8 @@
 //! takes every transaction that is waiting, flushes the disks they wrote, and commits all
 //! their metadata, the allocator's changes and the last txg in one synced RocksDB write
 //! batch. Many writers thus share one flush and one sync. Only after the batch is durable
-//! are the rows the group freed handed back to the allocator.
+//! are the rows the group freed handed back to the allocator. A failed flush suspends
+//! the store: no later group commits (see [`Shared::suspend`]).
 //!
 //! Crash points: with `LCPFS_CRASH_POINT=after-data-flush` (or `after-commit`) in the
 //! environment, the process aborts at that step of its first group commit. The crash
@@ -66,7 +67,10 @@ pub(crate) fn run(shared: Arc<Shared>, queue: Receiver<Submission>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let outcome = commit_group(&shared, &group, crash_point.as_deref());
+        let outcome = match shared.suspended() {
+            Some(why) => Err(Error::Unavailable(format!("store suspended: {why}"))),
+            None => commit_group(&shared, &group, crash_point.as_deref()),
+        };
         match outcome {
             Ok(()) => {
                 let freed: Vec<Run> = group
@@ -108,7 +112,10 @@ fn commit_group(shared: &Shared, group: &[Submission], crash_point: Option<&str>
         .into_iter()
         .flat_map(|vdev| shared.vdevs[vdev as usize].disks.iter().map(Arc::as_ref))
         .collect();
-    vdev::sync_disks(&disks)?;
+    if let Err(error) = vdev::sync_disks(&disks) {
+        shared.suspend(format!("a disk flush failed: {error}"));
+        return Err(error);
+    }
     if crash_point == Some("after-data-flush") {
         std::process::abort();
     }

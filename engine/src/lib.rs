@@ -3,7 +3,8 @@
 //! Layers, bottom up, after ZFS (SPA → DMU) with BlueStore's lesson that metadata
 //! belongs in a proven key-value store:
 //! - [`vdev`]: disks grouped into top-level vdevs (single, mirror, raidz1/2/3), labels,
-//!   checksum-verified reads that rebuild and rewrite damaged copies;
+//!   checksum-verified reads that rebuild and rewrite damaged copies; every disk call
+//!   goes through `disk_io`, where a chaos build can inject a failing disk;
 //! - [`arc`]: the adaptive replacement cache of decoded blocks;
 //! - [`l2arc`]: an optional cache device that keeps what the ARC evicts, across restarts;
 //! - [`alloc`]: which rows are free, persisted in the same batch as the metadata, with
@@ -35,6 +36,7 @@ mod catalog;
 mod collections;
 pub mod commit;
 pub mod dedup;
+mod disk_io;
 pub mod error;
 mod inflight;
 pub mod keys;

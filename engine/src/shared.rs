@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 
 use rocksdb::{DB, WriteBatch};
 
@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     /// Transactions being prepared or committed (see [`InFlight`]).
     pub transactions: InFlight,
     last_txg: AtomicU64,
+    /// Why the store stopped committing, once a disk flush failed (see
+    /// [`Shared::suspend`]).
+    suspended: OnceLock<String>,
 }
 
 impl Shared {
@@ -57,7 +60,24 @@ impl Shared {
             l2,
             transactions: InFlight::default(),
             last_txg: AtomicU64::new(last_txg),
+            suspended: OnceLock::new(),
         }
+    }
+
+    /// Stops every later commit, for good: after a failed flush the operating system
+    /// may have dropped dirty pages of writes that a later flush would then report
+    /// durable, so nothing written since can be trusted to be on disk. ZFS suspends
+    /// its pool and BlueStore stops its OSD for the same reason; reopening the store
+    /// starts again from the last commit, which only flushed data backs.
+    pub fn suspend(&self, why: String) {
+        if self.suspended.set(why).is_ok() {
+            tracing::error!("store suspended: {}", self.suspended().unwrap_or_default());
+        }
+    }
+
+    /// Why the store no longer commits, if it was suspended.
+    pub fn suspended(&self) -> Option<String> {
+        self.suspended.get().cloned()
     }
 
     /// The durable free extents as RocksDB holds them.

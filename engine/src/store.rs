@@ -390,6 +390,13 @@ impl Store {
         &self.dir
     }
 
+    /// Why the store no longer commits anything, once a disk flush failed: the
+    /// process that holds it should stop, and reopening it resumes from the last
+    /// commit.
+    pub fn suspended(&self) -> Option<String> {
+        self.shared.suspended()
+    }
+
     /// Hands a prepared transaction to the committer and waits until it is durable.
     pub(crate) fn submit(&self, prepared: Prepared) -> Result<u64> {
         let (reply, answer) = mpsc::sync_channel(1);

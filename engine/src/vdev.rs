@@ -30,6 +30,7 @@ use std::sync::{Arc, RwLock};
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use serde::{Deserialize, Serialize};
 
+use super::disk_io;
 use super::error::{Error, IoContext, Result};
 
 /// The allocation unit on every disk.
@@ -223,7 +224,7 @@ impl Disk {
         let Some(file) = self.file() else {
             return false;
         };
-        match file.read_exact_at(buf, LABEL_AREA + offset) {
+        match disk_io::read_at(&file, buf, LABEL_AREA + offset) {
             Ok(()) => true,
             Err(e) => {
                 self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +238,7 @@ impl Disk {
         let Some(file) = self.file() else {
             return false;
         };
-        match file.write_all_at(buf, LABEL_AREA + offset) {
+        match disk_io::write_at(&file, buf, LABEL_AREA + offset) {
             Ok(()) => {
                 let len = buf.len() as u64;
                 if self.unflushed.fetch_add(len, Ordering::Relaxed) + len >= WRITEBACK_BYTES {
@@ -257,8 +258,7 @@ impl Disk {
     fn sync(&self) -> Result<()> {
         if let Some(file) = self.file() {
             self.unflushed.store(0, Ordering::Relaxed);
-            file.sync_data()
-                .ctx(|| format!("flushing disk {}", self.path().display()))?;
+            disk_io::sync(&file).ctx(|| format!("flushing disk {}", self.path().display()))?;
         }
         Ok(())
     }
