@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -225,12 +225,36 @@ async fn boot(mon: &MonClient, boot: &OsdBoot) -> anyhow::Result<u32> {
     }
 }
 
-/// Waits for a stop request (Ctrl-C or SIGTERM), gives back the read leases this
-/// OSD holds (it serves no more reads), then asks the monitors to mark it down
-/// before it stops serving, so clients and peers move to other OSDs at once
-/// instead of waiting out the heartbeat grace or the leases.
-async fn mark_down_on_shutdown(mon: MonClient, node: Arc<Node>, stopping: Arc<AtomicBool>) {
-    lcpfs_core::shutdown::requested().await;
+/// Resolves, with the reason, once the store has stopped committing (a disk flush
+/// failed): an OSD that can no longer make writes durable stops (fail-stop, as
+/// Ceph's does), so that its PGs move to OSDs that can.
+async fn store_failed(node: Arc<Node>) -> String {
+    loop {
+        if let Some(why) = node.store.suspended() {
+            return why;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for a stop request (Ctrl-C or SIGTERM) or a failed store (whose reason
+/// goes into `failure`), gives back the read leases this OSD holds (it serves no
+/// more reads), then asks the monitors to mark it down before it stops serving, so
+/// clients and peers move to other OSDs at once instead of waiting out the
+/// heartbeat grace or the leases.
+async fn mark_down_on_shutdown(
+    mon: MonClient,
+    node: Arc<Node>,
+    stopping: Arc<AtomicBool>,
+    failure: Arc<OnceLock<String>>,
+) {
+    tokio::select! {
+        () = lcpfs_core::shutdown::requested() => {}
+        why = store_failed(node.clone()) => {
+            tracing::error!("stopping: the store can no longer write ({why})");
+            let _ = failure.set(why);
+        }
+    }
     stopping.store(true, Ordering::SeqCst);
     lease::release_all(&node).await;
     let id = node.id;
@@ -551,6 +575,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 
     let shutdown_node = node.clone();
+    let failure = Arc::new(OnceLock::new());
     tracing::info!(osd = id, addr = %identity.addr, "serving");
     eprintln!("osd.{id} serving on {}", identity.addr);
     let mut server = tls::server(mon.tls()).context("cannot set up TLS")?;
@@ -563,8 +588,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(
             // Small requests and replies go out at once (no Nagle delay).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            mark_down_on_shutdown(mon, shutdown_node, stopping),
+            mark_down_on_shutdown(mon, shutdown_node, stopping, failure.clone()),
         )
         .await
-        .context("serving stopped")
+        .context("serving stopped")?;
+    match failure.get() {
+        Some(why) => bail!("the store can no longer write: {why}"),
+        None => Ok(()),
+    }
 }

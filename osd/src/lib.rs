@@ -18,6 +18,7 @@
 //! - [`pg`]: a PG's copy in the engine store and in memory; [`intervals`]: each
 //!   PG's up sets over epochs; [`peers`]: every call to another OSD;
 //! - [`config`], [`error`], [`metrics`]: settings, the error enum, `/metrics`;
+//!   [`crash`]: where a chaos build can crash the OSD on purpose;
 //! - [`store_tool`] and [`bench`]: `lcpfs-osd store <dir> ...`, the offline
 //!   tool, like `zpool`/`zfs` and `ceph-objectstore-tool`, and the engine's speed
 //!   against same-run baselines.
@@ -25,6 +26,7 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod crash;
 pub mod daemon;
 pub mod error;
 pub mod intervals;

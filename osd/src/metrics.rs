@@ -172,13 +172,32 @@ async fn ready(State(service): State<Arc<dyn Scrape>>) -> (StatusCode, String) {
     }
 }
 
-/// Serves `/metrics`, `/health` and `/ready` on `addr` until the process ends.
+/// Sets a failpoint of a chaos build: the body holds its actions in the `fail`
+/// crate's syntax (`return`, `10%return(corrupt)`, `sleep(2000)`, `off`).
+#[cfg(feature = "failpoints")]
+async fn set_failpoint(
+    axum::extract::Path(name): axum::extract::Path<String>,
+    actions: String,
+) -> (StatusCode, String) {
+    match fail::cfg(name.as_str(), actions.trim()) {
+        Ok(()) => {
+            tracing::warn!(failpoint = %name, actions = %actions.trim(), "failpoint set");
+            (StatusCode::OK, "ok\n".to_owned())
+        }
+        Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")),
+    }
+}
+
+/// Serves `/metrics`, `/health` and `/ready` on `addr` until the process ends; a
+/// chaos build also takes `PUT /failpoints/NAME`.
 pub async fn serve(addr: SocketAddr, service: Arc<dyn Scrape>) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/ready", get(ready))
-        .with_state(service);
+        .route("/ready", get(ready));
+    #[cfg(feature = "failpoints")]
+    let app = app.route("/failpoints/{name}", axum::routing::put(set_failpoint));
+    let app = app.with_state(service);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen for metrics on {addr}: {error}"))?;

@@ -255,6 +255,9 @@ pub async fn handle_ec_commit(node: &Node, request: EcCommitRequest) -> Result<u
     log.dirty = true;
     let log_entries = node.config.pg_log_entries;
     let (resolved, commit) = (entry.clone(), request.commit);
+    if commit {
+        crate::crash::point("crash-ec-shard-commit");
+    }
     node.on_store(move |store| pg::resolve(store, pg, &resolved, commit, log_entries))
         .await?;
     if commit {

@@ -77,6 +77,7 @@ impl Backend for Replicated {
                 }
             }
             log.record(&entry);
+            crate::crash::point("crash-replicated-applied");
         }
         log.set_incomplete(&request.client, request.tid, true);
         let replication = ReplicateRequest {

@@ -135,6 +135,7 @@ pub(super) async fn write(
     }
 
     // Phase two: every shard applies it.
+    crate::crash::point("crash-ec-prepared");
     log.dirty = true;
     let answers = fan_out(shards.iter().map(|(_, osd)| *osd), |osd| {
         resolve_at(node, &map, pg, osd, reference, &entry, true)
