@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use lcpfs_core::pg::{PgId, hash_to_pg_seed, object_hash, split_children};
 use lcpfs_engine::{self as engine, Store, Transaction};
 use lcpfs_proto::ObjectState;
+use prost::Message;
 
 use super::delivery::put_object;
 use super::entry::Entry;
@@ -121,9 +122,8 @@ pub fn split(
         if let Some(names) = missing_in.get(&child) {
             mark_missing(&mut txn, names);
         }
-        if pending_in == Some(child) {
-            let bytes = view.read(PENDING_OBJECT, 0, u64::MAX)?;
-            txn.write_full(PENDING_OBJECT, bytes);
+        if let Some(write) = pending.as_ref().filter(|_| pending_in == Some(child)) {
+            txn.write_full(PENDING_OBJECT, write.encode_to_vec());
         }
         store.commit(txn)?;
         let names = moved.get(&child).map_or(&[][..], Vec::as_slice);

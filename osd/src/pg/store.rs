@@ -363,7 +363,18 @@ pub fn pending(store: &Store, pg: PgId) -> engine::Result<Option<PendingWrite>> 
     if !view.exists(PENDING_OBJECT)? {
         return Ok(None);
     }
-    let bytes = view.read(PENDING_OBJECT, 0, u64::MAX)?;
+    let bytes = match view.read(PENDING_OBJECT, 0, u64::MAX) {
+        Ok(bytes) => bytes,
+        // Rotten on a disk that could not heal it: this copy holds the write as
+        // one that never reached it does, and peering treats it so (the shard is
+        // rebuilt from the others if the write goes ahead). Failing instead would
+        // keep the PG from ever peering.
+        Err(engine::Error::DataLoss(why)) => {
+            tracing::warn!(%pg, "the prepared write is unreadable, so not held: {why}");
+            return Ok(None);
+        }
+        Err(error) => return Err(error),
+    };
     PendingWrite::decode(bytes.as_slice())
         .map(Some)
         .map_err(|e| engine::Error::Corrupt(format!("PG {pg} pending write: {e}")))
@@ -661,6 +672,44 @@ mod tests {
             resolve(&store, pg, &second, true, LOG_KEEP),
             Err(engine::Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_rotten_prepared_write_is_not_held_and_does_not_block_the_pg() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgId::new(1, 0);
+        let store = open(dir.path(), true);
+        ensure(&store, pg, None, 1).unwrap();
+        // Bytes no compressor shrinks, to find the pending write on the disk.
+        let marker: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        prepare(&store, pg, &entry(1, 5, "a"), &write_full(&marker), 2).unwrap();
+        drop(store);
+
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("disk"))
+            .unwrap();
+        let mut image = vec![0u8; 64 << 20];
+        disk.read_exact_at(&mut image, 0).unwrap();
+        let at = image
+            .windows(marker.len())
+            .position(|window| window == marker)
+            .expect("the prepared write on the disk");
+        disk.write_all_at(&[image[at + 100] ^ 0xff], (at + 100) as u64)
+            .unwrap();
+
+        let store = open(dir.path(), false);
+        assert!(pending(&store, pg).unwrap().is_none());
+        assert!(load(&store, pg).is_ok());
+        // The next write is prepared and committed over it.
+        let next = entry(1, 6, "a");
+        prepare(&store, pg, &next, &write_full(b"two"), 2).unwrap();
+        resolve(&store, pg, &next, true, LOG_KEEP).unwrap();
+        assert_eq!(state(&store, pg, b"a").unwrap().data, b"two");
     }
 
     #[test]
