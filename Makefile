@@ -6,7 +6,9 @@
 #   make cluster-up    3 monitors and 6 OSDs on a private network (deploy/compose)
 #   make cluster-test  a smoke test against that cluster (an OSD stopped and back)
 #   make cluster-down  stop it and remove its volumes
-#   make chaos         faults at random against that cluster, with a history checker
+#   make chaos-image   lcpfs:chaos, the same with failpoints in the OSD's disk calls
+#   make chaos         faults at random against a chaos-build cluster, with a history
+#                      checker
 #   make chaos-short   two minutes of it on a fresh cluster, removed afterwards
 #
 # CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
@@ -20,7 +22,7 @@ DATA ?= $(CURDIR)/lcpfs-data
 # RocksDB itself.
 PACKAGES := libclang-dev g++
 
-.PHONY: chaos chaos-short dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
+.PHONY: chaos chaos-image chaos-short dev test deps build fmt lint unit k8s image cluster-up cluster-down cluster-test
 
 deps:
 	@missing=""; \
@@ -51,10 +53,13 @@ lint: deps
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # The cluster tests start the daemons' binaries, which `cargo test` does not build
-# (they are other packages' binaries): build them first.
+# (they are other packages' binaries): build them first. The engine's failpoint tests
+# need the chaos build of the engine; --workspace keeps every other crate's features
+# as in the builds above (with -p, RocksDB would be built a second time).
 unit: deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --features lcpfs-engine/failpoints --test failpoints
 
 # The Kubernetes manifests, validated against the Kubernetes schemas by
 # kubernetes-validate, installed into a virtualenv beside the build cache.
@@ -77,6 +82,18 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 image: build
 	deploy/image/build.sh $(BIN) lcpfs:dev
 
+# The chaos build: the OSD with failpoints in its disk calls (engine/src/disk_io.rs)
+# and crash points (osd/src/crash.rs), which an OSD of a release never has. Built
+# beside the release OSD, copied out, and the release OSD put back in place.
+CHAOS_BIN := $(TARGET_DIR)/chaos
+chaos-image: build
+	$(CARGO) build --release --workspace --features lcpfs-osd/failpoints --bin lcpfs-osd
+	mkdir -p $(CHAOS_BIN)
+	cp $(BIN)/lcpfs-osd $(CHAOS_BIN)/lcpfs-osd
+	cp $(BIN)/lcpfs $(BIN)/lcpfs-mon $(CHAOS_BIN)/
+	$(CARGO) build --release --workspace --bin lcpfs-osd
+	deploy/image/build.sh $(CHAOS_BIN) lcpfs:chaos
+
 # The compose cluster's CA and certificates (deploy/compose/tls), and the client
 # certificate the host's `lcpfs`, smoke test and chaos runs use.
 COMPOSE_TLS := deploy/compose/tls
@@ -89,22 +106,30 @@ cluster-up: image
 cluster-test: cluster-up
 	LCPFS_TLS_DIR=$(CLIENT_TLS) deploy/compose/smoke.sh $(BIN)/lcpfs
 
+# Down with every profile, so that the spare OSD goes too when a chaos run added it.
+COMPOSE_DOWN := COMPOSE_PROFILES=spare $(COMPOSE) down --volumes --timeout 20
+
 cluster-down:
-	$(COMPOSE) down --volumes --timeout 20
+	$(COMPOSE_DOWN)
 	rm -rf $(COMPOSE_TLS)
 
 # Faults at random against the compose cluster with a history checker; not part of
 # `make test`. CHAOS_ARGS, e.g. `--duration 120 --seed 42`, go to lcpfs-chaos.
 CHAOS_ARGS ?= --duration 600
-chaos: cluster-up
-	LCPFS_TLS_DIR=$(CLIENT_TLS) $(BIN)/lcpfs-chaos $(CHAOS_ARGS)
+# The chaos image, and monitors that mark an OSD out after 30 s down (`down-out`).
+CHAOS_ENV := LCPFS_IMAGE=lcpfs:chaos LCPFS_DOWN_OUT_INTERVAL=30
+CHAOS := $(CHAOS_ENV) LCPFS_TLS_DIR=$(CLIENT_TLS) $(BIN)/lcpfs-chaos --compose "$(COMPOSE)"
+chaos: chaos-image
+	deploy/compose/certs.sh $(BIN)/lcpfs
+	$(CHAOS_ENV) $(COMPOSE) up -d
+	$(CHAOS) $(CHAOS_ARGS)
 
 # A short run: two minutes of faults against a fresh cluster, removed afterwards
 # whatever the outcome.
-chaos-short: image
-	$(COMPOSE) down --volumes --timeout 20
+chaos-short: chaos-image
+	$(COMPOSE_DOWN)
 	rm -rf $(COMPOSE_TLS)
 	deploy/compose/certs.sh $(BIN)/lcpfs
-	$(COMPOSE) up -d
-	LCPFS_TLS_DIR=$(CLIENT_TLS) $(BIN)/lcpfs-chaos --duration 120 --recovery-timeout 300 $(CHAOS_ARGS_SHORT); \
-	status=$$?; $(COMPOSE) down --volumes --timeout 20; rm -rf $(COMPOSE_TLS); exit $$status
+	$(CHAOS_ENV) $(COMPOSE) up -d
+	$(CHAOS) --duration 120 --recovery-timeout 300 $(CHAOS_ARGS_SHORT); \
+	status=$$?; $(COMPOSE_DOWN); rm -rf $(COMPOSE_TLS); exit $$status

@@ -25,7 +25,7 @@ for name in a b c; do
   issue "mon.$name" "mon-$name" "10.77.0.1$n" "mon-$name"
   n=$((n + 1))
 done
-for i in 0 1 2 3 4 5; do
+for i in 0 1 2 3 4 5 6; do
   issue "osd.$i" "osd-$i" "10.77.0.2$((i + 1))" "osd-$i"
 done
 issue client.admin client.admin

@@ -2,7 +2,6 @@
 //! healed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -10,6 +9,7 @@ use lcpfs_client::mon_client::MonClient;
 use lcpfs_core::monitor::{Command as MonCommand, OsdUsage, Query};
 use rand::Rng;
 use rand::rngs::StdRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command as Process;
 
 use crate::status;
@@ -29,7 +29,35 @@ pub(crate) enum Fault {
     Double,
     Reweight,
     MinSize,
+    Disk,
+    Slow,
+    Flush,
+    Power,
+    Join,
+    DownOut,
+    Crash,
 }
+
+/// How long the `down-out` fault keeps an OSD stopped: past the 30 s down-out
+/// interval the chaos cluster's monitors run with (LCPFS_DOWN_OUT_INTERVAL).
+const DOWN_OUT_HOLD: Duration = Duration::from_secs(45);
+
+/// The compose service of the spare OSD that the `join` fault adds.
+const SPARE_OSD: &str = "osd-6";
+
+/// Every failpoint a fault may set, turned off when the run heals everything.
+const FAILPOINTS: [&str; 6] = [
+    "disk-read",
+    "disk-write",
+    "disk-sync",
+    "crash-ec-prepared",
+    "crash-ec-shard-commit",
+    "crash-replicated-applied",
+];
+
+/// The port of every compose OSD's metrics endpoint, where a chaos build takes
+/// its failpoints.
+const METRICS_PORT: u16 = 9284;
 
 /// The largest pg_num the `split` fault grows a pool to.
 pub(crate) const MAX_PG_NUM: u32 = 256;
@@ -37,7 +65,13 @@ pub(crate) const MAX_PG_NUM: u32 = 256;
 /// The compose cluster's containers, by service name.
 pub(crate) struct Cluster {
     pub(crate) containers: BTreeMap<String, String>,
+    /// Each container's address on the cluster network, read at the start (a
+    /// container disconnected by a fault is put back at the same one).
+    pub(crate) ips: BTreeMap<String, String>,
     pub(crate) network: String,
+    project: String,
+    /// The command that runs compose on the cluster's file (split at spaces).
+    compose: String,
 }
 
 /// Runs `program ARGS` on the host; its standard output, trimmed.
@@ -63,7 +97,22 @@ pub(crate) async fn docker(args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Cluster {
-    pub(crate) async fn find(project: &str) -> anyhow::Result<Cluster> {
+    pub(crate) async fn find(project: &str, compose: &str) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster {
+            containers: BTreeMap::new(),
+            ips: BTreeMap::new(),
+            network: String::new(),
+            project: project.to_owned(),
+            compose: compose.to_owned(),
+        };
+        cluster.refresh().await?;
+        Ok(cluster)
+    }
+
+    /// Reads the project's containers, network and addresses again (after a
+    /// container was added).
+    async fn refresh(&mut self) -> anyhow::Result<()> {
+        let project = self.project.as_str();
         let label = format!("label=com.docker.compose.project={project}");
         let listing = docker(&[
             "ps",
@@ -89,10 +138,15 @@ impl Cluster {
             .next()
             .context("the compose project has no network")?
             .to_owned();
-        Ok(Cluster {
-            containers,
-            network,
-        })
+        self.containers = containers;
+        self.network = network;
+        for service in self.containers.keys().cloned().collect::<Vec<_>>() {
+            if !self.ips.contains_key(&service) {
+                let ip = self.ip(&service).await?;
+                self.ips.insert(service, ip);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn id(&self, service: &str) -> &str {
@@ -107,7 +161,7 @@ impl Cluster {
             .collect()
     }
 
-    pub(crate) async fn ip(&self, service: &str) -> anyhow::Result<String> {
+    async fn ip(&self, service: &str) -> anyhow::Result<String> {
         let format = format!(
             "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
             self.network
@@ -115,23 +169,16 @@ impl Cluster {
         docker(&["inspect", "-f", &format, self.id(service)]).await
     }
 
-    /// The host directory of an OSD's volume.
-    pub(crate) async fn volume(&self, service: &str) -> anyhow::Result<PathBuf> {
-        let source = docker(&[
-            "inspect",
-            "-f",
-            "{{range .Mounts}}{{.Source}}{{end}}",
-            self.id(service),
-        ])
-        .await?;
-        Ok(PathBuf::from(source))
-    }
-
     /// Starts, unpauses and reconnects every container.
-    pub(crate) async fn heal_all(&self, ips: &BTreeMap<String, String>) {
+    pub(crate) async fn heal_all(&self) {
         for (service, id) in &self.containers {
             let _ = docker(&["unpause", id]).await;
-            if let Some(ip) = ips.get(service) {
+            if service.starts_with("osd-") {
+                for failpoint in FAILPOINTS {
+                    let _ = self.failpoint(service, failpoint, "off").await;
+                }
+            }
+            if let Some(ip) = self.ips.get(service) {
                 let _ = docker(&["network", "connect", "--ip", ip, &self.network, id]).await;
             }
             let _ = docker(&["start", id]).await;
@@ -150,54 +197,85 @@ impl Cluster {
         }
         Ok(pid)
     }
+
+    /// Sets a failpoint of the OSD `service` (a chaos build's), through its
+    /// metrics endpoint: `PUT /failpoints/NAME` with the actions as the body.
+    pub(crate) async fn failpoint(
+        &self,
+        service: &str,
+        name: &str,
+        actions: &str,
+    ) -> anyhow::Result<()> {
+        let ip = self
+            .ips
+            .get(service)
+            .context("no address for the service")?;
+        let request = format!(
+            "PUT /failpoints/{name} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{actions}",
+            actions.len()
+        );
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect((ip.as_str(), METRICS_PORT)).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await?;
+            anyhow::Ok(reply)
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .context("no answer")??;
+        let status = reply.lines().next().unwrap_or_default();
+        if status.split(' ').nth(1) == Some("404") {
+            bail!("{service} has no failpoints: is it the chaos build (make chaos-image)?");
+        }
+        if status.split(' ').nth(1) != Some("200") {
+            bail!("{service} refused failpoint {name}={actions}: {reply}");
+        }
+        Ok(())
+    }
+
+    /// When the container last started, as docker reports it.
+    async fn started_at(&self, service: &str) -> anyhow::Result<String> {
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", self.id(service)]).await
+    }
+
+    /// Whether the spare OSD has joined (it joins once).
+    pub(crate) fn spare_joined(&self) -> bool {
+        self.containers.contains_key(SPARE_OSD)
+    }
+
+    /// Starts the spare OSD of the compose file and takes it into this cluster.
+    async fn join_spare(&mut self) -> anyhow::Result<()> {
+        if self.spare_joined() {
+            bail!("{SPARE_OSD} has joined already");
+        }
+        let mut words = self.compose.split_whitespace();
+        let program = words.next().context("no compose command")?;
+        let mut args: Vec<&str> = words.collect();
+        args.extend(["up", "-d", "--no-deps", SPARE_OSD]);
+        let output = Process::new(program)
+            .args(&args)
+            .env("COMPOSE_PROFILES", "spare")
+            .output()
+            .await
+            .with_context(|| format!("running {program}"))?;
+        if !output.status.success() {
+            bail!(
+                "{} {}: {}",
+                program,
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        self.refresh().await
+    }
 }
 
-/// Overwrites 4 KiB at a random place holding data in the largest file under
-/// `dir` (an OSD's disk image). Returns the file and offset.
-pub(crate) fn corrupt(dir: &Path, rng: &mut StdRng) -> anyhow::Result<(PathBuf, u64)> {
-    use std::os::unix::fs::FileExt;
-    let mut largest: Option<(u64, PathBuf)> = None;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                pending.push(entry?.path());
-            }
-        } else {
-            let size = path.metadata()?.len();
-            if largest.as_ref().is_none_or(|(best, _)| size > *best) {
-                largest = Some((size, path));
-            }
-        }
-    }
-    let (size, path) = largest.context("the OSD volume holds no file")?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)?;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut used = Vec::new();
-    let mut offset = 0;
-    while offset < size {
-        let read = file.read_at(&mut chunk, offset)?;
-        if read == 0 {
-            break;
-        }
-        if chunk[..read].iter().any(|&byte| byte != 0) {
-            used.push(offset);
-        }
-        offset += read as u64;
-    }
-    // Past the labels at the start: data, not what makes the disk recognisable.
-    let candidates: Vec<u64> = used.into_iter().filter(|&at| at >= 4 << 20).collect();
-    if candidates.is_empty() {
-        bail!("no data on {} yet", path.display());
-    }
-    let at = candidates[rng.random_range(0..candidates.len())] + rng.random_range(0..256u64) * 4096;
-    let garbage: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
-    file.write_all_at(&garbage, at)?;
-    file.sync_all()?;
-    Ok((path, at))
+/// An OSD container, drawn at random.
+fn random_osd(cluster: &Cluster, rng: &mut StdRng) -> String {
+    let osds = cluster.osds();
+    osds[rng.random_range(0..osds.len())].clone()
 }
 
 /// An OSD that is in, drawn at random.
@@ -240,14 +318,14 @@ pub(crate) async fn iptables(pid: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// Injects one fault, holds it, heals it; says what it did.
 pub(crate) async fn inject(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     mon: &MonClient,
     fault: Fault,
     target: &str,
     hold: Duration,
-    ips: &BTreeMap<String, String>,
     rng: &mut StdRng,
 ) -> anyhow::Result<String> {
+    let ips = cluster.ips.clone();
     let id = cluster.id(target).to_owned();
     let held = hold.as_secs();
     match fault {
@@ -373,17 +451,113 @@ pub(crate) async fn inject(
             Ok(format!("pool data at min_size 1 for {held} s, then 2"))
         }
         Fault::Corrupt => {
-            let osds = cluster.osds();
-            let osd = osds[rng.random_range(0..osds.len())].clone();
-            let id = cluster.id(&osd).to_owned();
-            let volume = cluster.volume(&osd).await?;
-            docker(&["stop", "-t", "20", &id]).await?;
-            let result = corrupt(&volume, rng);
-            docker(&["start", &id]).await?;
-            let (file, at) = result?;
+            // Bit rot: a tenth of the OSD's disk writes store a flipped byte while
+            // reporting success; reads and scrubs must find every one by checksum.
+            let osd = random_osd(cluster, rng);
+            cluster
+                .failpoint(&osd, "disk-write", "10%return(corrupt)")
+                .await?;
+            tokio::time::sleep(hold).await;
+            cluster.failpoint(&osd, "disk-write", "off").await?;
             Ok(format!(
-                "corrupted 4 KiB of {osd}'s disk ({} at {at})",
-                file.display()
+                "bit rot in 10% of {osd}'s disk writes for {held} s"
+            ))
+        }
+        Fault::Disk => {
+            let osd = random_osd(cluster, rng);
+            let (failpoint, actions, what) = [
+                ("disk-read", "20%return", "a fifth of its disk reads fail"),
+                (
+                    "disk-read",
+                    "20%return(corrupt)",
+                    "a fifth of its disk reads return a flipped byte",
+                ),
+                ("disk-write", "5%return", "one disk write in twenty fails"),
+            ][rng.random_range(0..3)];
+            cluster.failpoint(&osd, failpoint, actions).await?;
+            tokio::time::sleep(hold).await;
+            cluster.failpoint(&osd, failpoint, "off").await?;
+            Ok(format!("{osd}: {what}, for {held} s"))
+        }
+        Fault::Slow => {
+            let osd = random_osd(cluster, rng);
+            cluster.failpoint(&osd, "disk-sync", "sleep(1500)").await?;
+            tokio::time::sleep(hold).await;
+            cluster.failpoint(&osd, "disk-sync", "off").await?;
+            Ok(format!(
+                "{osd}: every disk flush stalled 1.5 s, for {held} s"
+            ))
+        }
+        Fault::Flush | Fault::Power | Fault::Crash => {
+            // The next flush of the OSD's disk fails (its store suspends and the
+            // OSD stops), or cuts the power (unflushed writes dropped, the process
+            // gone), or the OSD crashes at the worst moment of a write (between
+            // the two phases of an erasure-coded write, or with a replicated write
+            // applied on the primary alone); docker restarts it. Counted only when
+            // it happened.
+            let osd = random_osd(cluster, rng);
+            let (failpoint, actions, what) = match fault {
+                Fault::Flush => ("disk-sync", "1*return", "a disk flush failed"),
+                Fault::Power => ("disk-sync", "return(power-loss)", "power cut"),
+                _ => [
+                    (
+                        "crash-ec-prepared",
+                        "return",
+                        "crashed with an erasure-coded write prepared",
+                    ),
+                    (
+                        "crash-ec-shard-commit",
+                        "return",
+                        "crashed as a shard committed",
+                    ),
+                    (
+                        "crash-replicated-applied",
+                        "return",
+                        "crashed with a write on the primary alone",
+                    ),
+                ][rng.random_range(0..3)],
+            };
+            let started = cluster.started_at(&osd).await?;
+            cluster.failpoint(&osd, failpoint, actions).await?;
+            let deadline = Instant::now() + hold;
+            while Instant::now() < deadline && cluster.started_at(&osd).await? == started {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if cluster.started_at(&osd).await? == started {
+                cluster.failpoint(&osd, failpoint, "off").await?;
+                bail!("{osd} did not reach {failpoint} within {held} s");
+            }
+            docker(&["start", cluster.id(&osd)]).await?;
+            Ok(format!("{osd}: {what}; the OSD stopped and restarted"))
+        }
+        Fault::DownOut => {
+            // Down long enough for the monitors to mark it out: its PGs move to
+            // other OSDs while clients write, and back when it returns.
+            let osd = random_osd(cluster, rng);
+            let ins = || async {
+                anyhow::Ok(mon.map(true).await?.osds.values().filter(|o| o.in_).count())
+            };
+            let before = ins().await?;
+            docker(&["stop", "-t", "20", cluster.id(&osd)]).await?;
+            tokio::time::sleep(DOWN_OUT_HOLD).await;
+            let after = ins().await;
+            docker(&["start", cluster.id(&osd)]).await?;
+            if after? >= before {
+                bail!(
+                    "{osd} was not marked out within {} s",
+                    DOWN_OUT_HOLD.as_secs()
+                );
+            }
+            Ok(format!(
+                "stopped {osd} for {} s, past the down-out interval",
+                DOWN_OUT_HOLD.as_secs()
+            ))
+        }
+        Fault::Join => {
+            cluster.join_spare().await?;
+            tokio::time::sleep(hold).await;
+            Ok(format!(
+                "{SPARE_OSD} joined on a new host; {held} s of data moving under load"
             ))
         }
         Fault::Fill => {

@@ -16,13 +16,19 @@
 //! container, stop and start it, pause it (SIGSTOP to every process), pause two
 //! OSDs together, disconnect it from the network (a partition of one or two nodes),
 //! cut one link (one way, or both ways between two nodes that still reach everyone
-//! else), corrupt bytes on an OSD's disk (while it is stopped), fill an OSD (the
-//! full ratio lowered just below its use), kill the monitor leader; and operator
-//! actions under load: double a pool's pg_num (its PGs split while clients write;
-//! kept), mark an OSD out and in again (its data moves away and back), reweight an
-//! OSD to half and back, lower the replicated pool's min_size to 1 and raise it
-//! again. Clients also give one write in twenty up mid-request, as a client that
-//! dies would.
+//! else), fill an OSD (the full ratio lowered just below its use), kill the monitor
+//! leader. Through the failpoints of the chaos build (`make chaos-image`), an OSD's
+//! disk misbehaves: bit rot in its writes, failing or corrupted reads, failing
+//! writes, stalled flushes, a failed flush (the OSD stops itself) and a power cut
+//! (its unflushed writes dropped, then the process gone); an OSD crashes at the
+//! worst moment of a write (between the phases of an erasure-coded write, as a
+//! shard commits, with a replicated write on the primary alone). And operator actions
+//! under load: double a pool's pg_num (its PGs split while clients write; kept),
+//! mark an OSD out and in again (its data moves away and back), reweight an OSD to
+//! half and back, lower the replicated pool's min_size to 1 and raise it again,
+//! add a spare OSD on a new host (kept); and an OSD down past the down-out
+//! interval, so that the monitors mark it out and its data moves. Clients also give
+//! one write in twenty up mid-request, as a client that dies would.
 //!
 //! Afterwards every fault is healed and the cluster must be HEALTH_OK with every PG
 //! active+clean within a deadline; every object must read back with its last
@@ -40,12 +46,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use lcpfs_client::mon_client::MonClient;
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::monitor::{ClusterStatus, Command as MonCommand, HealthStatus, Query};
 use lcpfs_core::pg::PgId;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 
@@ -71,7 +78,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,stop,pause,double,partition,link,corrupt,fill,leader,split,out,reweight,min-size"
+        default_value = "kill,stop,pause,double,partition,link,corrupt,fill,leader,split,out,reweight,min-size,disk,slow,flush,power,join,down-out,crash"
     )]
     faults: Vec<Fault>,
     /// How long a fault lasts before it is healed, at most, in seconds.
@@ -87,6 +94,10 @@ struct Args {
     /// The run fails with fewer faults injected.
     #[arg(long, default_value_t = 3)]
     min_faults: u64,
+    /// The run fails unless every kind of `--faults` took effect at least once
+    /// (for runs long enough to draw each: kinds are drawn in shuffled rounds).
+    #[arg(long)]
+    every_fault: bool,
     /// Monitor addresses of the compose cluster.
     #[arg(
         long,
@@ -96,10 +107,23 @@ struct Args {
     /// The compose project.
     #[arg(long, default_value = "lcpfs")]
     project: String,
+    /// How to run compose on the cluster's file (for the spare OSD `join` adds).
+    #[arg(
+        long,
+        default_value = "docker-compose -p lcpfs -f deploy/compose/docker-compose.yml"
+    )]
+    compose: String,
     /// TLS directory of a client certificate of the cluster (default:
     /// $LCPFS_TLS_DIR; plain connections without either).
     #[arg(long)]
     tls_dir: Option<std::path::PathBuf>,
+}
+
+/// A fault kind's name, as `--faults` spells it.
+fn fault_name(fault: Fault) -> String {
+    fault
+        .to_possible_value()
+        .map_or_else(|| format!("{fault:?}"), |value| value.get_name().to_owned())
 }
 
 pub(crate) async fn status(mon: &MonClient) -> Option<ClusterStatus> {
@@ -164,11 +188,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mon = MonClient::from_flags(Some(&args.mon), args.tls_dir.as_deref())?
         .with_timeout(Duration::from_secs(30));
-    let cluster = Cluster::find(&args.project).await?;
-    let mut ips = BTreeMap::new();
-    for service in cluster.containers.keys() {
-        ips.insert(service.clone(), cluster.ip(service).await?);
-    }
+    let mut cluster = Cluster::find(&args.project, &args.compose).await?;
     pools_exist(&mon, Duration::from_secs(args.recovery_timeout)).await?;
     settled(&mon, Duration::from_secs(args.recovery_timeout)).await?;
 
@@ -211,19 +231,27 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rng = StdRng::seed_from_u64(seed);
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
+    // Kinds are drawn in rounds, each a shuffle of every kind, so that a run of
+    // a round's length sees each once.
+    let mut round: Vec<Fault> = Vec::new();
     let began = Instant::now();
     while began.elapsed() < Duration::from_secs(args.duration) {
-        let fault = args.faults[rng.random_range(0..args.faults.len())];
+        if round.is_empty() {
+            round = args.faults.clone();
+            round.shuffle(&mut rng);
+        }
+        let fault = round.pop().expect("a round holds every kind");
+        if fault == Fault::Join && cluster.spare_joined() {
+            continue;
+        }
         let hold = Duration::from_secs(rng.random_range(3..=args.fault_seconds.max(3)));
         let services: Vec<String> = cluster.containers.keys().cloned().collect();
         let target = services[rng.random_range(0..services.len())].clone();
-        let done = inject(&cluster, &mon, fault, &target, hold, &ips, &mut rng).await;
+        let done = inject(&mut cluster, &mon, fault, &target, hold, &mut rng).await;
         match done {
             Ok(what) => {
                 println!("[{:>4} s] {what}", began.elapsed().as_secs());
-                *injected
-                    .entry(format!("{fault:?}").to_lowercase())
-                    .or_default() += 1;
+                *injected.entry(fault_name(fault)).or_default() += 1;
             }
             Err(error) => println!(
                 "[{:>4} s] {fault:?} not injected: {error:#}",
@@ -233,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
         // Let the cluster notice the heal before the next fault.
         tokio::time::sleep(Duration::from_secs(rng.random_range(2..8))).await;
     }
-    cluster.heal_all(&ips).await;
+    cluster.heal_all().await;
     // Faults may have failed an OSD often enough for the monitors to hold it
     // down (flap damping); the operator lets every OSD back once the incident
     // is over.
@@ -341,6 +369,17 @@ async fn main() -> anyhow::Result<()> {
             "only {faults} faults injected (at least {} wanted)",
             args.min_faults
         ));
+    }
+    if args.every_fault {
+        let missing: Vec<String> = args
+            .faults
+            .iter()
+            .map(|fault| fault_name(*fault))
+            .filter(|name| !injected.contains_key(name))
+            .collect();
+        if !missing.is_empty() {
+            too_little.push(format!("faults never injected: {}", missing.join(", ")));
+        }
     }
     let owned = args.clients * args.objects;
     if verified < owned {
