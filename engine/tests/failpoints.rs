@@ -1,5 +1,6 @@
 //! The engine on a failing disk, acted out through the failpoints of a chaos build
-//! (`cargo test -p lcpfs-engine --features failpoints --test failpoints`): failed and
+//! (`cargo test --release --workspace --features lcpfs-engine/failpoints --test
+//! failpoints`, in `make test`): failed and
 //! corrupted reads, bit rot on write, a failed flush and a power cut.
 #![cfg(feature = "failpoints")]
 
@@ -8,30 +9,15 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use fail::FailScenario;
-use lcpfs_engine::{
-    CollectionSettings, CreateSpec, DiskSource, Error, OpenOptions, Store, Transaction, VdevKind,
-};
+use lcpfs_engine::{Error, Store, Transaction, VdevKind};
 
+mod common;
+
+use common::reopen;
+
+/// A new store on `width` disks of 32 MiB.
 fn create(dir: &Path, kind: VdevKind, width: usize) -> Store {
-    let disks = (0..width)
-        .map(|i| DiskSource::NewFile(dir.join(format!("disk{i}")), 32 << 20))
-        .collect();
-    let store = Store::create(
-        &dir.join("store"),
-        &CreateSpec {
-            vdevs: vec![(kind, disks)],
-            cache_device: None,
-        },
-    )
-    .unwrap();
-    store
-        .create_collection("c", CollectionSettings::default())
-        .unwrap();
-    store
-}
-
-fn reopen(dir: &Path) -> Store {
-    Store::open(&dir.join("store"), &OpenOptions::default()).unwrap()
+    common::create(dir, kind, width, 32 << 20)
 }
 
 fn put(store: &Store, name: &str, data: &[u8]) -> Result<u64, Error> {

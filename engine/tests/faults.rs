@@ -3,50 +3,19 @@
 
 use std::fs::OpenOptions as FileOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use lcpfs_engine::{
-    CollectionSettings, CreateSpec, DiskSource, Error, OpenOptions, Store, Transaction, VdevKind,
-};
+use lcpfs_engine::{Error, OpenOptions, Store, Transaction, VdevKind};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+
+mod common;
+
+use common::{create, disk_paths, reopen};
 
 const DISK_SIZE: u64 = 32 << 20;
 /// Bytes at each end of a disk that hold labels.
 const LABEL_AREA: u64 = 16 << 10;
-
-fn disk_paths(dir: &Path, count: usize) -> Vec<PathBuf> {
-    (0..count).map(|i| dir.join(format!("disk{i}"))).collect()
-}
-
-fn create(dir: &Path, kind: VdevKind, width: usize, size: u64) -> Store {
-    let disks = disk_paths(dir, width)
-        .into_iter()
-        .map(|p| DiskSource::NewFile(p, size))
-        .collect();
-    let store = Store::create(
-        &dir.join("store"),
-        &CreateSpec {
-            vdevs: vec![(kind, disks)],
-            cache_device: None,
-        },
-    )
-    .unwrap();
-    store
-        .create_collection(
-            "c",
-            CollectionSettings {
-                record_size: 64 << 10,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    store
-}
-
-fn reopen(dir: &Path) -> Store {
-    Store::open(&dir.join("store"), &OpenOptions::default()).unwrap()
-}
 
 fn content(i: usize) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(i as u64);
