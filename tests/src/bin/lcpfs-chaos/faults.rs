@@ -42,6 +42,10 @@ pub(crate) enum Fault {
 /// interval the chaos cluster's monitors run with (LCPFS_DOWN_OUT_INTERVAL).
 const DOWN_OUT_HOLD: Duration = Duration::from_secs(45);
 
+/// How long the faults that need a moment to happen (`flush`, `power`, `crash`)
+/// wait for it, at least.
+const HAPPEN_WITHIN: Duration = Duration::from_secs(30);
+
 /// The compose service of the spare OSD that the `join` fault adds.
 const SPARE_OSD: &str = "osd-6";
 
@@ -519,6 +523,9 @@ pub(crate) async fn inject(
             };
             let started = cluster.started_at(&osd).await?;
             cluster.failpoint(&osd, failpoint, actions).await?;
+            // A crash point needs a write of the right kind to pass by.
+            let hold = hold.max(HAPPEN_WITHIN);
+            let held = hold.as_secs();
             let deadline = Instant::now() + hold;
             while Instant::now() < deadline && cluster.started_at(&osd).await? == started {
                 tokio::time::sleep(Duration::from_millis(500)).await;
