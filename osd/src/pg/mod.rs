@@ -114,3 +114,31 @@ pub(crate) fn test_store(dir: &std::path::Path) -> Store {
     )
     .unwrap()
 }
+
+/// Bytes no compressor shrinks, to find them again on a test store's disk.
+#[cfg(test)]
+pub(crate) fn incompressible(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// Flips a byte of `data` where it lies on the disk of the (closed) test store in
+/// `dir`, as bit rot would: a later read of it fails its checksum.
+#[cfg(test)]
+pub(crate) fn rot_on_disk(dir: &std::path::Path, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("disk"))
+        .unwrap();
+    let mut image = vec![0u8; 64 << 20];
+    disk.read_exact_at(&mut image, 0).unwrap();
+    let at = image
+        .windows(data.len())
+        .position(|window| window == data)
+        .expect("the data on the disk")
+        + data.len() / 2;
+    disk.write_all_at(&[image[at] ^ 0xff], at as u64).unwrap();
+}

@@ -129,14 +129,29 @@ pub fn split(
         let names = moved.get(&child).map_or(&[][..], Vec::as_slice);
         let mut next = 0;
         while next < names.len() {
-            let (mut batch, mut bytes) = (Vec::new(), 0);
-            while next < names.len() && batch.len() < BATCH_OBJECTS && bytes < BATCH_BYTES {
-                let object = state(store, pg, &names[next])?;
-                bytes += object.data.len();
-                batch.push(object);
+            let (mut batch, mut rotten, mut bytes) = (Vec::new(), Vec::new(), 0);
+            while next < names.len()
+                && batch.len() + rotten.len() < BATCH_OBJECTS
+                && bytes < BATCH_BYTES
+            {
+                let name = &names[next];
                 next += 1;
+                match state(store, pg, name) {
+                    Ok(object) => {
+                        bytes += object.data.len();
+                        batch.push(object);
+                    }
+                    // Rotten beyond what this OSD's own disks can heal: the child
+                    // gets it as missing, and recovery brings it from another
+                    // copy. Failing instead would keep the PG from ever splitting.
+                    Err(engine::Error::DataLoss(why)) => {
+                        tracing::warn!(%pg, %child, "an unreadable object moves as missing: {why}");
+                        rotten.push(name.clone());
+                    }
+                    Err(error) => return Err(error),
+                }
             }
-            move_objects(store, pg, child, &batch)?;
+            move_objects(store, pg, child, &batch, &rotten)?;
         }
     }
     let mut txn = Transaction::new(collection(pg));
@@ -168,22 +183,27 @@ fn copy_of(view: &engine::View<'_>, object: &[u8]) -> engine::Result<Copy> {
     Ok((xattrs, view.omap_range(object, None, None, 0)?))
 }
 
-/// Moves objects of `pg` to `child`: copied there, then removed here.
+/// Moves objects of `pg` to `child`: copied there, then removed here. The
+/// `rotten` ones, which could not be read, are marked missing there instead.
 fn move_objects(
     store: &Store,
     pg: PgId,
     child: PgId,
     objects: &[ObjectState],
+    rotten: &[Vec<u8>],
 ) -> engine::Result<()> {
     let view = store.head(&collection(child))?;
     let mut txn = Transaction::new(collection(child));
     for object in objects {
         put_object(&mut txn, &view, object)?;
     }
+    if !rotten.is_empty() {
+        mark_missing(&mut txn, rotten);
+    }
     store.commit(txn)?;
     let mut txn = Transaction::new(collection(pg));
-    for object in objects {
-        txn.remove(&object_key(&object.name));
+    for name in objects.iter().map(|object| &object.name).chain(rotten) {
+        txn.remove(&object_key(name));
     }
     store.commit(txn).map(|_| ())
 }
@@ -310,6 +330,46 @@ mod tests {
         assert_eq!(split(&store, pg, 4, None).unwrap(), children);
         let all: Vec<PgId> = [pg].into_iter().chain(children).collect();
         assert_sorted(&store, &names, 4, &all);
+    }
+
+    #[test]
+    fn an_unreadable_object_moves_to_its_child_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path());
+        let (pg, names) = parent(&store, 40);
+        let rotten = (0..)
+            .map(|n| format!("rotten-{n}").into_bytes())
+            .find(|name| home(name, 2) == pg && home(name, 8) != pg)
+            .unwrap();
+        let data = crate::pg::incompressible(8192, 7);
+        let entry = Entry {
+            version: 1000,
+            name: rotten.clone(),
+            client: "client.a".into(),
+            tid: 1000,
+            epoch: 7,
+        };
+        let ops = [ObjectOp {
+            op: Some(Op::WriteFull(data.clone())),
+        }];
+        apply(&store, pg, &entry, &ops, 4096).unwrap();
+        drop(store);
+        crate::pg::rot_on_disk(dir.path(), &data);
+
+        let store = Store::open(&dir.path().join("store"), &Default::default()).unwrap();
+        let children = split(&store, pg, 8, None).unwrap();
+        let all: Vec<PgId> = [pg].into_iter().chain(children).collect();
+        assert_sorted(&store, &names, 8, &all);
+        let child = home(&rotten, 8);
+        for &pg in &all {
+            assert!(!state(&store, pg, &rotten).unwrap().exists, "{pg}");
+            assert_eq!(
+                missing(&store, pg).unwrap().contains(&rotten),
+                pg == child,
+                "{pg}: recovery brings the object from another copy"
+            );
+        }
+        assert_eq!(split_for(&store, pg).unwrap(), 8);
     }
 
     #[test]

@@ -676,31 +676,14 @@ mod tests {
 
     #[test]
     fn a_rotten_prepared_write_is_not_held_and_does_not_block_the_pg() {
-        use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
         let pg = PgId::new(1, 0);
         let store = open(dir.path(), true);
         ensure(&store, pg, None, 1).unwrap();
-        // Bytes no compressor shrinks, to find the pending write on the disk.
-        let marker: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let marker = crate::pg::incompressible(4096, 0);
         prepare(&store, pg, &entry(1, 5, "a"), &write_full(&marker), 2).unwrap();
         drop(store);
-
-        let disk = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.path().join("disk"))
-            .unwrap();
-        let mut image = vec![0u8; 64 << 20];
-        disk.read_exact_at(&mut image, 0).unwrap();
-        let at = image
-            .windows(marker.len())
-            .position(|window| window == marker)
-            .expect("the prepared write on the disk");
-        disk.write_all_at(&[image[at + 100] ^ 0xff], (at + 100) as u64)
-            .unwrap();
+        crate::pg::rot_on_disk(dir.path(), &marker);
 
         let store = open(dir.path(), false);
         assert!(pending(&store, pg).unwrap().is_none());
