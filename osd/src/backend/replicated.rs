@@ -317,10 +317,19 @@ impl ObjectRecovery for Replicated {
         if lacking.is_empty() {
             return Ok(());
         }
-        let owned = name.to_vec();
-        let state = node
-            .on_store(move |store| pg::state(store, pg, &owned))
-            .await?;
+        let local = || {
+            let owned = name.to_vec();
+            node.on_store(move |store| pg::state(store, pg, &owned))
+        };
+        // This copy rotted where its own disks cannot heal it: replaced from a
+        // peer that holds it, as a client read would, before it is pushed.
+        let state = match local().await {
+            Err(OsdError::DataLoss(_)) => {
+                repair_from_peers(node, map, pg, name, log).await?;
+                local().await?
+            }
+            result => result?,
+        };
         for osd in lacking {
             let push = peering::push_request(node, map, pg, Delivery::objects(vec![state.clone()]));
             node.peers.send_push(map, osd, push).await?;
