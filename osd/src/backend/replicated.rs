@@ -59,11 +59,20 @@ impl Backend for Replicated {
         if fresh {
             log.dirty = true;
             let log_entries = node.config.pg_log_entries;
-            let (applied, ops) = (entry.clone(), request.ops.clone());
-            match node
-                .on_store(move |store| pg::apply(store, pg, &applied, &ops, log_entries))
-                .await
-            {
+            let apply = || {
+                let (applied, ops) = (entry.clone(), request.ops.clone());
+                node.on_store(move |store| pg::apply(store, pg, &applied, &ops, log_entries))
+            };
+            let applied = match apply().await {
+                // A write to part of an object whose copy here rotted beyond what
+                // this OSD's disks heal: the copy is replaced from a peer first.
+                Err(OsdError::DataLoss(_)) => {
+                    repair_from_peers(node, map, pg, &request.name, log).await?;
+                    apply().await
+                }
+                result => result,
+            };
+            match applied {
                 Ok(()) => {}
                 Err(OsdError::AlreadyExists(_)) => {
                     // The store's log is ahead of this copy: it reloads on next use.

@@ -414,7 +414,21 @@ pub fn resolve(
         Transaction::new(collection(pg))
     };
     txn.remove(PENDING_OBJECT);
-    store.commit(txn).map(|_| ())
+    match store.commit(txn) {
+        Ok(_) => Ok(()),
+        // The write changes part of an object that rotted beyond what this
+        // OSD's own disks heal: the copy takes the entry without the object,
+        // marked missing, and recovery rebuilds it from the other copies.
+        // Failing instead would fail the commit again at every peering.
+        Err(engine::Error::DataLoss(why)) if commit => {
+            tracing::warn!(%pg, object = %String::from_utf8_lossy(&entry.name), "unreadable, so marked missing as the write commits: {why}");
+            let mut txn = mutation(pg, entry, &[], log_entries);
+            txn.remove(&object_key(&entry.name)).remove(PENDING_OBJECT);
+            mark_missing(&mut txn, std::slice::from_ref(&entry.name));
+            store.commit(txn).map(|_| ())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The shard position this copy of an erasure-coded PG holds (`None` for a copy
@@ -693,6 +707,39 @@ mod tests {
         prepare(&store, pg, &next, &write_full(b"two"), 2).unwrap();
         resolve(&store, pg, &next, true, LOG_KEEP).unwrap();
         assert_eq!(state(&store, pg, b"a").unwrap().data, b"two");
+    }
+
+    #[test]
+    fn a_write_committed_over_a_rotten_object_leaves_it_missing_not_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgId::new(1, 0);
+        let store = open(dir.path(), true);
+        ensure(&store, pg, None, 1).unwrap();
+        let data = crate::pg::incompressible(8192, 3);
+        apply(&store, pg, &entry(1, 1, "a"), &write_full(&data), LOG_KEEP).unwrap();
+        drop(store);
+        crate::pg::rot_on_disk(dir.path(), &data);
+
+        let store = open(dir.path(), false);
+        let next = entry(2, 1, "a");
+        let partial = vec![ObjectOp {
+            op: Some(Op::Write(lcpfs_proto::WriteAt {
+                offset: 10,
+                data: b"patch".to_vec(),
+            })),
+        }];
+        prepare(&store, pg, &next, &partial, 2).unwrap();
+        resolve(&store, pg, &next, true, LOG_KEEP).unwrap();
+        assert!(pending(&store, pg).unwrap().is_none());
+        assert!(
+            entry_at(&store, pg, 2)
+                .unwrap()
+                .is_some_and(|e| e.same(&next))
+        );
+        assert!(!state(&store, pg, b"a").unwrap().exists);
+        assert!(missing(&store, pg).unwrap().contains(b"a".as_slice()));
+        // Committed once: the same commit again is answered, not applied.
+        resolve(&store, pg, &next, true, LOG_KEEP).unwrap();
     }
 
     #[test]
