@@ -82,6 +82,43 @@ pub(crate) fn readable(steps: &[Step], began: Instant, ended: Instant) -> Possib
         .fold(before, |allowed, step| union(allowed, &step.after))
 }
 
+/// Where a read value that the history does not allow came from, for an
+/// anomaly's report: the newest operation of `steps` after which the object held
+/// it (a stale read, or a lost write), or none (a value never written whole:
+/// torn or corrupt); and the object's last operations.
+pub(crate) fn provenance(steps: &[Step], value: &Option<Vec<u8>>, origin: Instant) -> String {
+    let at = |instant: Instant| instant.saturating_duration_since(origin).as_secs_f64();
+    let source = steps
+        .iter()
+        .rev()
+        .skip(1)
+        .find(|step| step.after.contains(value))
+        .map_or(
+            "a value no operation ever left: torn or corrupt".to_owned(),
+            |step| {
+                format!(
+                    "the value after the {} at {:.3} s: stale, or a newer write lost",
+                    step.kind,
+                    at(step.began)
+                )
+            },
+        );
+    let recent = steps.len().saturating_sub(4);
+    let last: Vec<String> = steps[recent..]
+        .iter()
+        .map(|step| {
+            let values: Vec<String> = step.after.iter().map(describe).collect();
+            format!(
+                "{} {:.3} s -> [{}]",
+                step.kind,
+                at(step.began),
+                values.join(" | ")
+            )
+        })
+        .collect();
+    format!("{source}; last operations: {}", last.join("; "))
+}
+
 /// The operations of `steps` that ran while a read from `began` to `ended` did
 /// (and the one before), for an anomaly's report.
 pub(crate) fn around(steps: &[Step], began: Instant, ended: Instant, origin: Instant) -> String {
@@ -185,9 +222,16 @@ impl Client {
                 if let Ok(read) = &read
                     && !possible.contains(read)
                 {
+                    let provenance = self
+                        .timelines
+                        .lock()
+                        .expect("timelines")
+                        .get(&key)
+                        .map(|steps| provenance(steps, read, origin))
+                        .unwrap_or_default();
                     counts.lock().await.anomalies.push(format!(
                         "{pool}/{name}: read {} that no acknowledged history gives ({} possible; \
-                         map epoch {})",
+                         map epoch {}): {provenance}",
                         describe(read),
                         possible.len(),
                         self.objects.map().epoch
