@@ -1,7 +1,13 @@
 //! `lcpfs dev`: a working local cluster with one command — monitors and OSDs on
 //! loopback, file-backed disks under a data folder, a replicated pool ready to use,
 //! mutual TLS between all of them with a cluster CA made on the first start.
-//! Ctrl-C stops everything; running it again reuses the data.
+//!
+//! It supervises its daemons as systemd would a Ceph host's: one that exits is
+//! reported by name with its log, the others keep serving, and it is started again
+//! after a backoff (1 s, doubling to 30 s; `--no-restart` leaves it down), so that
+//! killing an OSD shows the cluster degrade and heal. Ctrl-C, SIGTERM or SIGHUP, at
+//! any moment including startup, stops every daemon; a daemon whose `lcpfs dev` is
+//! killed outright gets SIGTERM from the kernel. Running it again reuses the data.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,7 +35,8 @@ pub struct DevArgs {
     /// OSDs.
     #[arg(long, default_value_t = 4)]
     pub osds: u16,
-    /// First port: monitors use BASE.., OSDs BASE+100..
+    /// First port: monitors use BASE.., OSDs BASE+100.., and each daemon's metrics
+    /// endpoint the port 1000 above its own.
     #[arg(long, default_value_t = 6789)]
     pub base_port: u16,
     /// Size of each OSD's file disk.
@@ -39,6 +46,136 @@ pub struct DevArgs {
     /// daemon's certificate live under DATA/tls).
     #[arg(long)]
     pub no_tls: bool,
+    /// Leave a daemon that exits down instead of starting it again.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+/// Each daemon's metrics endpoint listens this far above its service port.
+const METRICS_PORT_OFFSET: u16 = 1000;
+/// The first wait before a daemon that exited is started again; it doubles with
+/// each exit that follows soon after, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A daemon that ran this long before exiting starts again after the first backoff.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// One daemon of the cluster: how to start it, and its process while it runs.
+struct Daemon {
+    /// `mon.a`, `osd.2`.
+    name: String,
+    binary: PathBuf,
+    /// Flags of every start.
+    args: Vec<String>,
+    /// Flags of the first start only, while its identity file is missing.
+    first_args: Vec<String>,
+    identity: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    /// Exits in a row, each soon after its start (the backoff doubles with each).
+    quick_exits: u32,
+    /// When to start it again, after it exited.
+    restart_at: Option<Instant>,
+}
+
+impl Daemon {
+    /// The daemon `name` of `binary`, kept in `dir` (its log there too), whose
+    /// first start has made `identity` there.
+    fn new(
+        name: String,
+        binary: &Path,
+        dir: &Path,
+        identity: &str,
+        args: Vec<String>,
+        first_args: Vec<String>,
+    ) -> Daemon {
+        Daemon {
+            name,
+            binary: binary.to_path_buf(),
+            args,
+            first_args,
+            identity: dir.join(identity),
+            log: dir.join("log"),
+            child: None,
+            started: Instant::now(),
+            quick_exits: 0,
+            restart_at: None,
+        }
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let mut args = self.args.clone();
+        if !self.identity.exists() {
+            args.extend(self.first_args.iter().cloned());
+        }
+        self.child = Some(spawn(&self.binary, &args, &self.log)?);
+        self.started = Instant::now();
+        self.restart_at = None;
+        Ok(())
+    }
+
+    /// Notices an exit (reported, and a restart planned unless `restart` is off)
+    /// and starts the daemon again when its backoff is over.
+    fn supervise(&mut self, restart: bool) {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            let ran = self.started.elapsed();
+            self.quick_exits = if ran >= STABLE_RUN {
+                1
+            } else {
+                self.quick_exits + 1
+            };
+            eprintln!(
+                "{} exited ({status}) after {} s; log at {}",
+                self.name,
+                ran.as_secs(),
+                self.log.display()
+            );
+            if restart {
+                let backoff =
+                    (FIRST_BACKOFF * 2u32.saturating_pow(self.quick_exits - 1)).min(MAX_BACKOFF);
+                eprintln!(
+                    "{}: starting it again in {} s",
+                    self.name,
+                    backoff.as_secs()
+                );
+                self.restart_at = Some(Instant::now() + backoff);
+            } else {
+                eprintln!(
+                    "{} stays down (--no-restart); the others keep serving",
+                    self.name
+                );
+            }
+        }
+        if self.restart_at.is_some_and(|at| Instant::now() >= at) {
+            match self.start() {
+                Ok(()) => eprintln!("{} started again", self.name),
+                Err(error) => {
+                    eprintln!("{}: {error:#}", self.name);
+                    self.quick_exits += 1;
+                    self.restart_at = Some(Instant::now() + MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
+async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    tokio::select! {
+        () = lcpfs_core::shutdown::requested() => {}
+        _ = async {
+            match hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
 }
 
 /// `--tls-dir DIR` for a daemon of a dev cluster that runs with TLS, with a new
@@ -69,7 +206,8 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
-    Process::new(binary)
+    let mut command = Process::new(binary);
+    command
         .args(args)
         // TLS only as the flags say, whatever the caller's shell exports.
         .env_remove(lcpfs_proto::tls::TLS_DIR_ENV)
@@ -79,15 +217,26 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         // Its own process group: Ctrl-C reaches only `lcpfs dev`, which stops the
         // daemons in order.
         .process_group(0)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // SAFETY: prctl(2) between fork and exec, touching no memory: the kernel sends
+    // the daemon SIGTERM if `lcpfs dev` dies without stopping it (a SIGKILL).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))
 }
 
 /// Stops the daemons, the last started first: the OSDs mark themselves down with
 /// the monitors before the monitors go.
-async fn terminate(children: &mut [Child]) {
-    for child in children.iter_mut().rev() {
+async fn terminate(daemons: &mut [Daemon]) {
+    for child in daemons.iter_mut().rev().filter_map(|d| d.child.as_mut()) {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) on a child process id we own; no memory is involved.
             unsafe {
@@ -98,7 +247,7 @@ async fn terminate(children: &mut [Child]) {
     }
 }
 
-/// Runs the local cluster until Ctrl-C.
+/// Runs the local cluster until Ctrl-C, SIGTERM or SIGHUP.
 pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     if !matches!(args.mons, 1 | 3) {
         bail!("--mons must be 1 or 3");
@@ -109,14 +258,53 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create {}", args.data.display()))?;
     let data = args.data.canonicalize()?;
+    let mut daemons = Vec::new();
+    // One listener for the whole run, so that no signal falls between two.
+    let stop = stop_requested();
+    tokio::pin!(stop);
+    // A stop request during startup stops what has started so far.
+    let started = tokio::select! {
+        started = start(&args, &data, &mut daemons) => started,
+        () = &mut stop => Err(anyhow::anyhow!("stopped during startup")),
+    };
+    let banner = match started {
+        Ok(banner) => banner,
+        Err(error) => {
+            terminate(&mut daemons).await;
+            return Err(error);
+        }
+    };
+    println!("{banner}");
+    let restart = !args.no_restart;
+    let supervise = async {
+        loop {
+            for daemon in &mut daemons {
+                daemon.supervise(restart);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        _ = supervise => {}
+    }
+    terminate(&mut daemons).await;
+    Ok("stopped".to_owned())
+}
+
+/// Starts the monitors, then the OSDs, creates the pools and writes the env
+/// file; returns the banner.
+async fn start(args: &DevArgs, data: &Path, daemons: &mut Vec<Daemon>) -> anyhow::Result<String> {
     let mon_bin = sibling("lcpfs-mon")?;
     let osd_bin = sibling("lcpfs-osd")?;
     let names: Vec<String> = ["a", "b", "c"][..args.mons as usize]
         .iter()
         .map(|name| name.to_string())
         .collect();
-    let mon_addrs: Vec<String> = (0..args.mons)
-        .map(|i| format!("127.0.0.1:{}", args.base_port + i))
+    let mon_ports: Vec<u16> = (0..args.mons).map(|i| args.base_port + i).collect();
+    let mon_addrs: Vec<String> = mon_ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
         .collect();
     let members = names
         .iter()
@@ -129,23 +317,36 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     } else {
         Some(LoopbackCa::open_or_create(&data.join("tls"))?)
     };
-    let mut children = Vec::new();
-    for (name, addr) in names.iter().zip(&mon_addrs) {
+    let metrics = |port: u16| format!("127.0.0.1:{}", port + METRICS_PORT_OFFSET);
+    let mut endpoints = Vec::new();
+    for ((name, addr), port) in names.iter().zip(&mon_addrs).zip(&mon_ports) {
         let dir = data.join(format!("mon.{name}"));
-        let mut flags = vec!["--data".to_owned(), dir.display().to_string()];
+        std::fs::create_dir_all(&dir)?;
+        let mut flags = vec![
+            "--data".to_owned(),
+            dir.display().to_string(),
+            "--metrics-addr".into(),
+            metrics(*port),
+        ];
         flags.extend(tls_flags(tls.as_ref(), &format!("mon.{name}"))?);
-        if !dir.join("mon.json").exists() {
-            std::fs::create_dir_all(&dir)?;
-            flags.extend([
+        endpoints.push(format!("mon.{name} http://{}/metrics", metrics(*port)));
+        let mut daemon = Daemon::new(
+            format!("mon.{name}"),
+            &mon_bin,
+            &dir,
+            "mon.json",
+            flags,
+            vec![
                 "--id".into(),
                 name.clone(),
                 "--addr".into(),
                 addr.clone(),
                 "--initial-members".into(),
                 members.clone(),
-            ]);
-        }
-        children.push(spawn(&mon_bin, &flags, &dir.join("log"))?);
+            ],
+        );
+        daemon.start()?;
+        daemons.push(daemon);
     }
     let client_tls = tls
         .as_ref()
@@ -163,27 +364,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
     let mon_list = mon_addrs.join(",");
     for i in 0..args.osds {
         let dir = data.join(format!("osd.{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let port = args.base_port + 100 + i;
         let mut flags = vec![
             "--data".to_owned(),
             dir.display().to_string(),
             "--mon".into(),
             mon_list.clone(),
+            "--metrics-addr".into(),
+            metrics(port),
         ];
         flags.extend(tls_flags(tls.as_ref(), &format!("osd.{i}"))?);
-        if !dir.join("osd.json").exists() {
-            std::fs::create_dir_all(&dir)?;
-            flags.extend([
+        endpoints.push(format!("osd.{i} http://{}/metrics", metrics(port)));
+        let mut daemon = Daemon::new(
+            format!("osd.{i}"),
+            &osd_bin,
+            &dir,
+            "osd.json",
+            flags,
+            vec![
                 "--addr".into(),
-                format!("127.0.0.1:{}", args.base_port + 100 + i),
+                format!("127.0.0.1:{port}"),
                 "--host".into(),
                 "localhost".into(),
                 "--disks".into(),
                 "1".into(),
                 "--disk-size".into(),
                 args.disk_size.clone(),
-            ]);
-        }
-        children.push(spawn(&osd_bin, &flags, &dir.join("log"))?);
+            ],
+        );
+        daemon.start()?;
+        daemons.push(daemon);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -219,8 +430,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
             }
             break;
         }
+        if let Some(exited) = daemons.iter_mut().find_map(|daemon| {
+            let child = daemon.child.as_mut()?;
+            matches!(child.try_wait(), Ok(Some(_))).then_some(&*daemon)
+        }) {
+            bail!(
+                "{} exited during startup; log at {}",
+                exited.name,
+                exited.log.display()
+            );
+        }
         if Instant::now() >= deadline {
-            terminate(&mut children).await;
             bail!(
                 "the OSDs did not come up (see the logs under {})",
                 data.display()
@@ -234,39 +454,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<String> {
         Some(dir) => format!("export LCPFS_TLS_DIR={}\n", dir.display()),
         None => "unset LCPFS_TLS_DIR\n".to_owned(),
     };
+    // The binaries beside this one, first on PATH: `lcpfs` of this build.
+    let bin_dir = std::env::current_exe()
+        .context("cannot find the lcpfs executable")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     std::fs::write(
         &env,
         format!(
-            "export LCPFS_MON={mon_list}\nexport LCPFS_KEYRING={}\n{tls_line}",
+            "export PATH={}:$PATH\nexport LCPFS_MON={mon_list}\nexport LCPFS_KEYRING={}\n{tls_line}",
+            bin_dir.display(),
             keyring.display()
         ),
     )?;
-    println!(
+    Ok(format!(
         "LCPFS is running: {} monitor(s) on {mon_list}, {} OSDs, pools 'data' (3 copies) and 'ec' (erasure coded 2+1).\n\
-         In another shell:\n  . {}\n  lcpfs status\n  lcpfs put data hello ./README.md\n  lcpfs get data hello -\n  lcpfs ls data\n\
-         Logs are under {}. Press Ctrl-C to stop.",
+         In another shell (the env file puts this build's lcpfs on PATH):\n  . {}\n  lcpfs status\n  lcpfs put data hello ./README.md\n  lcpfs get data hello -\n  lcpfs ls data\n\
+         Metrics:\n  {}\n\
+         Logs are under {}. A daemon that exits is started again{}. Press Ctrl-C to stop.",
         args.mons,
         args.osds,
         env.display(),
-        data.display()
-    );
-    let mut monitor_exit = Box::pin(async {
-        loop {
-            for (index, child) in children.iter_mut().enumerate() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return (index, status);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        endpoints.join("\n  "),
+        data.display(),
+        if args.no_restart {
+            " only with the next `lcpfs dev` (--no-restart)"
+        } else {
+            " after a backoff"
         }
-    });
-    let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok("stopped".to_owned()),
-        (index, status) = &mut monitor_exit => Err(anyhow::anyhow!(
-            "daemon {index} exited ({status}); see the logs under {}", data.display()
-        )),
-    };
-    drop(monitor_exit);
-    terminate(&mut children).await;
-    outcome
+    ))
 }

@@ -842,7 +842,12 @@ impl Drop for MonCluster {
 
 /// Sends `signal` to a daemon's process.
 fn signal_process(child: &Child, signal: &str) {
-    let pid = child.id().to_string();
+    signal_pid(child.id(), signal);
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `STOP`, ...) to process `pid`, with kill(1).
+pub fn signal_pid(pid: u32, signal: &str) {
+    let pid = pid.to_string();
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid])
         .status()
