@@ -116,8 +116,9 @@ cluster-down:
 # Faults at random against the compose cluster with a history checker; not part of
 # `make test`. CHAOS_ARGS, e.g. `--duration 120 --seed 42`, go to lcpfs-chaos.
 CHAOS_ARGS ?= --duration 600
-# The chaos image, and monitors that mark an OSD out after 30 s down (`down-out`).
-CHAOS_ENV := LCPFS_IMAGE=lcpfs:chaos LCPFS_DOWN_OUT_INTERVAL=30
+# The chaos image, monitors that mark an OSD out after 30 s down (`down-out`), and
+# OSDs that log peering and recovery (`info`), to trace an anomaly back.
+CHAOS_ENV := LCPFS_IMAGE=lcpfs:chaos LCPFS_DOWN_OUT_INTERVAL=30 LCPFS_LOG=info
 CHAOS := $(CHAOS_ENV) LCPFS_TLS_DIR=$(CLIENT_TLS) $(BIN)/lcpfs-chaos --compose "$(COMPOSE)"
 chaos: chaos-image
 	deploy/compose/certs.sh $(BIN)/lcpfs
