@@ -63,16 +63,8 @@ impl Backend for Replicated {
                 let (applied, ops) = (entry.clone(), request.ops.clone());
                 node.on_store(move |store| pg::apply(store, pg, &applied, &ops, log_entries))
             };
-            let applied = match apply().await {
-                // A write to part of an object whose copy here rotted beyond what
-                // this OSD's disks heal: the copy is replaced from a peer first.
-                Err(OsdError::DataLoss(_)) => {
-                    repair_from_peers(node, map, pg, &request.name, log).await?;
-                    apply().await
-                }
-                result => result,
-            };
-            match applied {
+            // A write to part of a rotten copy replaces it from a peer first.
+            match repaired(node, map, pg, &request.name, log, apply).await {
                 Ok(()) => {}
                 Err(OsdError::AlreadyExists(_)) => {
                     // The store's log is ahead of this copy: it reloads on next use.
@@ -133,13 +125,7 @@ impl Backend for Replicated {
             let (name, ops) = (request.name.clone(), request.ops.clone());
             node.on_store(move |store| pg::read(store, pg, &name, &ops))
         };
-        match read().await {
-            Err(OsdError::DataLoss(_)) => {
-                repair_from_peers(node, map, pg, &request.name, log).await?;
-                read().await
-            }
-            result => result,
-        }
+        repaired(node, map, pg, &request.name, log, read).await
     }
 
     async fn check_deep(
@@ -330,15 +316,8 @@ impl ObjectRecovery for Replicated {
             let owned = name.to_vec();
             node.on_store(move |store| pg::state(store, pg, &owned))
         };
-        // This copy rotted where its own disks cannot heal it: replaced from a
-        // peer that holds it, as a client read would, before it is pushed.
-        let state = match local().await {
-            Err(OsdError::DataLoss(_)) => {
-                repair_from_peers(node, map, pg, name, log).await?;
-                local().await?
-            }
-            result => result?,
-        };
+        // A rotten copy is replaced from a peer before it is pushed.
+        let state = repaired(node, map, pg, name, log, local).await?;
         for osd in lacking {
             let push = peering::push_request(node, map, pg, Delivery::objects(vec![state.clone()]));
             node.peers.send_push(map, osd, push).await?;
@@ -568,6 +547,31 @@ async fn recover_replica(
         .insert(osd, reply.missing.into_iter().collect());
     queue_recovery(node, pg, log);
     Ok(())
+}
+
+/// Runs `local`, an operation on this OSD's copy of object `name`; when the copy
+/// is unreadable (a checksum error the engine could not heal from this OSD's own
+/// disks), replaces it with a peer's and runs `local` once more. Reads, writes to
+/// part of the object and pushes of it all go through here.
+async fn repaired<T, F, Fut>(
+    node: &Node,
+    map: &ClusterMap,
+    pg: PgId,
+    name: &[u8],
+    log: &PgLog,
+    local: F,
+) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    match local().await {
+        Err(OsdError::DataLoss(_)) => {
+            repair_from_peers(node, map, pg, name, log).await?;
+            local().await
+        }
+        result => result,
+    }
 }
 
 /// Replaces this OSD's unreadable copy of an object with a peer's: the engine
