@@ -10,7 +10,7 @@
 //! killed outright gets SIGTERM from the kernel. Running it again reuses the data.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -115,13 +115,18 @@ impl Daemon {
         Ok(())
     }
 
+    /// The exit status, once the daemon's process has exited (and no longer
+    /// counts as running).
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Notices an exit (reported, and a restart planned unless `restart` is off)
     /// and starts the daemon again when its backoff is over.
     fn supervise(&mut self, restart: bool) {
-        if let Some(child) = &mut self.child
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            self.child = None;
+        if let Some(status) = self.exited() {
             let ran = self.started.elapsed();
             self.quick_exits = if ran >= STABLE_RUN {
                 1
@@ -431,8 +436,8 @@ async fn start(args: &DevArgs, data: &Path, daemons: &mut Vec<Daemon>) -> anyhow
             break;
         }
         if let Some(exited) = daemons.iter_mut().find_map(|daemon| {
-            let child = daemon.child.as_mut()?;
-            matches!(child.try_wait(), Ok(Some(_))).then_some(&*daemon)
+            daemon.exited()?;
+            Some(&*daemon)
         }) {
             bail!(
                 "{} exited during startup; log at {}",
