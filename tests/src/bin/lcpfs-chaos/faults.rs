@@ -80,8 +80,15 @@ pub(crate) struct Cluster {
 
 /// Runs `program ARGS` on the host; its standard output, trimmed.
 async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    run_with(program, args, &[]).await
+}
+
+/// Runs `program ARGS` on the host with the variables `env` set; its standard
+/// output, trimmed.
+async fn run_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let output = Process::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .await
         .with_context(|| format!("running {program}"))?;
@@ -258,20 +265,7 @@ impl Cluster {
         let program = words.next().context("no compose command")?;
         let mut args: Vec<&str> = words.collect();
         args.extend(["up", "-d", "--no-deps", SPARE_OSD]);
-        let output = Process::new(program)
-            .args(&args)
-            .env("COMPOSE_PROFILES", "spare")
-            .output()
-            .await
-            .with_context(|| format!("running {program}"))?;
-        if !output.status.success() {
-            bail!(
-                "{} {}: {}",
-                program,
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        run_with(program, &args, &[("COMPOSE_PROFILES", "spare")]).await?;
         self.refresh().await
     }
 }
