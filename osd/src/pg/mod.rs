@@ -128,13 +128,11 @@ pub(crate) fn incompressible(len: usize, seed: u32) -> Vec<u8> {
 #[cfg(test)]
 pub(crate) fn rot_on_disk(dir: &std::path::Path, data: &[u8]) {
     use std::os::unix::fs::FileExt;
+    let image = std::fs::read(dir.join("disk")).unwrap();
     let disk = std::fs::OpenOptions::new()
-        .read(true)
         .write(true)
         .open(dir.join("disk"))
         .unwrap();
-    let mut image = vec![0u8; 64 << 20];
-    disk.read_exact_at(&mut image, 0).unwrap();
     let at = image
         .windows(data.len())
         .position(|window| window == data)
