@@ -695,13 +695,13 @@ impl MonCluster {
     /// Sends `signal` (e.g. `STOP`, `CONT`) to OSD `index`'s process.
     pub fn signal_osd(&self, index: u32, signal: &str) {
         let child = self.osds[&index].child.as_ref().expect("the OSD runs");
-        signal_process(child, signal);
+        signal_pid(child.id(), signal);
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to monitor `name`'s process.
     pub fn signal_mon(&self, name: &str, signal: &str) {
         let child = self.mons[name].child.as_ref().expect("the monitor runs");
-        signal_process(child, signal);
+        signal_pid(child.id(), signal);
     }
 
     /// Kills OSD `index` with SIGKILL.
@@ -841,10 +841,6 @@ impl Drop for MonCluster {
 }
 
 /// Sends `signal` to a daemon's process.
-fn signal_process(child: &Child, signal: &str) {
-    signal_pid(child.id(), signal);
-}
-
 /// Sends `signal` (`TERM`, `KILL`, `STOP`, ...) to process `pid`, with kill(1).
 pub fn signal_pid(pid: u32, signal: &str) {
     let pid = pid.to_string();
