@@ -27,6 +27,13 @@ pub enum CatchUp {
 /// level: from the first version where the stale log holds an entry the
 /// authoritative one does not (a write that was never acknowledged), or else
 /// from the entry after the stale log's last.
+///
+/// Entries are enough only when both logs hold the entry just before that
+/// version and it is the same one: two logs that share an entry share every
+/// write before it (each interval's primary numbers its writes once and brings
+/// its replicas level before sending them any). When the entry before is
+/// trimmed from either log, the stale copy may hold writes the authoritative
+/// history never had, and nothing in the logs names their objects: backfill.
 pub fn catch_up(auth: &[Entry], auth_oldest: u64, stale: &[Entry]) -> CatchUp {
     let by_version: BTreeMap<u64, &Entry> =
         auth.iter().map(|entry| (entry.version, entry)).collect();
@@ -44,7 +51,19 @@ pub fn catch_up(auth: &[Entry], auth_oldest: u64, stale: &[Entry]) -> CatchUp {
     if diverged.is_none() && by_version.range(from..).next().is_none() {
         return CatchUp::Level;
     }
-    if auth_oldest == 0 || from < auth_oldest {
+    let common = from - 1;
+    let shared = if common == 0 {
+        // Both histories start here: the stale copy holds no write at all.
+        stale.is_empty() && auth_oldest == 1
+    } else {
+        let stale_common = stale.iter().find(|entry| entry.version == common);
+        common >= auth_oldest
+            && by_version
+                .get(&common)
+                .zip(stale_common)
+                .is_some_and(|(held, theirs)| held.same(theirs))
+    };
+    if auth_oldest == 0 || !shared {
         return CatchUp::Backfill;
     }
     let newer = |entries: &[Entry]| -> Vec<Entry> {
@@ -149,6 +168,19 @@ mod tests {
         assert_eq!(catch_up(&auth, 10, &[]), CatchUp::Backfill);
         // An empty authoritative log and a stale one with writes: drop them all.
         assert_eq!(catch_up(&[], 0, &[entry(1, 2, "z")]), CatchUp::Backfill);
+        // The stale log ends just before the authoritative one starts: its last
+        // write may be one the authoritative history never had.
+        let auth = vec![entry(4, 9, "a"), entry(5, 9, "b")];
+        assert_eq!(catch_up(&auth, 4, &[entry(3, 5, "x")]), CatchUp::Backfill);
+        // It diverges where the authoritative log starts: what came before is
+        // unknown.
+        assert_eq!(
+            catch_up(&auth, 4, &[entry(3, 5, "x"), entry(4, 5, "y")]),
+            CatchUp::Backfill
+        );
+        // Its own log is trimmed past the version before the divergence.
+        let auth = vec![entry(2, 5, "a"), entry(3, 5, "b"), entry(4, 9, "c")];
+        assert_eq!(catch_up(&auth, 2, &[entry(4, 5, "y")]), CatchUp::Backfill);
         // A log that starts at version 1 reaches back to an empty copy.
         assert!(matches!(
             catch_up(&[entry(1, 5, "a")], 1, &[]),
