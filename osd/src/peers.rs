@@ -158,14 +158,19 @@ impl Peers {
     }
 
     /// Phase two of an erasure-coded write at shard `osd`: commit it, or drop it.
+    /// True when the shard misses the written object afterwards.
     pub async fn send_ec_commit(
         &self,
         map: &ClusterMap,
         osd: u32,
         request: EcCommitRequest,
-    ) -> Result<()> {
-        self.client(map, osd)?.ec_commit(request).await?;
-        Ok(())
+    ) -> Result<bool> {
+        Ok(self
+            .client(map, osd)?
+            .ec_commit(request)
+            .await?
+            .into_inner()
+            .missing)
     }
 
     /// A byte range of `osd`'s shard of an object.

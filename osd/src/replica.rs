@@ -7,8 +7,8 @@
 //! the newest that peered it.
 
 use lcpfs_proto::{
-    EcCommitRequest, PgInfoReply, PgLogRequest, PgRef, PullRequest, PushReply, PushRequest,
-    ReadShardReply, ReadShardRequest, ReplicateRequest, ScrubMapRequest, ScrubObject,
+    EcCommitReply, EcCommitRequest, PgInfoReply, PgLogRequest, PgRef, PullRequest, PushReply,
+    PushRequest, ReadShardReply, ReadShardRequest, ReplicateRequest, ScrubMapRequest, ScrubObject,
 };
 
 use crate::error::{OsdError, Result};
@@ -125,20 +125,15 @@ pub async fn handle_pg_log(node: &Node, request: PgLogRequest) -> Result<Vec<Ent
     Ok(entries)
 }
 
-/// Whole objects of this OSD's copy of a PG.
+/// Whole objects of this OSD's copy of a PG; refused for an object the copy
+/// marks missing (see [`pg::pull`]).
 pub async fn handle_pull(
     node: &Node,
     request: PullRequest,
 ) -> Result<Vec<lcpfs_proto::ObjectState>> {
     let (_, pg) = node.checked_pg(request.pg).await?;
-    node.on_store(move |store| {
-        request
-            .names
-            .iter()
-            .map(|name| pg::state(store, pg, name))
-            .collect::<lcpfs_engine::Result<Vec<_>>>()
-    })
-    .await
+    node.on_store(move |store| pg::pull(store, pg, &request.names))
+        .await
 }
 
 /// Installs what a primary pushes into this OSD's copy of a PG: objects, log
@@ -237,8 +232,9 @@ pub async fn handle_scrub_map(node: &Node, request: ScrubMapRequest) -> Result<V
 }
 
 /// Phase two of an erasure-coded write at this shard: commit it, or drop it.
-/// Returns the copy's newest version.
-pub async fn handle_ec_commit(node: &Node, request: EcCommitRequest) -> Result<u64> {
+/// Returns the copy's newest version, and whether it misses the written object
+/// afterwards (see [`pg::resolve`]).
+pub async fn handle_ec_commit(node: &Node, request: EcCommitRequest) -> Result<EcCommitReply> {
     let reference = request.pg.unwrap_or_default();
     let entry = Entry::from(
         request
@@ -258,13 +254,20 @@ pub async fn handle_ec_commit(node: &Node, request: EcCommitRequest) -> Result<u
     if commit {
         crate::crash::point("crash-ec-shard-commit");
     }
-    node.on_store(move |store| pg::resolve(store, pg, &resolved, commit, log_entries))
+    let missing = node
+        .on_store(move |store| pg::resolve(store, pg, &resolved, commit, log_entries))
         .await?;
     if commit {
         log.record(&entry);
     }
+    if missing {
+        log.missing.insert(entry.name);
+    }
     log.dirty = false;
-    Ok(log.last)
+    Ok(EcCommitReply {
+        last: log.last,
+        missing,
+    })
 }
 
 /// A byte range of this OSD's shard of an object.

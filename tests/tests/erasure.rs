@@ -5,7 +5,8 @@
 //! shard through the engines; a shard rotted on one OSD's disk is found by deep
 //! scrub and rebuilt by repair, and so is a parity shard holding other bytes
 //! (found by re-encoding the data shards); appends through a primary killed
-//! mid-write are neither lost nor doubled; a PG whose shards miss objects serves
+//! mid-write are neither lost nor doubled; a write over a rotted shard is
+//! acknowledged, read back and the shard rebuilt; a PG whose shards miss objects serves
 //! while they are rebuilt, an object at a time.
 
 use std::collections::BTreeMap;
@@ -397,6 +398,43 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     let report = objects.scrub(pg, false, false).await.unwrap();
     assert!(report.inconsistencies.is_empty(), "{report:?}");
     deep_scrub_finds_and_repair_fixes(&objects, pg, up[2], "does not match").await;
+    assert!(objects.get("ec", b"big").await.unwrap() == big);
+
+    // Rotted, then written in part: the shard's commit cannot read the bytes it
+    // keeps, so that copy takes the write without the object, marked missing.
+    // The write is acknowledged (the other shards hold it), reads decode from
+    // the others (never "no object", never a disagreement), and recovery
+    // rebuilds the shard. A replica's shard first, then the primary's own.
+    let mut big = big;
+    for (position, unit) in [(1, 1), (0, 0)] {
+        let unit = unit * 4096;
+        let index = cluster.osd_index(&map, up[position]);
+        cluster.kill_osd(index);
+        let dir = cluster.osds[&index].data.clone();
+        assert!(rot(&dir, &big[unit..unit + 4096]) > 0);
+        cluster.start_osd(index);
+        osds_up(&cluster.client(), 4).await;
+        osd_listening(&cluster, index).await;
+        let patch = format!("patch over shard {position}").into_bytes();
+        objects
+            .operate(
+                "ec",
+                b"big",
+                vec![write_at(unit as u64 + 10, patch.clone())],
+            )
+            .await
+            .unwrap();
+        big[unit + 10..unit + 10 + patch.len()].copy_from_slice(&patch);
+        assert!(
+            objects.get("ec", b"big").await.unwrap() == big,
+            "big reads back after a write over shard {position}'s rot"
+        );
+        wait_for("the shard rebuilt", Duration::from_secs(30), || async {
+            let report = objects.scrub(pg, true, false).await.ok()?;
+            report.inconsistencies.is_empty().then_some(())
+        })
+        .await;
+    }
     assert!(objects.get("ec", b"big").await.unwrap() == big);
 }
 

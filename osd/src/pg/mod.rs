@@ -28,7 +28,7 @@ pub use catch_up::{CatchUp, catch_up};
 pub use delivery::{Delivery, backfill_names, install};
 pub use entry::Entry;
 pub use log::{PgLog, UpSet};
-pub use objects::{list, names, read, read_shard, scrub_map, size, state};
+pub use objects::{list, names, pull, read, read_shard, scrub_map, size, state};
 pub use split::{split, split_for};
 pub use store::{
     LOG_KEEP, RESERVED_XATTR_PREFIX, SIZE_XATTR, VERSION_XATTR, activated, apply, collection,

@@ -11,19 +11,23 @@ use lcpfs_proto::{
 };
 
 use super::store::{
-    OBJECT_PREFIX, SIZE_XATTR, VERSION_XATTR, collection, is_mutation, number_xattr, object_key,
-    shard,
+    OBJECT_PREFIX, SIZE_XATTR, VERSION_XATTR, collection, is_mutation, marked_missing,
+    number_xattr, object_key, shard,
 };
 use crate::error::OsdError;
 
-/// object's size and the version that last changed it.
+/// Bytes `offset..offset + length` of this copy's shard of an erasure-coded
+/// object (padded with zeros), with the object's size and the version that last
+/// changed it. A shard the copy marks missing is refused, like [`pull`]: the
+/// reader takes another shard instead of an old or absent one.
 pub fn read_shard(
     store: &Store,
     pg: PgId,
     name: &[u8],
     offset: u64,
     length: u64,
-) -> engine::Result<ReadShardReply> {
+) -> Result<ReadShardReply, OsdError> {
+    refuse_missing(store, pg, name)?;
     let key = object_key(name);
     let view = store.head(&collection(pg))?;
     if !view.exists(&key)? {
@@ -200,6 +204,30 @@ pub fn list(
 }
 
 /// The PG's log entries after `since`, oldest first, and the oldest version kept (0
+/// Whole objects of this copy for another OSD to take (recovery, repair). An
+/// object the copy marks missing is refused: what it holds of it is older than
+/// its log, and a copy that took it (an absent object, or an old version) would
+/// lose the newest write.
+pub fn pull(store: &Store, pg: PgId, names: &[Vec<u8>]) -> Result<Vec<ObjectState>, OsdError> {
+    let mut objects = Vec::with_capacity(names.len());
+    for name in names {
+        refuse_missing(store, pg, name)?;
+        objects.push(state(store, pg, name)?);
+    }
+    Ok(objects)
+}
+
+/// Fails with [`OsdError::Behind`] when this copy marks object `name` missing.
+fn refuse_missing(store: &Store, pg: PgId, name: &[u8]) -> Result<(), OsdError> {
+    if marked_missing(store, pg, name)? {
+        return Err(OsdError::Behind(format!(
+            "this copy of PG {pg} misses the newest data of object '{}'",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
 /// An object's current state in this OSD's copy of the PG.
 pub fn state(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<ObjectState> {
     let key = object_key(name);

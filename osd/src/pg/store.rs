@@ -219,6 +219,13 @@ pub fn missing(store: &Store, pg: PgId) -> engine::Result<BTreeSet<Vec<u8>>> {
         .collect())
 }
 
+/// True when this copy marks object `name` missing: what it holds of it is
+/// older than its log says.
+pub(super) fn marked_missing(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<bool> {
+    let view = store.head(&collection(pg))?;
+    Ok(view.exists(MISSING_OBJECT)? && view.omap_get(MISSING_OBJECT, name)?.is_some())
+}
+
 /// Records `interval` as the newest whose primary peered this copy: writes and
 /// pushes from older intervals stay refused after a restart.
 pub fn set_accepted(store: &Store, pg: PgId, interval: u64) -> engine::Result<()> {
@@ -382,14 +389,17 @@ pub fn pending(store: &Store, pg: PgId) -> engine::Result<Option<PendingWrite>> 
 
 /// Erasure-coded pools, phase two: applies the pending write of `entry` with its
 /// log entry (`commit`), or drops it. Committing a write already applied succeeds;
-/// committing one this copy does not hold fails with `NotFound`.
+/// committing one this copy does not hold fails with `NotFound`. Returns whether
+/// this copy misses the written object afterwards (its shard was unreadable, so
+/// the copy took the entry without it): the caller's in-memory log and the
+/// primary must learn it.
 pub fn resolve(
     store: &Store,
     pg: PgId,
     entry: &Entry,
     commit: bool,
     log_entries: u64,
-) -> engine::Result<()> {
+) -> engine::Result<bool> {
     let held = pending(store, pg)?.filter(|pending| {
         pending
             .entry
@@ -397,7 +407,7 @@ pub fn resolve(
             .is_some_and(|held| Entry::from(held).same(entry))
     });
     if commit && entry_at(store, pg, entry.version)?.is_some_and(|held| held.same(entry)) {
-        return Ok(());
+        return marked_missing(store, pg, &entry.name);
     }
     let Some(pending) = held else {
         if commit {
@@ -406,7 +416,7 @@ pub fn resolve(
                 entry.version
             )));
         }
-        return Ok(());
+        return Ok(false);
     };
     let mut txn = if commit {
         mutation(pg, entry, &pending.ops, log_entries)
@@ -415,7 +425,7 @@ pub fn resolve(
     };
     txn.remove(PENDING_OBJECT);
     match store.commit(txn) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(false),
         // The write changes part of an object that rotted beyond what this
         // OSD's own disks heal: the copy takes the entry without the object,
         // marked missing, and recovery rebuilds it from the other copies.
@@ -425,7 +435,7 @@ pub fn resolve(
             let mut txn = mutation(pg, entry, &[], log_entries);
             txn.remove(&object_key(&entry.name)).remove(PENDING_OBJECT);
             mark_missing(&mut txn, std::slice::from_ref(&entry.name));
-            store.commit(txn).map(|_| ())
+            store.commit(txn).map(|_| true)
         }
         Err(error) => Err(error),
     }
@@ -539,7 +549,7 @@ mod tests {
     use lcpfs_proto::ObjectState;
 
     use super::*;
-    use crate::pg::{Delivery, install, size, state};
+    use crate::pg::{Delivery, install, pull, size, state};
 
     fn entry(version: u64, epoch: u64, name: &str) -> Entry {
         Entry {
@@ -729,7 +739,10 @@ mod tests {
             })),
         }];
         prepare(&store, pg, &next, &partial, 2).unwrap();
-        resolve(&store, pg, &next, true, LOG_KEEP).unwrap();
+        assert!(
+            resolve(&store, pg, &next, true, LOG_KEEP).unwrap(),
+            "not reported missing"
+        );
         assert!(pending(&store, pg).unwrap().is_none());
         assert!(
             entry_at(&store, pg, 2)
@@ -738,8 +751,9 @@ mod tests {
         );
         assert!(!state(&store, pg, b"a").unwrap().exists);
         assert!(missing(&store, pg).unwrap().contains(b"a".as_slice()));
-        // Committed once: the same commit again is answered, not applied.
-        resolve(&store, pg, &next, true, LOG_KEEP).unwrap();
+        // Committed once: the same commit again is answered, not applied, and
+        // still says the object is missing (the first answer may have been lost).
+        assert!(resolve(&store, pg, &next, true, LOG_KEEP).unwrap());
     }
 
     #[test]
@@ -796,7 +810,19 @@ mod tests {
         assert_eq!(log.last, 3);
         assert_eq!(log.missing, names(&["a", "b"]).into_iter().collect());
         assert!(log.degraded() && log.is_missing(b"a") && !log.is_missing(b"c"));
+        // What this copy holds of a missing object is never handed to another:
+        // neither its old data nor the absence of one it never had.
+        for name in ["a", "b"] {
+            let refused = pull(&store, pg, &names(&[name]));
+            assert!(
+                matches!(refused, Err(OsdError::Behind(_))),
+                "pulled {name}: {refused:?}"
+            );
+        }
+        let absent = pull(&store, pg, &names(&["c"])).unwrap();
+        assert!(!absent[0].exists);
         install(&store, pg, &Delivery::objects(vec![object("a", b"new a")])).unwrap();
+        assert_eq!(pull(&store, pg, &names(&["a"])).unwrap()[0].data, b"new a");
         assert_eq!(
             missing(&store, pg).unwrap(),
             names(&["b"]).into_iter().collect()

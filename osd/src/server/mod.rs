@@ -183,10 +183,12 @@ impl Osd for OsdServer {
     ) -> Result<Response<EcCommitReply>, Status> {
         tls::require(&request, &["osd"], "Osd.EcCommit")?;
         let request = request.into_inner();
-        let last = self
-            .to_completion(|node| async move { replica::handle_ec_commit(&node, request).await })
-            .await;
-        reply(last.map(|last| EcCommitReply { last }))
+        reply(
+            self.to_completion(
+                |node| async move { replica::handle_ec_commit(&node, request).await },
+            )
+            .await,
+        )
     }
 
     async fn read_shard(

@@ -351,6 +351,8 @@ async fn settle_pending(
                 .clone()
                 .is_some_and(|held| Entry::from(held).same(entry))
             {
+                // What the shard misses afterwards, its info says when asked
+                // again below.
                 resolve_at(node, &map, pg, *osd, reference, entry, committed).await?;
             }
         }

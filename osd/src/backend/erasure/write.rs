@@ -18,6 +18,7 @@ use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
 use crate::pg::{self, Entry, PgLog, SIZE_XATTR, VERSION_XATTR};
+use crate::recovery::queue_recovery;
 
 fn op(op: Op) -> ObjectOp {
     ObjectOp { op: Some(op) }
@@ -142,12 +143,34 @@ pub(super) async fn write(
     })
     .await;
     let mut failed = None;
+    let mut degraded = false;
     for (osd, answer) in answers {
-        match answer {
-            Ok(()) if osd == node.id => log.record(&entry),
-            Ok(()) => {}
-            Err(error) => failed = Some(format!("osd.{osd}: {error}")),
+        let missing = match answer {
+            Ok(missing) => missing,
+            Err(error) => {
+                failed = Some(format!("osd.{osd}: {error}"));
+                continue;
+            }
+        };
+        if osd == node.id {
+            log.record(&entry);
         }
+        if missing {
+            // Its shard was unreadable: the others hold the write, and
+            // recovery rebuilds this one.
+            degraded = true;
+            if osd == node.id {
+                log.missing.insert(entry.name.clone());
+            } else {
+                log.peer_missing
+                    .entry(osd)
+                    .or_default()
+                    .insert(entry.name.clone());
+            }
+        }
+    }
+    if degraded {
+        queue_recovery(node, pg, log);
     }
     if let Some(reason) = failed {
         // Peering again rolls the write forward on every shard.
@@ -193,7 +216,8 @@ fn prepare_at(
     Box::pin(async move { peers.send_replicate(&map, osd, request).await })
 }
 
-/// Phase two of a write at shard `osd`: commit it, or drop it.
+/// Phase two of a write at shard `osd`: commit it, or drop it. True when the
+/// shard misses the written object afterwards (see [`pg::resolve`]).
 pub(super) fn resolve_at(
     node: &Node,
     map: &Arc<ClusterMap>,
@@ -202,7 +226,7 @@ pub(super) fn resolve_at(
     reference: PgRef,
     entry: &Entry,
     commit: bool,
-) -> ShardCall<()> {
+) -> ShardCall<bool> {
     if osd == node.id {
         let (store, entry) = (node.store.clone(), entry.clone());
         let log_entries = node.config.pg_log_entries;
