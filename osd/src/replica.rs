@@ -68,9 +68,23 @@ pub async fn handle_replicate(node: &Node, request: ReplicateRequest) -> Result<
         } else {
             log.dirty = true;
             let log_entries = node.config.pg_log_entries;
-            node.on_store(move |store| pg::apply(store, pg, &applied, &ops, log_entries))
-                .await?;
-            log.record(&entry);
+            match node
+                .on_store(move |store| pg::apply(store, pg, &applied, &ops, log_entries))
+                .await
+            {
+                Ok(()) => log.record(&entry),
+                // A write to part of a copy rotten beyond what this OSD's disks
+                // heal: the primary brings the log level, pushes the object
+                // whole, and sends the write again.
+                Err(OsdError::DataLoss(why)) => {
+                    return Err(OsdError::Behind(format!(
+                        "osd.{} cannot read its copy of '{}' of PG {pg} to change part of it: {why}",
+                        node.id,
+                        String::from_utf8_lossy(&entry.name)
+                    )));
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
     Ok(node.current().epoch)

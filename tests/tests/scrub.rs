@@ -2,13 +2,16 @@
 //! it is stopped) are found by a deep scrub, reported as PG_DAMAGED, rewritten by
 //! `lcpfs pg repair`, and a second deep scrub is clean, with a stamp in `lcpfs pg
 //! ls` that outlives a restart; a primary whose copy is unreadable serves a read
-//! from a replica's copy and heals its own.
+//! from a replica's copy and heals its own; a write to part of a replica's
+//! unreadable copy succeeds and heals it.
 
 use std::path::Path;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::map::ClusterMap;
+use lcpfs_proto::object_op::Op;
+use lcpfs_proto::{ObjectOp, WriteAt};
 use lcpfs_tests::{
     MonCluster, cluster_with_pool, contents, current_epoch, http_get, osds_up, placement, rot,
     status_until, wait_for,
@@ -179,6 +182,46 @@ async fn a_primary_with_an_unreadable_copy_reads_a_replica_and_heals() {
     assert_eq!(objects.get("data", b"precious").await.unwrap(), data);
     let report = objects.scrub(pg, true, false).await.unwrap();
     assert_eq!(report.primary, up[0]);
+    assert!(
+        report.inconsistencies.is_empty(),
+        "{:?}",
+        report.inconsistencies
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_part_of_a_rotten_replica_copy_succeeds_and_heals_it() {
+    let mut cluster = cluster_with_pool(3, &[]).await;
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let mut data = contents("patched", 300 << 10);
+    objects.put("data", b"patched", data.clone()).await.unwrap();
+    let map = objects.map();
+    let (pg, up) = placement(&map, "data", b"patched");
+    rot_on(&mut cluster, &map, up[1], &data).await;
+
+    // The replica cannot read the bytes it keeps around the patch: it asks for
+    // the object whole, and the write is acknowledged once it has it.
+    let patch = b"a patch in the middle".to_vec();
+    let offset = data.len() / 2 + 100;
+    objects
+        .operate(
+            "data",
+            b"patched",
+            vec![ObjectOp {
+                op: Some(Op::Write(WriteAt {
+                    offset: offset as u64,
+                    data: patch.clone(),
+                })),
+            }],
+        )
+        .await
+        .unwrap();
+    data[offset..offset + patch.len()].copy_from_slice(&patch);
+    assert_eq!(objects.get("data", b"patched").await.unwrap(), data);
+    let report = objects.scrub(pg, true, false).await.unwrap();
     assert!(
         report.inconsistencies.is_empty(),
         "{:?}",
