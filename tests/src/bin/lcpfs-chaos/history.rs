@@ -35,6 +35,8 @@ pub(crate) struct Client {
     pub(crate) timelines: Timelines,
     /// Every client's objects.
     pub(crate) everyone: Arc<Vec<(String, String)>>,
+    /// Whether the client gives one write in twenty up mid-request.
+    pub(crate) abandons: bool,
 }
 
 /// Per object (`pool/name`), every operation its owner ran on it, in order.
@@ -203,7 +205,8 @@ impl Client {
         // Now and then the client gives a write up mid-request, as a client that
         // dies would: the OSD sees the request cancelled.
         let abandon = (kind != "read" && self.rng.random_range(0..20) == 0)
-            .then(|| Duration::from_millis(self.rng.random_range(1..40)));
+            .then(|| Duration::from_millis(self.rng.random_range(1..40)))
+            .filter(|_| self.abandons);
         let key = format!("{pool}/{name}");
         self.timelines
             .lock()

@@ -98,6 +98,10 @@ struct Args {
     /// (for runs long enough to draw each: kinds are drawn in shuffled rounds).
     #[arg(long)]
     every_fault: bool,
+    /// Never give a write up mid-request (by default one in twenty is, as a
+    /// client that dies would: the OSD sees the request cancelled).
+    #[arg(long)]
+    no_abandon: bool,
     /// Monitor addresses of the compose cluster.
     #[arg(
         long,
@@ -218,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             rng: StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             timelines: timelines.clone(),
             everyone: everyone.clone(),
+            abandons: !args.no_abandon,
         };
         let (counts, stop, steps) = (counts.clone(), stop.clone(), steps.clone());
         workers.push(tokio::spawn(async move {
