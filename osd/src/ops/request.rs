@@ -64,6 +64,18 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
     } else {
         Vec::new()
     };
+    // Every request served, at debug level: what a history checker's anomaly
+    // is traced back through (which OSD served it, at which version).
+    tracing::debug!(
+        %pg,
+        client = %request.client,
+        tid = request.tid,
+        object = %String::from_utf8_lossy(&request.name),
+        version,
+        epoch = map.epoch,
+        mutations,
+        "served"
+    );
     account(node, &request, &results, began);
     Ok(OpReply {
         epoch: node.current().epoch,
