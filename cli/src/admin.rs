@@ -25,6 +25,14 @@ pub enum OsdCommand {
     Tree,
     /// Each OSD's disk space, use and PG count.
     Df,
+    /// Where an object lives: its PG, the PG's up OSDs and primary (like `ceph
+    /// osd map`), computed from the current map.
+    Map {
+        /// Pool name.
+        pool: String,
+        /// Object name.
+        object: String,
+    },
     /// Set the fraction of an OSD's disk space past which it is marked full
     /// (its PGs then take deletes only).
     SetFullRatio {
@@ -261,6 +269,10 @@ pub async fn osd(
             let usage: Vec<OsdUsage> = client.query(&Query::OsdDf).await?;
             return osd_df(&usage, json_output);
         }
+        OsdCommand::Map { pool, object } => {
+            let map = client.map(false).await?;
+            return osd_map(&map, &pool, &object, json_output);
+        }
         OsdCommand::SetFullRatio { ratio } => Command::OsdSetFullRatio { ratio },
         OsdCommand::SetNearfullRatio { ratio } => Command::OsdSetNearfullRatio { ratio },
         OsdCommand::Out { ids } => Command::OsdOut { ids },
@@ -287,6 +299,44 @@ pub async fn osd(
     };
     let (epoch, message, value) = client.run(&command).await?;
     Ok(done(json_output, epoch, &message, value))
+}
+
+/// `lcpfs osd map POOL OBJECT`: the object's PG, up set and primary in `map`.
+fn osd_map(
+    map: &ClusterMap,
+    pool_name: &str,
+    object: &str,
+    json_output: bool,
+) -> anyhow::Result<String> {
+    let Some(pool) = map.pool_by_name(pool_name) else {
+        bail!("pool '{pool_name}' does not exist (epoch {})", map.epoch);
+    };
+    let pg = lcpfs_core::pg::object_to_pg(pool, object.as_bytes());
+    let mapping = pg_mapping(map, pg)?;
+    let osd = |osd: &Option<u32>| osd.map_or("none".to_owned(), |id| id.to_string());
+    if json_output {
+        return Ok(json!({
+            "epoch": map.epoch,
+            "pool": pool.name,
+            "pool_id": pool.id,
+            "object": object,
+            "pg": pg.to_string(),
+            "up": mapping.up,
+            "primary": mapping.primary,
+        })
+        .to_string());
+    }
+    let up: Vec<String> = mapping.up.iter().map(osd).collect();
+    Ok(format!(
+        "epoch {} pool '{}' ({}) object '{object}' -> pg {pg} -> up [{}] primary {}",
+        map.epoch,
+        pool.name,
+        pool.id,
+        up.join(","),
+        mapping
+            .primary
+            .map_or("none".to_owned(), |id| format!("osd.{id}"))
+    ))
 }
 
 /// `lcpfs osd scrub N`: scrubs, one after another, the PGs whose primary is osd.N.

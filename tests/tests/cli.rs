@@ -98,6 +98,10 @@ async fn operator_commands() {
             .contains("cannot be removed")
     );
 
+    assert!(
+        cli.fails(&["osd", "map", "data", "an-object"])
+            .contains("pool 'data' does not exist")
+    );
     let tree = cli.ok(&["osd", "tree"]);
     assert!(tree.contains("root default"), "{tree}");
     assert!(cli.ok(&["osd", "df"]).starts_with("  ID  HOST"));

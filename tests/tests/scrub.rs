@@ -54,6 +54,10 @@ async fn deep_scrub_finds_a_rotted_copy_and_repair_fixes_it() {
     }
     let map = objects.map();
     let (pg, up) = placement(&map, "data", b"victim");
+    let mapped = lcpfs(&cluster, &["osd", "map", "data", "victim"]);
+    assert_eq!(mapped["pg"], pg.to_string(), "{mapped}");
+    assert_eq!(mapped["up"], serde_json::json!(up), "{mapped}");
+    assert_eq!(mapped["primary"], up[0], "{mapped}");
     let replica = up[1];
     rot_on(&mut cluster, &map, replica, &victim).await;
 
