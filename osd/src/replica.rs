@@ -87,7 +87,16 @@ pub async fn handle_replicate(node: &Node, request: ReplicateRequest) -> Result<
             }
         }
     }
-    tracing::debug!(%pg, client = %entry.client, tid = entry.tid, object = %String::from_utf8_lossy(&entry.name), version = entry.version, interval = entry.epoch, prepare = request.prepare, "took a write");
+    tracing::debug!(
+        %pg,
+        client = %entry.client,
+        tid = entry.tid,
+        object = %String::from_utf8_lossy(&entry.name),
+        version = entry.version,
+        interval = entry.epoch,
+        prepare = request.prepare,
+        "took a write"
+    );
     Ok(node.current().epoch)
 }
 

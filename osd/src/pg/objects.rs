@@ -27,9 +27,9 @@ pub fn read_shard(
     offset: u64,
     length: u64,
 ) -> Result<ReadShardReply, OsdError> {
-    refuse_missing(store, pg, name)?;
-    let key = object_key(name);
     let view = store.head(&collection(pg))?;
+    refuse_missing(&view, pg, name)?;
+    let key = object_key(name);
     if !view.exists(&key)? {
         return Ok(ReadShardReply::default());
     }
@@ -203,23 +203,24 @@ pub fn list(
         .collect()
 }
 
-/// The PG's log entries after `since`, oldest first, and the oldest version kept (0
 /// Whole objects of this copy for another OSD to take (recovery, repair). An
 /// object the copy marks missing is refused: what it holds of it is older than
 /// its log, and a copy that took it (an absent object, or an old version) would
 /// lose the newest write.
 pub fn pull(store: &Store, pg: PgId, names: &[Vec<u8>]) -> Result<Vec<ObjectState>, OsdError> {
+    let view = store.head(&collection(pg))?;
     let mut objects = Vec::with_capacity(names.len());
     for name in names {
-        refuse_missing(store, pg, name)?;
+        refuse_missing(&view, pg, name)?;
         objects.push(state(store, pg, name)?);
     }
     Ok(objects)
 }
 
-/// Fails with [`OsdError::Behind`] when this copy marks object `name` missing.
-fn refuse_missing(store: &Store, pg: PgId, name: &[u8]) -> Result<(), OsdError> {
-    if marked_missing(store, pg, name)? {
+/// Fails with [`OsdError::Behind`] when the copy seen through `view` marks object
+/// `name` missing.
+fn refuse_missing(view: &engine::View<'_>, pg: PgId, name: &[u8]) -> Result<(), OsdError> {
+    if marked_missing(view, name)? {
         return Err(OsdError::Behind(format!(
             "this copy of PG {pg} misses the newest data of object '{}'",
             String::from_utf8_lossy(name)

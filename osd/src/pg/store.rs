@@ -219,10 +219,9 @@ pub fn missing(store: &Store, pg: PgId) -> engine::Result<BTreeSet<Vec<u8>>> {
         .collect())
 }
 
-/// True when this copy marks object `name` missing: what it holds of it is
-/// older than its log says.
-pub(super) fn marked_missing(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<bool> {
-    let view = store.head(&collection(pg))?;
+/// True when the copy of a PG seen through `view` marks object `name` missing:
+/// what it holds of it is older than its log says.
+pub(super) fn marked_missing(view: &engine::View<'_>, name: &[u8]) -> engine::Result<bool> {
     Ok(view.exists(MISSING_OBJECT)? && view.omap_get(MISSING_OBJECT, name)?.is_some())
 }
 
@@ -407,7 +406,7 @@ pub fn resolve(
             .is_some_and(|held| Entry::from(held).same(entry))
     });
     if commit && entry_at(store, pg, entry.version)?.is_some_and(|held| held.same(entry)) {
-        return marked_missing(store, pg, &entry.name);
+        return marked_missing(&store.head(&collection(pg))?, &entry.name);
     }
     let Some(pending) = held else {
         if commit {
@@ -517,7 +516,7 @@ fn set_log_numbers(store: &Store, pg: PgId, numbers: &[(&str, u64)]) -> engine::
     store.commit(txn).map(|_| ())
 }
 
-/// A range of this copy's shard of an object, zero padded to `length`, with the
+/// The PG's log entries after `since`, oldest first, and the oldest version kept (0
 /// when the log is empty).
 pub fn log_since(store: &Store, pg: PgId, since: u64) -> engine::Result<(Vec<Entry>, u64)> {
     let view = store.head(&collection(pg))?;
