@@ -6,14 +6,14 @@
 //! scrub and rebuilt by repair, and so is a parity shard holding other bytes
 //! (found by re-encoding the data shards); appends through a primary killed
 //! mid-write are neither lost nor doubled; a write over a rotted shard is
-//! acknowledged, read back and the shard rebuilt; a PG whose shards miss objects serves
-//! while they are rebuilt, an object at a time.
+//! acknowledged, read back and the shard rebuilt; a PG whose shards miss objects
+//! serves while they are rebuilt, an object at a time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
+use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
 use lcpfs_core::monitor::Command;
 use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_engine::{OpenOptions, Store, Transaction};
@@ -349,20 +349,7 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     objects.put("ec", b"big", big.clone()).await.unwrap();
     let map = objects.map();
     let (pg, up) = lcpfs_tests::placement(&map, "ec", b"big");
-    let index = cluster.osd_index(&map, up[1]);
-    let rot_shard = |cluster: &mut MonCluster| {
-        cluster.kill_osd(index);
-        let dir = cluster.osds[&index].data.clone();
-        assert!(
-            rot(&dir, &big[4096..8192]) > 0,
-            "shard 1 of big is on osd.{}",
-            up[1]
-        );
-        cluster.start_osd(index);
-    };
-    rot_shard(&mut cluster);
-    osds_up(&cluster.client(), 4).await;
-    osd_listening(&cluster, index).await;
+    rot_shard(&mut cluster, &map, up[1], &big[4096..8192]).await;
     assert!(
         objects.get("ec", b"big").await.unwrap() == big,
         "big reads back through the rot"
@@ -375,9 +362,7 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
 
     // Rotted again and not read: deep scrub finds the shard unreadable, repair
     // rebuilds it.
-    rot_shard(&mut cluster);
-    osds_up(&cluster.client(), 4).await;
-    osd_listening(&cluster, index).await;
+    rot_shard(&mut cluster, &map, up[1], &big[4096..8192]).await;
     deep_scrub_finds_and_repair_fixes(&objects, pg, up[1], "read error").await;
     assert!(objects.get("ec", b"big").await.unwrap() == big);
 
@@ -408,13 +393,7 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     let mut big = big;
     for (position, unit) in [(1, 1), (0, 0)] {
         let unit = unit * 4096;
-        let index = cluster.osd_index(&map, up[position]);
-        cluster.kill_osd(index);
-        let dir = cluster.osds[&index].data.clone();
-        assert!(rot(&dir, &big[unit..unit + 4096]) > 0);
-        cluster.start_osd(index);
-        osds_up(&cluster.client(), 4).await;
-        osd_listening(&cluster, index).await;
+        rot_shard(&mut cluster, &map, up[position], &big[unit..unit + 4096]).await;
         let patch = format!("patch over shard {position}").into_bytes();
         objects
             .operate(
@@ -436,6 +415,18 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
         .await;
     }
     assert!(objects.get("ec", b"big").await.unwrap() == big);
+}
+
+/// Stops `osd`, rots `bytes` (a unit of its shard) wherever its disks hold them,
+/// and starts it again.
+async fn rot_shard(cluster: &mut MonCluster, map: &ClusterMap, osd: u32, bytes: &[u8]) {
+    let index = cluster.osd_index(map, osd);
+    cluster.kill_osd(index);
+    let dir = cluster.osds[&index].data.clone();
+    assert!(rot(&dir, bytes) > 0, "the bytes are on osd.{osd}'s disks");
+    cluster.start_osd(index);
+    osds_up(&cluster.client(), cluster.osds.len()).await;
+    osd_listening(cluster, index).await;
 }
 
 /// A deep scrub of `pg` finds one bad shard, on `osd`, for a reason containing
