@@ -210,6 +210,32 @@ pub async fn push_to_peers(
         .collect()
 }
 
+/// The newest history peering may adopt among the infos of a PG's copies, as the
+/// (interval epoch, version) of its last entry: the newest of the copies brought
+/// level in the newest interval that went active (their `activated`, Ceph's
+/// last_epoch_started). A copy whose history is newer than that holds writes
+/// that no later active interval took, so none was acknowledged: a primary that
+/// applied a write, failed to replicate it and stopped, while the others went
+/// active without it and served reads of the value before it. Adopting that
+/// history when the primary comes back would change what clients already read;
+/// its copy is rolled back instead. Every acknowledged write is held by the
+/// copies of the newest active interval: that interval's peering took it in.
+pub fn adoptable<'a>(infos: impl IntoIterator<Item = &'a PgInfoReply>) -> (u64, u64) {
+    let infos: Vec<&PgInfoReply> = infos.into_iter().collect();
+    let newest_active = infos.iter().map(|info| info.activated).max().unwrap_or(0);
+    infos
+        .iter()
+        .filter(|info| info.activated == newest_active)
+        .map(|info| history_point(info))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Where a copy's history ends: its last entry's (interval epoch, version).
+pub fn history_point(info: &PgInfoReply) -> (u64, u64) {
+    (info.last_epoch, info.last)
+}
+
 /// Fails (and marks the PG `down`) while an earlier interval of the PG may hold
 /// acknowledged writes that none of the answering copies (`infos`, this OSD's
 /// among them) has: one whose OSDs are down, not enough of them up to read its

@@ -2,7 +2,7 @@
 //! answering reads once its read lease runs out, and a new primary takes no
 //! write before then, so a client still following an old map cannot read data
 //! older than a write a newer primary acknowledged; and a write that failed
-//! half-way is never read and then lost.
+//! half-way is never read and then lost, nor read again once it was not.
 
 use std::time::Duration;
 
@@ -201,6 +201,19 @@ async fn a_write_that_failed_half_way_is_never_read_and_then_lost() {
         .unwrap();
     osds_up(&admin, 2).await;
     assert_eq!(objects.get("data", b"ledger").await.unwrap(), b"old");
+
+    // The primary comes back with the write on its disk, the newest entry of
+    // any copy's log. The others went active without it and served the old
+    // value: it is rolled back, never adopted.
+    cluster.start_osd(primary);
+    osds_up(&admin, 3).await;
+    let back = lcpfs_tests::current_epoch(&cluster).await;
+    lcpfs_tests::clean_since(&cluster, back, 16).await;
+    assert_eq!(
+        objects.get("data", b"ledger").await.unwrap(),
+        b"old",
+        "a write that failed came back after reads had not seen it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

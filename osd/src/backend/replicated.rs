@@ -210,7 +210,7 @@ impl PeeringBackend for Replicated {
             log,
             std::iter::once(&own).chain(infos.iter().chain(&prior).map(|(_, info)| info)),
         )?;
-        if let Some((source, info)) = authoritative(log, infos.iter().chain(&prior)) {
+        if let Some((source, info)) = authoritative(&own, infos.iter().chain(&prior)) {
             tracing::info!(%pg, source, from = log.last, to = info.last, "pulling newer PG history");
             let lazy = up.contains(&Some(*source));
             pull(node, map, pg, (*source, &info.missing), lazy, log).await?;
@@ -610,53 +610,76 @@ async fn repair_from_peers(
     )))
 }
 
-/// The copy whose history peering adopts when it is newer than this OSD's own
-/// (`log`): the newest history wins, wherever it is, and the newest is the one
-/// whose last entry has the greatest (interval epoch, version). A longer log of
-/// an older interval loses to a shorter one of a newer interval: its extra
-/// entries were never acknowledged by the newer interval's copies.
+/// The copy whose history peering adopts when it is not this OSD's own (`own`):
+/// the newest history that peering may adopt ([`peering::adoptable`]). The
+/// newest is the one whose last entry has the greatest (interval epoch,
+/// version): a longer log of an older interval loses to a shorter one of a newer
+/// interval, whose copies never acknowledged its extra entries. A copy whose
+/// history is past the adoptable one, this OSD's among them, is rolled back.
 fn authoritative<'a>(
-    log: &PgLog,
-    copies: impl Iterator<Item = &'a (u32, PgInfoReply)>,
+    own: &PgInfoReply,
+    copies: impl Iterator<Item = &'a (u32, PgInfoReply)> + Clone,
 ) -> Option<&'a (u32, PgInfoReply)> {
-    copies
-        .filter(|(_, info)| (info.last_epoch, info.last) > (log.last_epoch, log.last))
-        .max_by_key(|(_, info)| (info.last_epoch, info.last))
+    let point = peering::history_point;
+    let limit = peering::adoptable(copies.clone().map(|(_, info)| info).chain([own]));
+    let best = copies
+        .filter(|(_, info)| point(info) <= limit)
+        .max_by_key(|(_, info)| point(info))?;
+    (point(&best.1) > point(own) || point(own) > limit).then_some(best)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn info(last_epoch: u64, last: u64) -> PgInfoReply {
+    fn info(activated: u64, last_epoch: u64, last: u64) -> PgInfoReply {
         PgInfoReply {
+            activated,
             last_epoch,
             last,
             ..PgInfoReply::default()
         }
     }
 
-    fn own(last_epoch: u64, last: u64) -> PgLog {
-        let mut log = PgLog::default();
-        (log.last_epoch, log.last) = (last_epoch, last);
-        log
-    }
-
-    fn chosen(log: &PgLog, copies: &[(u32, PgInfoReply)]) -> Option<u32> {
-        authoritative(log, copies.iter()).map(|(osd, _)| *osd)
+    fn chosen(own: &PgInfoReply, copies: &[(u32, PgInfoReply)]) -> Option<u32> {
+        authoritative(own, copies.iter()).map(|(osd, _)| *osd)
     }
 
     #[test]
     fn peering_adopts_the_history_of_the_newest_interval_not_the_longest_log() {
         // osd.1 wrote alone in interval 5 (never acknowledged: min_size not met);
         // osd.2 took acknowledged writes in interval 9 after it.
-        let copies = [(1, info(5, 40)), (2, info(9, 31)), (3, info(9, 30))];
-        assert_eq!(chosen(&own(5, 30), &copies), Some(2));
+        let copies = [
+            (1, info(5, 5, 40)),
+            (2, info(9, 9, 31)),
+            (3, info(9, 9, 30)),
+        ];
+        assert_eq!(chosen(&info(5, 5, 30), &copies), Some(2));
         // Within one interval, the longer log.
-        assert_eq!(chosen(&own(9, 12), &copies[1..]), Some(2));
+        assert_eq!(chosen(&info(9, 9, 12), &copies[1..]), Some(2));
         // A primary whose own history is the newest pulls nothing.
-        assert_eq!(chosen(&own(9, 31), &copies), None);
-        assert_eq!(chosen(&own(10, 1), &copies), None);
-        assert_eq!(chosen(&own(9, 31), &[]), None);
+        assert_eq!(chosen(&info(9, 9, 31), &copies), None);
+        assert_eq!(chosen(&info(10, 10, 1), &copies), None);
+        assert_eq!(chosen(&info(9, 9, 31), &[]), None);
+    }
+
+    #[test]
+    fn a_write_no_later_active_interval_took_is_rolled_back_not_adopted() {
+        // osd.1, primary of interval 5, applied version 31 and stopped before any
+        // replica had it; osd.2 and osd.3 went active in interval 7 without it
+        // and served reads of version 30. osd.1 is back as primary.
+        let others = [(2, info(7, 4, 30)), (3, info(7, 4, 30))];
+        assert_eq!(
+            chosen(&info(5, 5, 31), &others),
+            Some(3),
+            "the primary's unacknowledged write must give way"
+        );
+        // The same write, seen from a primary of the active interval: not taken.
+        let back = [(1, info(5, 5, 31)), (3, info(7, 4, 30))];
+        assert_eq!(chosen(&info(7, 4, 30), &back), None);
+        // Had interval 7 gone active with it (osd.2 pulled it then), it stays.
+        let adopted = [(2, info(7, 5, 31)), (3, info(7, 5, 31))];
+        assert_eq!(chosen(&info(5, 5, 31), &adopted), None);
+        assert_eq!(chosen(&info(6, 4, 30), &adopted), Some(3));
     }
 }

@@ -147,15 +147,19 @@ pub(super) async fn peer(
         infos
             .iter()
             .chain(&prior)
-            .filter(|(_, info)| (info.last_epoch, info.last) == point)
+            .filter(|(_, info)| peering::history_point(info) == point)
             .filter_map(|copy| Some((stored(copy)?, copy.0.1)))
             .collect()
     };
+    // A history past the adoptable one was taken by no later active interval
+    // (see `peering::adoptable`): its holders are rolled back.
+    let limit = peering::adoptable(infos.iter().chain(&prior).map(|(_, info)| info));
     let mut points: Vec<(u64, u64)> = infos
         .iter()
         .chain(&prior)
         .filter(|copy| stored(copy).is_some())
-        .map(|(_, info)| (info.last_epoch, info.last))
+        .map(|(_, info)| peering::history_point(info))
+        .filter(|point| *point <= limit)
         .collect();
     points.sort_unstable_by(|a, b| b.cmp(a));
     points.dedup();
