@@ -1,6 +1,7 @@
 //! One client request at this OSD, the primary of its object's PG: checked,
-//! followed to the sender's map epoch, its mutations applied ([`super::write`])
-//! and then its reads answered ([`super::read`]), and counted in the metrics.
+//! followed to the sender's map epoch, run in its turn among the PG's requests,
+//! its mutations applied ([`super::write`]) and then its reads answered
+//! ([`super::read`]), and counted in the metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,10 +45,16 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         .ops
         .iter()
         .any(|op| op.op.as_ref().is_some_and(pg::is_mutation));
+    // One request at a time per PG, in the order they came: a write the client
+    // gave up on is settled before the client's next request runs, which may
+    // read or build on it. One that waited while the PG changed its OSDs is
+    // refused (see `write::mutate`): its client may have moved on meanwhile.
+    let arrived = node.interval(pg);
+    let _turn = node.pgs.turn(pg).await;
     let up = mapping.up.iter().flatten().count();
     let map = wait_active(node, (map, up), &pool, pg, mutations).await?;
     let version = if mutations {
-        write::mutate(node, backend, &map, &pool, pg, &request)
+        write::mutate(node, backend, &map, &pool, pg, &request, arrived)
             .await
             .map_err(missing)?
     } else {
@@ -58,7 +65,7 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         .iter()
         .any(|op| op.op.as_ref().is_some_and(|op| !pg::is_mutation(op)));
     let results = if reads {
-        read::read(node, backend, &pool, pg, &request)
+        read::read(node, backend, &pool, pg, &request, arrived)
             .await
             .map_err(missing)?
     } else {

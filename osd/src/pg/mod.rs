@@ -44,10 +44,17 @@ pub type PgSlot = Arc<tokio::sync::Mutex<Option<PgLog>>>;
 /// A locked PG, as the holder of its lock sees it.
 pub type PgGuard<'a> = tokio::sync::MutexGuard<'a, Option<PgLog>>;
 
-/// Every PG this OSD has touched since it started, each behind its own lock.
+/// The turn of a client request at a PG whose primary this OSD is: held for the
+/// whole request, so a PG's client requests run one at a time in the order they
+/// reached it, waits for the PG to become active included.
+pub type PgTurn = tokio::sync::OwnedMutexGuard<()>;
+
+/// Every PG this OSD has touched since it started, each behind its own lock, and
+/// the queue of client requests of each PG it is primary for.
 #[derive(Default)]
 pub struct Registry {
     pgs: Mutex<HashMap<PgId, PgSlot>>,
+    queues: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Registry {
@@ -59,6 +66,21 @@ impl Registry {
             .entry(pg)
             .or_default()
             .clone()
+    }
+
+    /// Waits for the turn of a client request at `pg`: after every request that
+    /// reached the PG before it. (The PG's lock is not enough: a request waits
+    /// for the PG to become active before it takes the lock, and the client's
+    /// next request, once it gave the first up, must not overtake it.)
+    pub async fn turn(&self, pg: PgId) -> PgTurn {
+        let queue = self
+            .queues
+            .lock()
+            .expect("PG queues")
+            .entry(pg)
+            .or_default()
+            .clone();
+        queue.lock_owned().await
     }
 }
 
