@@ -97,6 +97,10 @@ struct State {
     unknown: HashSet<PgId>,
     /// Per pool: its pg_num in the last map observed.
     pg_nums: HashMap<u32, u32>,
+    /// Per PG: its primary in the last map observed, and the epoch since which
+    /// it has been (Ceph's same_primary_since). Not saved: after a restart it
+    /// counts from the first map observed.
+    primaries: HashMap<PgId, (Option<u32>, u64)>,
 }
 
 impl State {
@@ -232,9 +236,11 @@ impl Intervals {
             past,
             unknown,
             pg_nums: known_pg_nums,
+            primaries,
             ..
         } = &mut *state;
         current.retain(|pg, _| exists(pg));
+        primaries.retain(|pg, _| exists(pg));
         past.retain(|pg, _| exists(pg));
         unknown.retain(exists);
         // A PG split off another in this map holds its parent's objects on its
@@ -255,6 +261,13 @@ impl Intervals {
             for seed in 0..pool.pg_num {
                 let up = placement.map_pg(seed).up;
                 let pg = PgId::new(pool.id, seed);
+                let leader = primary(&up);
+                match primaries.get(&pg) {
+                    Some((held, _)) if contiguous && *held == leader => {}
+                    _ => {
+                        primaries.insert(pg, (leader, map.epoch));
+                    }
+                }
                 let entry = current.entry(pg).or_insert_with(|| Interval {
                     up: up.clone(),
                     start: map.epoch,
@@ -322,6 +335,16 @@ impl Intervals {
             .current
             .get(&pg)
             .map_or(0, |interval| interval.start)
+    }
+
+    /// The epoch since which the PG has had the primary it has in the last
+    /// observed map (the last observed epoch when unknown).
+    pub fn primary_since(&self, pg: PgId) -> u64 {
+        let state = self.state();
+        state
+            .primaries
+            .get(&pg)
+            .map_or(state.epoch, |(_, since)| *since)
     }
 
     /// The PGs `osd` is primary for in the last observed map, with their up sets
@@ -505,6 +528,30 @@ mod tests {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    #[test]
+    fn the_primary_counts_from_the_epoch_it_took_the_pg_over() {
+        let (mut map, pg) = cluster();
+        let intervals = Intervals::new(None);
+        intervals.observe(&map);
+        let first = map.epoch;
+        assert_eq!(intervals.primary_since(pg), first);
+        let [a, _, c] = up(&map, pg)[..] else {
+            panic!("three copies")
+        };
+        // A replica leaves: a new interval, the same primary.
+        map.mark_down(c).unwrap();
+        intervals.observe(&map);
+        assert!(intervals.start(pg) > first);
+        assert_eq!(intervals.primary_since(pg), first);
+        // The primary leaves and comes back: it counts from its return.
+        map.mark_down(a).unwrap();
+        intervals.observe(&map);
+        map.mark_up(a).unwrap();
+        intervals.observe(&map);
+        assert_eq!(up(&map, pg)[0], a);
+        assert_eq!(intervals.primary_since(pg), map.epoch);
     }
 
     #[test]

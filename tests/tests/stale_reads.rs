@@ -2,12 +2,14 @@
 //! answering reads once its read lease runs out, and a new primary takes no
 //! write before then, so a client still following an old map cannot read data
 //! older than a write a newer primary acknowledged; and a write that failed
-//! half-way is never read and then lost, nor read again once it was not.
+//! half-way is never read and then lost, nor read again once it was not, and a
+//! write given up is settled before the client's next request for its object.
 
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::map::ClusterMap;
+use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
+use lcpfs_core::monitor::Command;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::{ObjectOp, OpReply, OpRequest, ReadRange, object_op};
 use lcpfs_tests::{MonCluster, osds_up, placement, replicated_pool, wait_for};
@@ -15,25 +17,40 @@ use lcpfs_tests::{MonCluster, osds_up, placement, replicated_pool, wait_for};
 /// A whole-object read of `name` in pool `data`, sent straight to `osd` by a
 /// client whose map is `map` (it does not follow the monitors).
 async fn read_at(map: &ClusterMap, osd: u32, name: &[u8]) -> Result<OpReply, tonic::Status> {
-    let mut client = OsdClient::connect(format!("http://{}", map.osds[&osd].addr))
-        .await
-        .expect("connect to the OSD");
     let read = object_op::Op::Read(ReadRange {
         offset: 0,
         length: 0,
     });
-    let request = OpRequest {
-        epoch: map.epoch,
-        pool: map.pool_by_name("data").expect("pool data").id,
-        name: name.to_vec(),
-        client: "client.old-map".into(),
-        tid: 1,
-        ops: vec![ObjectOp { op: Some(read) }],
-    };
-    tokio::time::timeout(Duration::from_secs(20), client.op(request))
+    op_at(map, osd, ("data", name), (1, read), Duration::from_secs(20))
         .await
         .expect("the OSD answers")
-        .map(tonic::Response::into_inner)
+}
+
+/// Request number `tid` with operation `op` for object `name` of `pool`, sent
+/// straight to `osd` by a client whose map is `map`; `None` when no answer came
+/// within `limit` (the client gives the request up).
+async fn op_at(
+    map: &ClusterMap,
+    osd: u32,
+    (pool, name): (&str, &[u8]),
+    (tid, op): (u64, object_op::Op),
+    limit: Duration,
+) -> Option<Result<OpReply, tonic::Status>> {
+    let mut client = OsdClient::connect(format!("http://{}", map.osds[&osd].addr))
+        .await
+        .expect("connect to the OSD");
+    let request = OpRequest {
+        epoch: map.epoch,
+        pool: map.pool_by_name(pool).expect("the pool").id,
+        name: name.to_vec(),
+        client: "client.old-map".into(),
+        tid,
+        ops: vec![ObjectOp { op: Some(op) }],
+    };
+    tokio::time::timeout(limit, client.op(request))
+        .await
+        .ok()
+        .map(|reply| reply.map(tonic::Response::into_inner))
 }
 
 /// The data a read reply carries.
@@ -196,7 +213,7 @@ async fn a_write_that_failed_half_way_is_never_read_and_then_lost() {
     cluster.signal_osd(second, "CONT");
     let admin = cluster.client();
     admin
-        .run(&lcpfs_core::monitor::Command::OsdDown { ids: vec![up[0]] })
+        .run(&Command::OsdDown { ids: vec![up[0]] })
         .await
         .unwrap();
     osds_up(&admin, 2).await;
@@ -213,6 +230,89 @@ async fn a_write_that_failed_half_way_is_never_read_and_then_lost() {
         objects.get("data", b"ledger").await.unwrap(),
         b"old",
         "a write that failed came back after reads had not seen it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_is_settled_before_the_clients_next_request_for_the_object() {
+    // An erasure-coded pool 2+1, which serves reads with two shards up and
+    // takes writes with three; a write waits up to 10 s for the PG to take it.
+    let cluster = long_timers(&[]).await;
+    let admin = cluster.client();
+    admin
+        .run(&Command::PoolCreate {
+            spec: PoolSpec {
+                name: "ec".into(),
+                kind: PoolKind::Erasure { k: 2, m: 1 },
+                pg_num: 8,
+                failure_domain: BucketType::Host,
+                device_class: None,
+                compression: None,
+            },
+        })
+        .await
+        .unwrap();
+    let objects = ObjectClient::connect(cluster.client())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(60));
+    objects.put("ec", b"note", b"old".to_vec()).await.unwrap();
+    let map = objects.map();
+    let (_, up) = placement(&map, "ec", b"note");
+
+    // One shard freezes and is marked down: the PG has two of three up, enough
+    // to serve reads and too few to take writes.
+    let frozen = cluster.osd_index(&map, up[2]);
+    cluster.signal_osd(frozen, "STOP");
+    admin
+        .run(&Command::OsdDown { ids: vec![up[2]] })
+        .await
+        .unwrap();
+    marked_down(&admin, up[2]).await;
+    let map = admin.map(true).await.unwrap();
+
+    // A write waits for the PG to take writes; its client gives it up and
+    // reads the object.
+    let write = object_op::Op::WriteFull(b"new".to_vec());
+    let given_up = op_at(
+        &map,
+        up[0],
+        ("ec", b"note"),
+        (1, write),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        given_up.is_none(),
+        "a write to a PG below min_size answered: {given_up:?}"
+    );
+    let read = object_op::Op::Read(ReadRange {
+        offset: 0,
+        length: 0,
+    });
+    let seen = data(
+        &op_at(
+            &map,
+            up[0],
+            ("ec", b"note"),
+            (2, read),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the read answers")
+        .expect("the read succeeds"),
+    );
+
+    // The shard comes back. Whatever the read saw (the write given up applied,
+    // or refused before the read ran), the object keeps.
+    cluster.signal_osd(frozen, "CONT");
+    osds_up(&admin, 3).await;
+    let back = lcpfs_tests::current_epoch(&cluster).await;
+    lcpfs_tests::clean_since(&cluster, back, 24).await;
+    assert_eq!(
+        objects.get("ec", b"note").await.unwrap(),
+        seen,
+        "the write given up was applied after the client's next request read around it"
     );
 }
 
@@ -238,7 +338,7 @@ async fn a_new_primary_waits_out_the_old_primarys_lease_before_its_first_write()
     cluster.signal_osd(old_index, "STOP");
     let admin = cluster.client();
     admin
-        .run(&lcpfs_core::monitor::Command::OsdDown { ids: vec![up[0]] })
+        .run(&Command::OsdDown { ids: vec![up[0]] })
         .await
         .unwrap();
     // The write goes to the new primary at once (sent to the frozen one, it

@@ -13,24 +13,22 @@ use crate::lease;
 use crate::node::Node;
 use crate::peering::ensure_peered;
 
-use super::write::still_in;
+use super::write::sent_to_this_primary;
 
-/// Runs the reads of `request`, which reached this OSD in the PG's interval
-/// `arrived`, on the PG; one result per read.
+/// Runs the reads of `request` on the PG; one result per read.
 pub async fn read(
     node: &Node,
     backend: &dyn Backend,
     pool: &Pool,
     pg: PgId,
     request: &OpRequest,
-    arrived: u64,
 ) -> Result<Vec<OpResult>> {
     let slot = node.pgs.slot(pg);
     let mut guard = slot.lock().await;
     let log = node.loaded(&mut guard, pg, pool).await?;
     let map = node.current();
     ensure_peered(node, backend, &map, pool, pg, log).await?;
-    still_in(node, pg, arrived)?;
+    sent_to_this_primary(node, pg, request)?;
     if backend.read_waits_for(log, &request.name) {
         backend
             .recover_object(node, &map, pool, pg, log, &request.name)

@@ -1,6 +1,6 @@
 //! One client request at this OSD, the primary of its object's PG: checked,
-//! followed to the sender's map epoch, run in its turn among the PG's requests,
-//! its mutations applied ([`super::write`]) and then its reads answered
+//! run in its turn among the requests for its object, followed to the sender's
+//! map epoch, its mutations applied ([`super::write`]) and then its reads answered
 //! ([`super::read`]), and counted in the metrics.
 
 use std::sync::Arc;
@@ -24,6 +24,10 @@ const INACTIVE_POLL: Duration = Duration::from_millis(500);
 pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
     let began = Instant::now();
     check_request(&request)?;
+    // One request at a time per object, in the order they came: a write the
+    // client gave up on is settled before the client's next request for the
+    // object runs, which may read or build on it.
+    let _turn = node.pgs.turn(request.pool, &request.name).await;
     let map = node.map_at_least(request.epoch).await?;
     let pool = node::pool(&map, request.pool)?.clone();
     let backend = backend::of(&pool);
@@ -45,16 +49,10 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         .ops
         .iter()
         .any(|op| op.op.as_ref().is_some_and(pg::is_mutation));
-    // One request at a time per PG, in the order they came: a write the client
-    // gave up on is settled before the client's next request runs, which may
-    // read or build on it. One that waited while the PG changed its OSDs is
-    // refused (see `write::mutate`): its client may have moved on meanwhile.
-    let arrived = node.interval(pg);
-    let _turn = node.pgs.turn(pg).await;
     let up = mapping.up.iter().flatten().count();
     let map = wait_active(node, (map, up), &pool, pg, mutations).await?;
     let version = if mutations {
-        write::mutate(node, backend, &map, &pool, pg, &request, arrived)
+        write::mutate(node, backend, &map, &pool, pg, &request)
             .await
             .map_err(missing)?
     } else {
@@ -65,7 +63,7 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
         .iter()
         .any(|op| op.op.as_ref().is_some_and(|op| !pg::is_mutation(op)));
     let results = if reads {
-        read::read(node, backend, &pool, pg, &request, arrived)
+        read::read(node, backend, &pool, pg, &request)
             .await
             .map_err(missing)?
     } else {

@@ -17,8 +17,7 @@ use crate::node::Node;
 use crate::peering::ensure_peered;
 use crate::pg::{self, Entry};
 
-/// Applies the mutations of `request`, which reached this OSD in the PG's
-/// interval `arrived`, to the PG; returns the version they got.
+/// Applies the mutations of `request` to the PG; returns the version they got.
 pub async fn mutate(
     node: &Node,
     backend: &dyn Backend,
@@ -26,7 +25,6 @@ pub async fn mutate(
     pool: &Pool,
     pg: PgId,
     request: &OpRequest,
-    arrived: u64,
 ) -> Result<u64> {
     check_sizes(node, pg, &request.name, &request.ops).await?;
     check_full(node, map, pg, &request.ops)?;
@@ -38,7 +36,7 @@ pub async fn mutate(
     // the up set's copies.
     let map = node.current();
     ensure_peered(node, backend, &map, pool, pg, log).await?;
-    still_in(node, pg, arrived)?;
+    sent_to_this_primary(node, pg, request)?;
     // An earlier primary cut off from the cluster may still serve reads until its
     // lease runs out: no write may be acknowledged before then.
     // (Cleared only after the wait: a request cancelled during it leaves the
@@ -76,17 +74,20 @@ pub async fn mutate(
         .await
 }
 
-/// Refuses a request that reached the PG in interval `arrived` when the PG has
-/// since changed its OSDs: while it waited (for its turn, for the PG to become
-/// active, for peering), another OSD may have led the PG and served the
+/// Refuses a request its client sent with a map older than the epoch since
+/// which this OSD has led the PG without a break (Ceph's same_primary_since):
+/// meanwhile (while the request waited for its turn, for a map, for the PG to
+/// become active, for peering) another OSD may have led the PG and served the
 /// client's next requests, and a client that gave this one up must not see it
-/// applied after them. A client still waiting sends it again.
-pub fn still_in(node: &Node, pg: PgId, arrived: u64) -> Result<()> {
-    if node.interval(pg) == arrived {
+/// applied after them. A client still waiting sends it again with its newer map.
+pub fn sent_to_this_primary(node: &Node, pg: PgId, request: &OpRequest) -> Result<()> {
+    let since = node.intervals.primary_since(pg);
+    if request.epoch >= since {
         return Ok(());
     }
-    Err(OsdError::Unavailable(format!(
-        "PG {pg} changed its OSDs while the request waited; it was not applied: retry"
+    Err(node.stale(format!(
+        "osd.{} leads PG {pg} since epoch {since}, after the request's epoch {}; it was not applied: retry",
+        node.id, request.epoch
     )))
 }
 

@@ -44,17 +44,15 @@ pub type PgSlot = Arc<tokio::sync::Mutex<Option<PgLog>>>;
 /// A locked PG, as the holder of its lock sees it.
 pub type PgGuard<'a> = tokio::sync::MutexGuard<'a, Option<PgLog>>;
 
-/// The turn of a client request at a PG whose primary this OSD is: held for the
-/// whole request, so a PG's client requests run one at a time in the order they
-/// reached it, waits for the PG to become active included.
-pub type PgTurn = tokio::sync::OwnedMutexGuard<()>;
+/// The queue of one object's client requests at its PG's primary.
+type Queue = Arc<tokio::sync::Mutex<()>>;
 
 /// Every PG this OSD has touched since it started, each behind its own lock, and
-/// the queue of client requests of each PG it is primary for.
+/// the queues of the objects client requests are running or waiting for.
 #[derive(Default)]
 pub struct Registry {
     pgs: Mutex<HashMap<PgId, PgSlot>>,
-    queues: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
+    queues: Mutex<HashMap<(u32, Vec<u8>), Queue>>,
 }
 
 impl Registry {
@@ -68,19 +66,47 @@ impl Registry {
             .clone()
     }
 
-    /// Waits for the turn of a client request at `pg`: after every request that
-    /// reached the PG before it. (The PG's lock is not enough: a request waits
-    /// for the PG to become active before it takes the lock, and the client's
-    /// next request, once it gave the first up, must not overtake it.)
-    pub async fn turn(&self, pg: PgId) -> PgTurn {
+    /// Waits for the turn of a client request at object `name` of pool `pool`:
+    /// after every request for it that reached this OSD before. Held for the
+    /// whole request (its waits for a newer map and for the PG to become active
+    /// included), so one client's requests for an object run in the order they
+    /// came, even when the client gave one up and sent the next.
+    pub async fn turn(&self, pool: u32, name: &[u8]) -> Turn<'_> {
+        let key = (pool, name.to_vec());
         let queue = self
             .queues
             .lock()
-            .expect("PG queues")
-            .entry(pg)
+            .expect("object queues")
+            .entry(key.clone())
             .or_default()
             .clone();
-        queue.lock_owned().await
+        let guard = queue.clone().lock_owned().await;
+        Turn {
+            registry: self,
+            key,
+            queue,
+            guard: Some(guard),
+        }
+    }
+}
+
+/// A client request's turn at its object (see [`Registry::turn`]); the object's
+/// queue is forgotten when no request holds or waits for it.
+pub struct Turn<'a> {
+    registry: &'a Registry,
+    key: (u32, Vec<u8>),
+    queue: Queue,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut queues = self.registry.queues.lock().expect("object queues");
+        // The registry's and this turn's: no request waits for the object.
+        if Arc::strong_count(&self.queue) == 2 {
+            queues.remove(&self.key);
+        }
     }
 }
 
