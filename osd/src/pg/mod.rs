@@ -4,7 +4,7 @@
 //! in memory ([`log`]), the pure
 //! comparison of two copies' logs ([`catch_up`]), the split of a copy when its
 //! pool's pg_num grows ([`split`]), and the [`Registry`] that gives every PG one
-//! lock.
+//! lock and every object its queue of client requests.
 //!
 //! Everything above this module works on a PG through its lock: a request, a
 //! peering or a recovery step holds it while it reads or changes the PG.
