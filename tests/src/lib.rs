@@ -472,6 +472,22 @@ pub fn replicated_pool(name: &str, pg_num: u32) -> lcpfs_core::monitor::Command 
     }
 }
 
+/// The command creating an erasure-coded pool of `k` data and `m` coding shards
+/// (failure domain host).
+pub fn erasure_pool(name: &str, k: u32, m: u32, pg_num: u32) -> lcpfs_core::monitor::Command {
+    use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
+    lcpfs_core::monitor::Command::PoolCreate {
+        spec: PoolSpec {
+            name: name.into(),
+            kind: PoolKind::Erasure { k, m },
+            pg_num,
+            failure_domain: BucketType::Host,
+            device_class: None,
+            compression: None,
+        },
+    }
+}
+
 /// One OSD process of a test cluster.
 pub struct Osd {
     /// Address, `127.0.0.1:port`.

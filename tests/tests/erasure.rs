@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
+use lcpfs_core::map::ClusterMap;
 use lcpfs_core::monitor::Command;
 use lcpfs_core::pg::{PgId, object_to_pg};
 use lcpfs_engine::{OpenOptions, Store, Transaction};
@@ -22,21 +22,8 @@ use lcpfs_proto::object_op::Op;
 use lcpfs_proto::{ObjectOp, WriteAt};
 use lcpfs_tests::{
     MonCluster, appends_survive_a_killed_primary, clean_since, contents, current_epoch,
-    osd_listening, osds_up, pgs_serve_while_they_recover, rot, start_with, wait_for,
+    erasure_pool, osd_listening, osds_up, pgs_serve_while_they_recover, rot, start_with, wait_for,
 };
-
-fn erasure_pool(name: &str, k: u32, m: u32, pg_num: u32) -> Command {
-    Command::PoolCreate {
-        spec: PoolSpec {
-            name: name.into(),
-            kind: PoolKind::Erasure { k, m },
-            pg_num,
-            failure_domain: BucketType::Host,
-            device_class: None,
-            compression: None,
-        },
-    }
-}
 
 async fn cluster(osds: u32, pool: Command, mon_flags: &[&str]) -> MonCluster {
     let mut cluster = MonCluster::new(&["a"], mon_flags);

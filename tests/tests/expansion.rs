@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
 use lcpfs_core::crush::pg_mapping;
-use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
+use lcpfs_core::map::ClusterMap;
 use lcpfs_core::monitor::Command;
 use lcpfs_core::pg::PgId;
 use lcpfs_tests::{
-    MonCluster, clean_since, cluster_with_pool, contents, current_epoch, http_get, osds_up,
-    start_with, wait_for,
+    MonCluster, clean_since, cluster_with_pool, contents, current_epoch, erasure_pool, http_get,
+    osds_up, start_with, wait_for,
 };
 
 /// All 16 PGs active+clean after the map's latest change.
@@ -49,16 +49,7 @@ async fn replicated_objects_survive_their_pgs_moving_wholly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_coded_objects_survive_their_pgs_moving_wholly() {
     let cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
-    let pool = Command::PoolCreate {
-        spec: PoolSpec {
-            name: "ec".into(),
-            kind: PoolKind::Erasure { k: 2, m: 1 },
-            pg_num: 16,
-            failure_domain: BucketType::Host,
-            device_class: None,
-            compression: None,
-        },
-    };
+    let pool = erasure_pool("ec", 2, 1, 16);
     let mut cluster = start_with(cluster, 3, &pool).await;
     survive_wholesale_moves(&mut cluster, "ec").await;
 }

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use lcpfs_client::mon_client::{MonClient, OsdBoot};
-use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
+use lcpfs_core::map::ClusterMap;
 use lcpfs_core::monitor::{Command, CommandOutcome};
-use lcpfs_tests::{MonCluster, replicated_pool, wait_for};
+use lcpfs_tests::{MonCluster, erasure_pool, replicated_pool, wait_for};
 
 fn pool(name: &str) -> Command {
     replicated_pool(name, 16)
@@ -212,16 +212,7 @@ async fn refused_commands_say_why_and_change_nothing() {
     let client = cluster.client();
     boot_osds(&client, 3).await;
     let before = client.map(true).await.unwrap();
-    let ec_too_wide = Command::PoolCreate {
-        spec: PoolSpec {
-            name: "wide".into(),
-            kind: PoolKind::Erasure { k: 4, m: 2 },
-            pg_num: 16,
-            failure_domain: BucketType::Host,
-            device_class: None,
-            compression: None,
-        },
-    };
+    let ec_too_wide = erasure_pool("wide", 4, 2, 16);
     for (command, expected) in [
         (
             ec_too_wide,

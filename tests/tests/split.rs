@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::map::{BucketType, PoolKind, PoolSpec};
 use lcpfs_core::monitor::Command;
-use lcpfs_tests::{MonCluster, clean_since, contents, current_epoch, replicated_pool, start_with};
+use lcpfs_tests::{
+    MonCluster, clean_since, contents, current_epoch, erasure_pool, replicated_pool, start_with,
+};
 use tokio::sync::Mutex;
 
 fn set_pg_num(pool: &str, pg_num: u32) -> Command {
@@ -127,16 +128,7 @@ async fn a_replicated_pool_splits_its_pgs_without_losing_or_doubling_an_object()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_coded_pool_splits_its_pgs_without_losing_or_doubling_an_object() {
     let cluster = MonCluster::new(&["a"], &["--osd-heartbeat-grace", "2"]);
-    let pool = Command::PoolCreate {
-        spec: PoolSpec {
-            name: "ec".into(),
-            kind: PoolKind::Erasure { k: 2, m: 1 },
-            pg_num: 4,
-            failure_domain: BucketType::Host,
-            device_class: None,
-            compression: None,
-        },
-    };
+    let pool = erasure_pool("ec", 2, 1, 4);
     let cluster = start_with(cluster, 4, &pool).await;
     split_under_writes(&cluster, "ec").await;
 }

@@ -8,22 +8,32 @@
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
-use lcpfs_core::map::{BucketType, ClusterMap, PoolKind, PoolSpec};
+use lcpfs_core::map::ClusterMap;
 use lcpfs_core::monitor::Command;
 use lcpfs_proto::osd_client::OsdClient;
 use lcpfs_proto::{ObjectOp, OpReply, OpRequest, ReadRange, object_op};
-use lcpfs_tests::{MonCluster, osds_up, placement, replicated_pool, wait_for};
+use lcpfs_tests::{MonCluster, erasure_pool, osds_up, placement, replicated_pool, wait_for};
 
 /// A whole-object read of `name` in pool `data`, sent straight to `osd` by a
 /// client whose map is `map` (it does not follow the monitors).
 async fn read_at(map: &ClusterMap, osd: u32, name: &[u8]) -> Result<OpReply, tonic::Status> {
-    let read = object_op::Op::Read(ReadRange {
+    op_at(
+        map,
+        osd,
+        ("data", name),
+        (1, whole_read()),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the OSD answers")
+}
+
+/// A read of a whole object.
+fn whole_read() -> object_op::Op {
+    object_op::Op::Read(ReadRange {
         offset: 0,
         length: 0,
-    });
-    op_at(map, osd, ("data", name), (1, read), Duration::from_secs(20))
-        .await
-        .expect("the OSD answers")
+    })
 }
 
 /// Request number `tid` with operation `op` for object `name` of `pool`, sent
@@ -239,19 +249,7 @@ async fn a_write_given_up_is_settled_before_the_clients_next_request_for_the_obj
     // takes writes with three; a write waits up to 10 s for the PG to take it.
     let cluster = long_timers(&[]).await;
     let admin = cluster.client();
-    admin
-        .run(&Command::PoolCreate {
-            spec: PoolSpec {
-                name: "ec".into(),
-                kind: PoolKind::Erasure { k: 2, m: 1 },
-                pg_num: 8,
-                failure_domain: BucketType::Host,
-                device_class: None,
-                compression: None,
-            },
-        })
-        .await
-        .unwrap();
+    admin.run(&erasure_pool("ec", 2, 1, 8)).await.unwrap();
     let objects = ObjectClient::connect(cluster.client())
         .await
         .unwrap()
@@ -286,16 +284,12 @@ async fn a_write_given_up_is_settled_before_the_clients_next_request_for_the_obj
         given_up.is_none(),
         "a write to a PG below min_size answered: {given_up:?}"
     );
-    let read = object_op::Op::Read(ReadRange {
-        offset: 0,
-        length: 0,
-    });
     let seen = data(
         &op_at(
             &map,
             up[0],
             ("ec", b"note"),
-            (2, read),
+            (2, whole_read()),
             Duration::from_secs(60),
         )
         .await
