@@ -349,8 +349,10 @@ pub fn prepare(
     ops: &[ObjectOp],
     shard: u32,
 ) -> engine::Result<()> {
-    if entry_at(store, pg, entry.version)?.is_some_and(|held| held.same(entry)) {
-        return Ok(());
+    match entry_at(store, pg, entry.version)? {
+        Some(held) if held.same(entry) => return Ok(()),
+        Some(held) => return Err(diverged(pg, &held, entry)),
+        None => {}
     }
     let pending = PendingWrite {
         entry: Some(entry.clone().into()),
@@ -361,6 +363,21 @@ pub fn prepare(
         .create(LOG_OBJECT, false)
         .set_xattr(LOG_OBJECT, SHARD_XATTR, &shard.to_le_bytes());
     store.commit(txn).map(|_| ())
+}
+
+/// The refusal of a shard write at a version this copy's log holds another
+/// write at: applied over it, the write's part of the stripes would mix with
+/// the other write's. Only a message from before the last peering can ask it
+/// (peering rewinds such entries); the primary peers again.
+fn diverged(pg: PgId, held: &Entry, entry: &Entry) -> engine::Error {
+    engine::Error::Unavailable(format!(
+        "PG {pg} holds another write at version {} (of '{}', epoch {}) than the one sent (of '{}', epoch {}); peer again",
+        entry.version,
+        String::from_utf8_lossy(&held.name),
+        held.epoch,
+        String::from_utf8_lossy(&entry.name),
+        entry.epoch
+    ))
 }
 
 /// The shard write this copy holds prepared, if any.
@@ -405,7 +422,10 @@ pub fn resolve(
             .clone()
             .is_some_and(|held| Entry::from(held).same(entry))
     });
-    if commit && entry_at(store, pg, entry.version)?.is_some_and(|held| held.same(entry)) {
+    if commit && let Some(logged) = entry_at(store, pg, entry.version)? {
+        if !logged.same(entry) {
+            return Err(diverged(pg, &logged, entry));
+        }
         return marked_missing(&store.head(&collection(pg))?, &entry.name);
     }
     let Some(pending) = held else {
@@ -535,6 +555,17 @@ pub fn log_since(store: &Store, pg: PgId, since: u64) -> engine::Result<(Vec<Ent
         .map(|(key, value)| decode_entry(pg, &key, &value))
         .collect::<engine::Result<_>>()?;
     Ok((entries, oldest))
+}
+
+/// The version of the newest entry of the PG's log that changed object `name`
+/// (`None` when the log keeps none): the version its newest data must have.
+pub fn newest_logged(store: &Store, pg: PgId, name: &[u8]) -> engine::Result<Option<u64>> {
+    Ok(log_since(store, pg, 0)?
+        .0
+        .into_iter()
+        .filter(|entry| entry.name == name)
+        .map(|entry| entry.version)
+        .max())
 }
 
 fn decode_version(pg: PgId, key: &[u8]) -> engine::Result<u64> {
@@ -695,6 +726,42 @@ mod tests {
             resolve(&store, pg, &second, true, LOG_KEEP),
             Err(engine::Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_shard_write_at_a_version_the_log_holds_another_write_at_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgId::new(1, 0);
+        let store = open(dir.path(), true);
+        ensure(&store, pg, None, 1).unwrap();
+        let held = entry(1, 5, "a");
+        prepare(&store, pg, &held, &write_full(b"held"), 1).unwrap();
+        resolve(&store, pg, &held, true, LOG_KEEP).unwrap();
+
+        // Another write at the same version, as a message from before the last
+        // peering would bring: neither held pending nor applied over the first.
+        let other = entry(1, 6, "a");
+        let append = vec![ObjectOp {
+            op: Some(Op::Write(lcpfs_proto::WriteAt {
+                offset: 4,
+                data: b"+other".to_vec(),
+            })),
+        }];
+        assert!(matches!(
+            prepare(&store, pg, &other, &append, 1),
+            Err(engine::Error::Unavailable(_))
+        ));
+        assert!(pending(&store, pg).unwrap().is_none());
+        assert!(matches!(
+            resolve(&store, pg, &other, true, LOG_KEEP),
+            Err(engine::Error::Unavailable(_))
+        ));
+        assert_eq!(state(&store, pg, b"a").unwrap().data, b"held");
+        assert!(
+            entry_at(&store, pg, 1)
+                .unwrap()
+                .is_some_and(|e| e.same(&held))
+        );
     }
 
     #[test]
