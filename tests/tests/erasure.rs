@@ -6,8 +6,9 @@
 //! scrub and rebuilt by repair, and so is a parity shard holding other bytes
 //! (found by re-encoding the data shards); appends through a primary killed
 //! mid-write are neither lost nor doubled; a write over a rotted shard is
-//! acknowledged, read back and the shard rebuilt; a PG whose shards miss objects
-//! serves while they are rebuilt, an object at a time.
+//! acknowledged, read back and the shard rebuilt; a shard that missed a write
+//! unnoticed is never read with the newer ones, but rebuilt; a PG whose shards
+//! miss objects serves while they are rebuilt, an object at a time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -402,6 +403,48 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
         .await;
     }
     assert!(objects.get("ec", b"big").await.unwrap() == big);
+
+    // A shard that missed a write unnoticed: data shard 1 of an object is put
+    // back to what it held before the last write (its bytes and version), its
+    // copy's log left as it is. A read never combines it with the newer shards
+    // (the object keeps its size, so only the version tells them apart): the
+    // shard is rebuilt and the read returns the newest bytes.
+    let before = contents("lagging, before", 64 << 10);
+    objects.put("ec", b"lag", before).await.unwrap();
+    let (pg, up) = lcpfs_tests::placement(&map, "ec", b"lag");
+    let lagging = cluster.osd_index(&map, up[1]);
+    cluster.kill_osd(lagging);
+    let old_shard = {
+        let store = Store::open(&cluster.osds[&lagging].data, &OpenOptions::default()).unwrap();
+        let view = store.head(&format!("pg.{pg}")).unwrap();
+        let version = view.xattr(b"o/lag", b"lcpfs.version").unwrap().unwrap();
+        (view.read(b"o/lag", 0, u64::MAX).unwrap(), version)
+    };
+    cluster.start_osd(lagging);
+    osds_up(&cluster.client(), cluster.osds.len()).await;
+    osd_listening(&cluster, lagging).await;
+    let after = contents("lagging, after", 64 << 10);
+    objects.put("ec", b"lag", after.clone()).await.unwrap();
+    cluster.kill_osd(lagging);
+    {
+        let store = Store::open(&cluster.osds[&lagging].data, &OpenOptions::default()).unwrap();
+        let mut txn = Transaction::new(format!("pg.{pg}"));
+        txn.write_full(b"o/lag", old_shard.0)
+            .set_xattr(b"o/lag", b"lcpfs.version", &old_shard.1);
+        store.commit(txn).unwrap();
+    }
+    cluster.start_osd(lagging);
+    osds_up(&cluster.client(), cluster.osds.len()).await;
+    osd_listening(&cluster, lagging).await;
+    assert!(
+        objects.get("ec", b"lag").await.unwrap() == after,
+        "the newest bytes, never the lagging shard's"
+    );
+    let report = objects.scrub(pg, true, false).await.unwrap();
+    assert!(
+        report.inconsistencies.is_empty(),
+        "the lagging shard was rebuilt: {report:?}"
+    );
 }
 
 /// Stops `osd`, rots `bytes` (a unit of its shard) wherever its disks hold them,

@@ -32,8 +32,8 @@ pub use objects::{list, names, pull, read, read_shard, scrub_map, size, state};
 pub use split::{split, split_for};
 pub use store::{
     LOG_KEEP, RESERVED_XATTR_PREFIX, SIZE_XATTR, VERSION_XATTR, activated, apply, collection,
-    ensure, entry_at, held, is_mutation, load, log_since, pending, prepare, remove, resolve,
-    scrub_stamps, set_accepted, set_activated, set_scrub_stamps, shard,
+    ensure, entry_at, held, is_mutation, load, log_since, newest_logged, pending, prepare, remove,
+    resolve, scrub_stamps, set_accepted, set_activated, set_scrub_stamps, shard,
 };
 
 use crate::error::{OsdError, Result};

@@ -162,16 +162,9 @@ async fn read_request(
         } else {
             let stripes = code.stripes(&wanted);
             let first = stripes.start;
-            let gathered = read::gather(node, &map, code, pg, &request.name, stripes)
-                .await
-                .inspect_err(|_| log.peered = None)?;
-            if !gathered.exists || gathered.size != meta.size {
-                log.peered = None;
-                return Err(OsdError::Unavailable(format!(
-                    "PG {pg}: the shards of '{}' disagree with the primary's; retry",
-                    String::from_utf8_lossy(&request.name)
-                )));
-            }
+            let primary = read::Identity::from(&meta);
+            let gathered =
+                read::gather(node, &map, code, pg, &request.name, stripes, primary, log).await?;
             for &member in &gathered.damaged {
                 // The read is answered either way; scrub finds what this misses.
                 if let Err(error) =

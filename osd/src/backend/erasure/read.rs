@@ -1,6 +1,7 @@
 //! Reading an erasure-coded object: byte ranges of single shards, and whole
 //! stripes gathered from `k` shards (the data shards when they answer, parity
-//! shards in place of those that do not).
+//! shards in place of those that do not), every one at the version of the
+//! primary's own shard.
 
 use std::future::Future;
 use std::ops::Range;
@@ -15,15 +16,32 @@ use super::codec::{Code, Member, UNIT, members};
 use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peers::{fan_out, pg_ref};
-use crate::pg;
+use crate::pg::{self, PgLog};
 
 /// A call to a shard in flight (to a peer, or to this OSD's own store).
 pub(super) type ShardCall<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
-/// The stripes of an object gathered from its shards.
-pub(super) struct Gathered {
+/// What a shard holds of an object: whether it exists, its size and the version
+/// of the write that last changed it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Identity {
     pub exists: bool,
     pub size: u64,
+    pub version: u64,
+}
+
+impl From<&ReadShardReply> for Identity {
+    fn from(reply: &ReadShardReply) -> Self {
+        Identity {
+            exists: reply.exists,
+            size: reply.size,
+            version: reply.version,
+        }
+    }
+}
+
+/// The stripes of an object gathered from its shards.
+pub(super) struct Gathered {
     /// Whole stripes, from the first asked for.
     pub data: Vec<u8>,
     /// Shards whose OSD found them unreadable (a checksum error its engine could
@@ -60,6 +78,15 @@ pub(super) fn shard_range(
 
 /// Reads `stripes` of an object from `k` of its shards: the data shards when they
 /// answer, parity shards in place of those that do not.
+///
+/// Every shard must hold the object as the primary's own shard does (`primary`):
+/// the primary commits each write with its log entry, so its shard is the
+/// object's newest committed state, and a shard at another version is never
+/// combined with it. A shard older than the primary's lags behind a write it
+/// missed unnoticed: it is marked missing in `log`, so that the retry rebuilds it
+/// first. A newer one holds a write that peering has to settle: the PG peers
+/// again.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn gather(
     node: &Node,
     map: &Arc<ClusterMap>,
@@ -67,12 +94,13 @@ pub(super) async fn gather(
     pg: PgId,
     name: &[u8],
     stripes: Range<u64>,
+    primary: Identity,
+    log: &mut PgLog,
 ) -> Result<Gathered> {
     let up = node.mapping(map, pg)?.up;
     let mut candidates = members(&up).into_iter();
     let range = stripes.start * UNIT..stripes.end * UNIT;
     let mut pieces: Vec<Option<Vec<u8>>> = vec![None; code.k + code.m];
-    let mut seen: Option<(bool, u64, u64)> = None;
     let mut failures = Vec::new();
     let mut damaged = Vec::new();
     loop {
@@ -82,6 +110,7 @@ pub(super) async fn gather(
         }
         let wanted: Vec<Member> = candidates.by_ref().take(code.k - have).collect();
         if wanted.is_empty() {
+            log.peered = None;
             return Err(OsdError::Unavailable(format!(
                 "PG {pg}: only {have} shards of '{}' could be read and {} are needed ({})",
                 String::from_utf8_lossy(name),
@@ -107,28 +136,31 @@ pub(super) async fn gather(
                     continue;
                 }
             };
-            let identity = (reply.exists, reply.size, reply.version);
-            if seen.is_some_and(|other| other != identity) {
+            let identity = Identity::from(&reply);
+            if identity != primary {
+                if osd != node.id && identity.version < primary.version {
+                    log.peer_missing
+                        .entry(osd)
+                        .or_default()
+                        .insert(name.to_vec());
+                } else {
+                    log.peered = None;
+                }
+                tracing::warn!(%pg, osd, shard = position, object = %String::from_utf8_lossy(name), ?identity, ?primary, "a shard disagrees with the primary's");
                 return Err(OsdError::Unavailable(format!(
-                    "PG {pg}: shards of '{}' disagree (osd.{osd} has version {}); retry",
+                    "PG {pg}: shard {position} of '{}' on osd.{osd} is at version {} and the primary's at {}; retry",
                     String::from_utf8_lossy(name),
-                    reply.version
+                    identity.version,
+                    primary.version
                 )));
             }
-            seen = Some(identity);
             pieces[position] = Some(reply.data);
         }
     }
-    let (exists, size, _) = seen.unwrap_or_default();
-    let data = if exists {
+    let data = if primary.exists {
         code.decode(pieces).map_err(OsdError::Internal)?
     } else {
         Vec::new()
     };
-    Ok(Gathered {
-        exists,
-        size,
-        data,
-        damaged,
-    })
+    Ok(Gathered { data, damaged })
 }

@@ -15,7 +15,7 @@ use crate::error::{OsdError, Result};
 use crate::node::Node;
 use crate::peering::{self, object_state, prior_holders};
 use crate::peers::fan_out;
-use crate::pg::{Delivery, PgLog, SIZE_XATTR, VERSION_XATTR};
+use crate::pg::{self, Delivery, PgLog, SIZE_XATTR, VERSION_XATTR};
 
 /// Brings the newest data of one object of an erasure-coded PG to every up shard
 /// that misses it, rebuilt from `k` shards that hold it. A client operation on
@@ -72,8 +72,31 @@ pub(super) async fn recover_shards(
             code.k
         )));
     }
+    // When this primary's own shard lags too, its log still says which version
+    // the object's newest data has: holders all behind it hold an older write
+    // (one that a shard missed unnoticed), not the newest.
+    let floor = if log.missing.contains(name) {
+        let name = name.to_vec();
+        node.on_store(move |store| pg::newest_logged(store, pg, &name))
+            .await?
+    } else {
+        None
+    };
     for member in lacking {
         let state = rebuild_shard(node, map, code, pg, name, &holders, member.0).await?;
+        let (version, _) = shard_version(&state);
+        if let Some(floor) = floor.filter(|floor| state.exists && version < *floor) {
+            return Err(OsdError::Unavailable(format!(
+                "object '{}' of PG {pg} is unfound: its shards on {} are at version {version} \
+                 and its newest write is version {floor}; start the OSDs that held it",
+                String::from_utf8_lossy(name),
+                holders
+                    .iter()
+                    .map(|(_, osd)| format!("osd.{osd}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         install_shard(node, map, pg, member, Delivery::objects(vec![state]), log).await?;
         if let Some(names) = log.peer_missing.get_mut(&member.1) {
             names.remove(name);

@@ -81,9 +81,18 @@ pub(super) async fn write(
     let old = if edit.read.is_empty() {
         Vec::new()
     } else {
-        let gathered = read::gather(node, &map, code, pg, &request.name, edit.stripes.clone())
-            .await
-            .inspect_err(|_| log.peered = None)?;
+        let primary = read::Identity::from(&before);
+        let gathered = read::gather(
+            node,
+            &map,
+            code,
+            pg,
+            &request.name,
+            edit.stripes.clone(),
+            primary,
+            log,
+        )
+        .await?;
         codec::slice(code, &gathered.data, edit.stripes.start, edit.read.clone())
     };
     let edited = edit.apply(code, &old, &request.ops);
