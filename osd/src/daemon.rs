@@ -196,7 +196,9 @@ fn open_or_create(data: &std::path::Path, args: &DaemonArgs) -> anyhow::Result<(
         addr,
         host: args.host.clone().unwrap_or_else(host_name),
     };
-    std::fs::write(&identity_path, serde_json::to_vec_pretty(&identity)?)
+    // Durable before the OSD registers under it: a power cut must not leave a
+    // store whose identity is gone or torn.
+    lcpfs_core::file::replace_private(&identity_path, &serde_json::to_vec_pretty(&identity)?)
         .with_context(|| format!("cannot write {}", identity_path.display()))?;
     Ok((store, identity))
 }
