@@ -4,7 +4,11 @@
 //! object's PG and primary OSD itself (the same CRUSH as every daemon), and talks
 //! straight to the primary. A request that meets a stale map, a moving primary or a
 //! dead OSD is retried (with the same request id, so a mutation is never applied
-//! twice) until it succeeds or the deadline passes.
+//! twice) until it succeeds or the deadline passes. A request whose outcome the
+//! client never learned (it failed, or its caller dropped it) is named in the
+//! client's next request for the object, so that it cannot run after that one
+//! should it still reach the OSD: one client's requests for an object apply in
+//! the order they were made.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -19,8 +23,9 @@
 //! # }
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -42,6 +47,12 @@ use crate::mon_client::MonClient;
 
 const NO_ATTEMPT: &str = "no attempt";
 
+/// How many unsettled requests the client names per object, newest first.
+const ABANDONED_KEEP: usize = 64;
+
+/// Requests whose outcome the client never learned, by (pool id, object name).
+type Abandoned = Mutex<HashMap<(u32, Vec<u8>), Vec<u64>>>;
+
 /// An object in a listing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectEntry {
@@ -59,8 +70,66 @@ pub struct ObjectClient {
     osds: OsdConnections,
     client_id: String,
     next_tid: AtomicU64,
+    abandoned: Abandoned,
     timeout: Duration,
     follower: tokio::task::JoinHandle<()>,
+}
+
+/// A request under way: unless it is settled, dropping it records it as
+/// abandoned, to be named by the next request for its object.
+struct Unsettled<'a> {
+    abandoned: &'a Abandoned,
+    object: (u32, Vec<u8>),
+    tid: u64,
+    /// The requests abandoned before this one, which it names.
+    names: Vec<u64>,
+    settled: bool,
+}
+
+impl<'a> Unsettled<'a> {
+    fn new(abandoned: &'a Abandoned, pool: u32, name: &[u8], tid: u64) -> Self {
+        let object = (pool, name.to_vec());
+        let names = abandoned
+            .lock()
+            .expect("abandoned requests")
+            .get(&object)
+            .cloned()
+            .unwrap_or_default();
+        Unsettled {
+            abandoned,
+            object,
+            tid,
+            names,
+            settled: false,
+        }
+    }
+
+    /// The request succeeded: its OSD learned the requests it named, and ran
+    /// them before it or never will.
+    fn succeeded(mut self) {
+        self.settled = true;
+        let mut abandoned = self.abandoned.lock().expect("abandoned requests");
+        if let Some(tids) = abandoned.get_mut(&self.object) {
+            tids.retain(|tid| !self.names.contains(tid));
+            if tids.is_empty() {
+                abandoned.remove(&self.object);
+            }
+        }
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut abandoned = self.abandoned.lock().expect("abandoned requests");
+        let tids = abandoned.entry(self.object.clone()).or_default();
+        tids.push(self.tid);
+        if tids.len() > ABANDONED_KEEP {
+            tids.remove(0);
+        }
+    }
 }
 
 impl Drop for ObjectClient {
@@ -86,6 +155,7 @@ impl ObjectClient {
             osds: OsdConnections::new(tls, None),
             client_id: format!("client.{:016x}", u64::from_le_bytes(id)),
             next_tid: AtomicU64::new(1),
+            abandoned: Abandoned::default(),
             timeout: Duration::from_secs(60),
             follower,
         })
@@ -197,13 +267,14 @@ impl ObjectClient {
         )
     }
 
-    /// Request `tid` of this client for object `name` of `pg`, under `map`.
+    /// Request `tid` of this client for object `name` of `pg`, under `map`,
+    /// naming the requests for the object it gave up before (`abandoned`).
     fn request(
         &self,
         map: &ClusterMap,
         pg: PgId,
         name: &[u8],
-        tid: u64,
+        (tid, abandoned): (u64, &[u64]),
         ops: Vec<ObjectOp>,
     ) -> OpRequest {
         OpRequest {
@@ -213,7 +284,16 @@ impl ObjectClient {
             client: self.client_id.clone(),
             tid,
             ops,
+            abandoned: abandoned.to_vec(),
         }
+    }
+
+    /// A new request for object `name` of pool `pool_name`, unsettled until it
+    /// succeeds.
+    fn unsettled(&self, pool_name: &str, name: &[u8]) -> anyhow::Result<Unsettled<'_>> {
+        let pool = self.pool(&self.map(), pool_name)?.id;
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        Ok(Unsettled::new(&self.abandoned, pool, name, tid))
     }
 
     /// Runs operations on one object at its PG's primary, atomically.
@@ -223,14 +303,23 @@ impl ObjectClient {
         name: &[u8],
         ops: Vec<ObjectOp>,
     ) -> anyhow::Result<OpReply> {
-        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let unsettled = self.unsettled(pool_name, name)?;
         let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
         // One stuck primary must not use up the whole deadline.
-        self.at_primary(locate, Duration::from_secs(20), |mut client, map, pg| {
-            let request = self.request(map, pg, name, tid, ops.clone());
-            async move { client.op(request).await }
-        })
-        .await
+        let reply = self
+            .at_primary(locate, Duration::from_secs(20), |mut client, map, pg| {
+                let request = self.request(
+                    map,
+                    pg,
+                    name,
+                    (unsettled.tid, &unsettled.names),
+                    ops.clone(),
+                );
+                async move { client.op(request).await }
+            })
+            .await?;
+        unsettled.succeeded();
+        Ok(reply)
     }
 
     /// Scrubs a PG at its primary (with `deep`, every byte; with `repair`, bad
@@ -298,11 +387,12 @@ impl ObjectClient {
         data: Vec<u8>,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> anyhow::Result<()> {
-        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let unsettled = self.unsettled(pool_name, name)?;
         let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
         let (data, progress) = (Arc::new(data), Arc::new(progress));
         self.at_primary(locate, self.timeout, |mut client, map, pg| {
-            let request = self.request(map, pg, name, tid, Vec::new());
+            let ids = (unsettled.tid, unsettled.names.as_slice());
+            let request = self.request(map, pg, name, ids, Vec::new());
             let (data, progress) = (data.clone(), progress.clone());
             let size = data.len();
             // An empty object is one empty chunk.
@@ -321,6 +411,7 @@ impl ObjectClient {
             async move { client.write_stream(chunks).await }
         })
         .await?;
+        unsettled.succeeded();
         Ok(())
     }
 
@@ -338,7 +429,7 @@ impl ObjectClient {
         let locate = |map: &ClusterMap| Ok(object_to_pg(&self.pool(map, pool_name)?, name));
         let mut chunks = self
             .at_primary(locate, self.timeout, |mut client, map, pg| {
-                let request = self.request(map, pg, name, tid, Vec::new());
+                let request = self.request(map, pg, name, (tid, &[]), Vec::new());
                 async move { client.read_stream(request).await }
             })
             .await?;
@@ -607,5 +698,38 @@ async fn follow(mon: MonClient, sender: watch::Sender<Arc<ClusterMap>>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_never_settled_is_named_by_the_next_ones_until_one_succeeds() {
+        let abandoned = Abandoned::default();
+        let names = |tid: u64, name: &[u8]| {
+            let next = Unsettled::new(&abandoned, 1, name, tid);
+            let names = next.names.clone();
+            next.succeeded();
+            names
+        };
+        // One dropped by its caller, one that failed.
+        drop(Unsettled::new(&abandoned, 1, b"a", 7));
+        let failed = Unsettled::new(&abandoned, 1, b"a", 8);
+        assert_eq!(failed.names, vec![7]);
+        drop(failed);
+
+        // The next request names both; another object's names neither.
+        let next = Unsettled::new(&abandoned, 1, b"a", 9);
+        assert_eq!(next.names, vec![7, 8]);
+        assert!(names(10, b"b").is_empty());
+        // One given up while `next` ran is not among those it named: it stays
+        // after `next` succeeds, and only it.
+        drop(Unsettled::new(&abandoned, 1, b"a", 11));
+        next.succeeded();
+        assert_eq!(names(12, b"a"), vec![11]);
+        assert!(names(13, b"a").is_empty());
+        assert!(abandoned.lock().unwrap().is_empty(), "nothing left to name");
     }
 }

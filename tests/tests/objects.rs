@@ -459,6 +459,7 @@ async fn malformed_and_out_of_date_peer_requests_get_errors() {
             .into_iter()
             .map(|op| ObjectOp { op: Some(op) })
             .collect(),
+        abandoned: Vec::new(),
     };
     // An operation without a kind; an offset at the end of the address space.
     let request = OpRequest {

@@ -3,7 +3,8 @@
 //! write before then, so a client still following an old map cannot read data
 //! older than a write a newer primary acknowledged; and a write that failed
 //! half-way is never read and then lost, nor read again once it was not, and a
-//! write given up is settled before the client's next request for its object.
+//! write given up is settled before the client's next request for its object,
+//! and never runs after it, however late it reaches the primary.
 
 use std::time::Duration;
 
@@ -42,8 +43,21 @@ fn whole_read() -> object_op::Op {
 async fn op_at(
     map: &ClusterMap,
     osd: u32,
+    object: (&str, &[u8]),
+    (tid, op): (u64, object_op::Op),
+    limit: Duration,
+) -> Option<Result<OpReply, tonic::Status>> {
+    naming_at(map, osd, object, (tid, op), &[], limit).await
+}
+
+/// Like [`op_at`], naming the requests for the object the client gave up
+/// before (`abandoned`).
+async fn naming_at(
+    map: &ClusterMap,
+    osd: u32,
     (pool, name): (&str, &[u8]),
     (tid, op): (u64, object_op::Op),
+    abandoned: &[u64],
     limit: Duration,
 ) -> Option<Result<OpReply, tonic::Status>> {
     let mut client = OsdClient::connect(format!("http://{}", map.osds[&osd].addr))
@@ -56,6 +70,7 @@ async fn op_at(
         client: "client.old-map".into(),
         tid,
         ops: vec![ObjectOp { op: Some(op) }],
+        abandoned: abandoned.to_vec(),
     };
     tokio::time::timeout(limit, client.op(request))
         .await
@@ -308,6 +323,55 @@ async fn a_write_given_up_is_settled_before_the_clients_next_request_for_the_obj
         seen,
         "the write given up was applied after the client's next request read around it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_that_arrives_after_the_clients_next_one_is_not_applied() {
+    let cluster = long_timers(&[]).await;
+    let objects = ObjectClient::connect(cluster.client()).await.unwrap();
+    objects
+        .put("data", b"memo", b"kept".to_vec())
+        .await
+        .unwrap();
+    let map = objects.map();
+    let primary = placement(&map, "data", b"memo").1[0];
+    let send = |tid: u64, op: object_op::Op, abandoned: &'static [u64]| {
+        let map = map.clone();
+        async move {
+            naming_at(
+                &map,
+                primary,
+                ("data", b"memo"),
+                (tid, op),
+                abandoned,
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("the primary answers")
+        }
+    };
+
+    // The client gave up request 1, a delete, and read the object with request
+    // 2, naming it; the delete reaches the primary only after the read ran.
+    let read = send(2, whole_read(), &[1])
+        .await
+        .expect("the read succeeds");
+    assert_eq!(data(&read), b"kept");
+    let late = send(1, object_op::Op::Delete(true), &[]).await;
+    let refused = late.expect_err("the late delete was applied");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("gave it up"), "{refused:?}");
+    assert_eq!(
+        objects.get("data", b"memo").await.unwrap(),
+        b"kept",
+        "what the read saw stays"
+    );
+
+    // Requests not named run as before: one the client never gave up.
+    send(3, object_op::Op::Delete(true), &[1])
+        .await
+        .expect("a request of its own is applied");
+    assert!(objects.get("data", b"memo").await.is_err(), "deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,7 @@ async fn objects_stream_whole_and_bad_streams_change_nothing() {
         client: "streams-test".into(),
         tid: 1,
         ops: Vec::new(),
+        abandoned: Vec::new(),
     };
     let chunk = |request: Option<OpRequest>, size: u64, data: &[u8]| DataChunk {
         request,

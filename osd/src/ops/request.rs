@@ -26,8 +26,19 @@ pub async fn op(node: &Node, request: OpRequest) -> Result<OpReply> {
     check_request(&request)?;
     // One request at a time per object, in the order they came: a write the
     // client gave up on is settled before the client's next request for the
-    // object runs, which may read or build on it.
+    // object runs, which may read or build on it. One given up that comes after
+    // the next (delayed on its way, or in this OSD before its turn) never runs:
+    // the next one named it.
+    node.pgs.abandon(&request.client, &request.abandoned);
     let _turn = node.pgs.turn(request.pool, &request.name).await;
+    if node.pgs.abandoned(&request.client, request.tid) {
+        return Err(OsdError::Invalid(format!(
+            "request {} of {} came after a later request of its client for '{}', which gave it up; it was not applied",
+            request.tid,
+            request.client,
+            String::from_utf8_lossy(&request.name)
+        )));
+    }
     let map = node.map_at_least(request.epoch).await?;
     let pool = node::pool(&map, request.pool)?.clone();
     let backend = backend::of(&pool);

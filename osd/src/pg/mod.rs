@@ -4,7 +4,8 @@
 //! in memory ([`log`]), the pure
 //! comparison of two copies' logs ([`catch_up`]), the split of a copy when its
 //! pool's pg_num grows ([`split`]), and the [`Registry`] that gives every PG one
-//! lock and every object its queue of client requests.
+//! lock and every object its queue of client requests, and remembers the
+//! requests their clients gave up.
 //!
 //! Everything above this module works on a PG through its lock: a request, a
 //! peering or a recovery step holds it while it reads or changes the PG.
@@ -19,6 +20,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lcpfs_core::map::Pool;
 use lcpfs_core::pg::PgId;
@@ -47,12 +49,19 @@ pub type PgGuard<'a> = tokio::sync::MutexGuard<'a, Option<PgLog>>;
 /// The queue of one object's client requests at its PG's primary.
 type Queue = Arc<tokio::sync::Mutex<()>>;
 
+/// How long a request its client gave up stays refused: far longer than one
+/// can spend on its way to the OSD.
+const ABANDONED_KEEP: Duration = Duration::from_secs(600);
+
 /// Every PG this OSD has touched since it started, each behind its own lock, and
 /// the queues of the objects client requests are running or waiting for.
 #[derive(Default)]
 pub struct Registry {
     pgs: Mutex<HashMap<PgId, PgSlot>>,
     queues: Mutex<HashMap<(u32, Vec<u8>), Queue>>,
+    /// Requests (client, request id) whose clients gave them up, as their next
+    /// requests said, and since when.
+    abandoned: Mutex<HashMap<(String, u64), Instant>>,
 }
 
 impl Registry {
@@ -64,6 +73,30 @@ impl Registry {
             .entry(pg)
             .or_default()
             .clone()
+    }
+
+    /// Records that `client` gave up its requests `tids` (see
+    /// [`Self::abandoned`]); forgets those recorded long ago.
+    pub fn abandon(&self, client: &str, tids: &[u64]) {
+        if tids.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut abandoned = self.abandoned.lock().expect("abandoned requests");
+        abandoned.retain(|_, since| now.duration_since(*since) < ABANDONED_KEEP);
+        for &tid in tids {
+            abandoned.insert((client.to_owned(), tid), now);
+        }
+    }
+
+    /// True when the client of a request gave it up before it took its turn:
+    /// a later request of the client for the object said so, and may have run
+    /// already, so this one must not run after it.
+    pub fn abandoned(&self, client: &str, tid: u64) -> bool {
+        self.abandoned
+            .lock()
+            .expect("abandoned requests")
+            .contains_key(&(client.to_owned(), tid))
     }
 
     /// Waits for the turn of a client request at object `name` of pool `pool`:
