@@ -59,9 +59,9 @@ const ABANDONED_KEEP: Duration = Duration::from_secs(600);
 pub struct Registry {
     pgs: Mutex<HashMap<PgId, PgSlot>>,
     queues: Mutex<HashMap<(u32, Vec<u8>), Queue>>,
-    /// Requests (client, request id) whose clients gave them up, as their next
-    /// requests said, and since when.
-    abandoned: Mutex<HashMap<(String, u64), Instant>>,
+    /// By client, the requests it gave up, as its next requests said, and since
+    /// when.
+    abandoned: Mutex<HashMap<String, HashMap<u64, Instant>>>,
 }
 
 impl Registry {
@@ -83,20 +83,24 @@ impl Registry {
         }
         let now = Instant::now();
         let mut abandoned = self.abandoned.lock().expect("abandoned requests");
-        abandoned.retain(|_, since| now.duration_since(*since) < ABANDONED_KEEP);
-        for &tid in tids {
-            abandoned.insert((client.to_owned(), tid), now);
-        }
+        abandoned.retain(|_, requests| {
+            requests.retain(|_, since| now.duration_since(*since) < ABANDONED_KEEP);
+            !requests.is_empty()
+        });
+        let requests = abandoned.entry(client.to_owned()).or_default();
+        requests.extend(tids.iter().map(|&tid| (tid, now)));
     }
 
     /// True when the client of a request gave it up before it took its turn:
     /// a later request of the client for the object said so, and may have run
-    /// already, so this one must not run after it.
+    /// already, so this one must not run after it. (Asked of every request:
+    /// looked up without copying the client's name.)
     pub fn abandoned(&self, client: &str, tid: u64) -> bool {
         self.abandoned
             .lock()
             .expect("abandoned requests")
-            .contains_key(&(client.to_owned(), tid))
+            .get(client)
+            .is_some_and(|requests| requests.contains_key(&tid))
     }
 
     /// Waits for the turn of a client request at object `name` of pool `pool`:
