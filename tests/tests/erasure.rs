@@ -11,6 +11,7 @@
 //! miss objects serves while they are rebuilt, an object at a time.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use lcpfs_client::objects::ObjectClient;
@@ -357,17 +358,13 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     // The parity shard holds other bytes, written through its engine (so its
     // checksums hold): a shallow scrub sees nothing, a deep scrub re-encodes
     // the data shards and names it, repair rebuilds it.
-    let parity = cluster.osd_index(&map, up[2]);
-    cluster.kill_osd(parity);
-    {
-        let store = Store::open(&cluster.osds[&parity].data, &OpenOptions::default()).unwrap();
+    while_stopped(&mut cluster, &map, up[2], |dir| {
+        let store = Store::open(dir, &OpenOptions::default()).unwrap();
         let mut txn = Transaction::new(format!("pg.{pg}"));
         txn.write_full(b"o/big", contents("not the parity", 32 << 10));
         store.commit(txn).unwrap();
-    }
-    cluster.start_osd(parity);
-    osds_up(&cluster.client(), 4).await;
-    osd_listening(&cluster, parity).await;
+    })
+    .await;
     let report = objects.scrub(pg, false, false).await.unwrap();
     assert!(report.inconsistencies.is_empty(), "{report:?}");
     deep_scrub_finds_and_repair_fixes(&objects, pg, up[2], "does not match").await;
@@ -412,30 +409,23 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
     let before = contents("lagging, before", 64 << 10);
     objects.put("ec", b"lag", before).await.unwrap();
     let (pg, up) = lcpfs_tests::placement(&map, "ec", b"lag");
-    let lagging = cluster.osd_index(&map, up[1]);
-    cluster.kill_osd(lagging);
-    let old_shard = {
-        let store = Store::open(&cluster.osds[&lagging].data, &OpenOptions::default()).unwrap();
+    let (old_bytes, old_version) = while_stopped(&mut cluster, &map, up[1], |dir| {
+        let store = Store::open(dir, &OpenOptions::default()).unwrap();
         let view = store.head(&format!("pg.{pg}")).unwrap();
         let version = view.xattr(b"o/lag", b"lcpfs.version").unwrap().unwrap();
         (view.read(b"o/lag", 0, u64::MAX).unwrap(), version)
-    };
-    cluster.start_osd(lagging);
-    osds_up(&cluster.client(), cluster.osds.len()).await;
-    osd_listening(&cluster, lagging).await;
+    })
+    .await;
     let after = contents("lagging, after", 64 << 10);
     objects.put("ec", b"lag", after.clone()).await.unwrap();
-    cluster.kill_osd(lagging);
-    {
-        let store = Store::open(&cluster.osds[&lagging].data, &OpenOptions::default()).unwrap();
+    while_stopped(&mut cluster, &map, up[1], |dir| {
+        let store = Store::open(dir, &OpenOptions::default()).unwrap();
         let mut txn = Transaction::new(format!("pg.{pg}"));
-        txn.write_full(b"o/lag", old_shard.0)
-            .set_xattr(b"o/lag", b"lcpfs.version", &old_shard.1);
+        txn.write_full(b"o/lag", old_bytes)
+            .set_xattr(b"o/lag", b"lcpfs.version", &old_version);
         store.commit(txn).unwrap();
-    }
-    cluster.start_osd(lagging);
-    osds_up(&cluster.client(), cluster.osds.len()).await;
-    osd_listening(&cluster, lagging).await;
+    })
+    .await;
     assert!(
         objects.get("ec", b"lag").await.unwrap() == after,
         "the newest bytes, never the lagging shard's"
@@ -450,13 +440,25 @@ async fn a_2_1_pool_matches_a_model_and_repair_rebuilds_a_rotted_shard() {
 /// Stops `osd`, rots `bytes` (a unit of its shard) wherever its disks hold them,
 /// and starts it again.
 async fn rot_shard(cluster: &mut MonCluster, map: &ClusterMap, osd: u32, bytes: &[u8]) {
+    let rotted = while_stopped(cluster, map, osd, |dir| rot(dir, bytes)).await;
+    assert!(rotted > 0, "the bytes are on osd.{osd}'s disks");
+}
+
+/// Stops `osd`, runs `work` on its data directory, and starts it again; returns
+/// once it is up and listening.
+async fn while_stopped<T>(
+    cluster: &mut MonCluster,
+    map: &ClusterMap,
+    osd: u32,
+    work: impl FnOnce(&Path) -> T,
+) -> T {
     let index = cluster.osd_index(map, osd);
     cluster.kill_osd(index);
-    let dir = cluster.osds[&index].data.clone();
-    assert!(rot(&dir, bytes) > 0, "the bytes are on osd.{osd}'s disks");
+    let done = work(&cluster.osds[&index].data);
     cluster.start_osd(index);
     osds_up(&cluster.client(), cluster.osds.len()).await;
     osd_listening(cluster, index).await;
+    done
 }
 
 /// A deep scrub of `pg` finds one bad shard, on `osd`, for a reason containing
