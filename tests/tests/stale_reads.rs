@@ -146,7 +146,13 @@ async fn a_primary_cut_off_from_the_map_stops_serving_reads_once_its_lease_runs_
         .await
         .unwrap()
         .with_timeout(Duration::from_secs(60));
-    let old_map = objects.map();
+    // The client's first map may come from a monitor that has not applied the
+    // pool yet.
+    let old_map = wait_for("a map with the pool", Duration::from_secs(30), || async {
+        let map = objects.map();
+        map.pool_by_name("data").is_some().then_some(map)
+    })
+    .await;
     let cut_off = cluster.osd_id(&old_map, 0);
     let name = led_by(&old_map, cut_off);
     objects.put("data", &name, b"old".to_vec()).await.unwrap();
